@@ -1,0 +1,32 @@
+"""sabot_lab: learn, explore and prototype stream processing on Arrow, locally or on Dask.
+
+Examples
+--------
+>>> import pyarrow as pa
+>>> import sabot_lab as sl
+>>> sl.Stream.from_table(pa.table({"x": [1, 2, 3]})).filter(sl.col("x") > 1).to_table().num_rows
+2
+"""
+
+from sabot_lab.expr import coalesce, col, lit
+from sabot_lab.plan.graph import JobGraph
+from sabot_lab.plan.nodes import PlanError
+from sabot_lab.reference import DuplicateKeyError, Table
+from sabot_lab.result import Result
+from sabot_lab.runtime.local import LocalRunner
+from sabot_lab.stream import Stream
+
+__all__ = [
+    "DuplicateKeyError",
+    "JobGraph",
+    "LocalRunner",
+    "PlanError",
+    "Result",
+    "Stream",
+    "Table",
+    "coalesce",
+    "col",
+    "lit",
+]
+
+__version__ = "0.1.0"

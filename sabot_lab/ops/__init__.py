@@ -1,0 +1,1 @@
+"""Physical operators over pyarrow.RecordBatch, sources and sinks."""

@@ -1,0 +1,136 @@
+"""The physical operator protocol, per-operator metrics and side outputs.
+
+Every operator turns ``pyarrow.RecordBatch`` into batches: ``process(batch) -> list[batch]``,
+``on_watermark(ts) -> list[batch]`` and ``finish() -> list[batch]``. The runner counts rows in
+and out and the time spent; the operator adds what only it knows (rows filtered, unmatched,
+null keys, rows sent to a side output), so that for every operator
+
+    rows_in == rows_out + rows_filtered + rows_side_output
+
+(one-to-many joins aside, where ``rows_out`` counts every match; see ``rows_expanded``).
+
+Examples
+--------
+>>> m = OperatorMetrics("1:filter", "Filter[...]")
+>>> m.add(rows_in=10, rows_out=7, rows_filtered=3)
+>>> m.balanced()
+True
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field, fields
+
+import pyarrow as pa
+
+from sabot_lab.plan.nodes import Node
+
+__all__ = ["Operator", "OperatorMetrics", "SideOutputs"]
+
+_COUNTERS = (
+    "rows_in",
+    "rows_out",
+    "rows_filtered",
+    "rows_side_output",
+    "rows_expanded",
+    "unmatched",
+    "null_keys",
+    "batches_in",
+    "batches_out",
+    "seconds",
+)
+
+
+@dataclass
+class OperatorMetrics:
+    """Counters of one operator; safe to update from several threads."""
+
+    op_id: str
+    label: str
+    rows_in: int = 0
+    rows_out: int = 0
+    rows_filtered: int = 0
+    rows_side_output: int = 0
+    rows_expanded: int = 0
+    unmatched: int = 0
+    null_keys: int = 0
+    batches_in: int = 0
+    batches_out: int = 0
+    seconds: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: float) -> None:
+        """Add to counters by name."""
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def merge(self, other: OperatorMetrics) -> None:
+        """Add another instance's counters (e.g. from another agent)."""
+        self.add(**{name: getattr(other, name) for name in _COUNTERS})
+
+    def balanced(self) -> bool:
+        """Whether every input row is accounted for: out + filtered + side output (+ expanded)."""
+        accounted = self.rows_out - self.rows_expanded + self.rows_filtered + self.rows_side_output
+        return self.rows_in == accounted
+
+    def as_dict(self) -> dict[str, object]:
+        """Counters as a plain dict (one metrics-table row)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+
+
+class SideOutputs:
+    """Named side outputs (``late``, ``unmatched``, ``malformed``…), collected thread-safely."""
+
+    def __init__(self) -> None:
+        self._batches: dict[str, list[pa.RecordBatch]] = defaultdict(list)
+        self._lock = threading.Lock()
+
+    def emit(self, name: str, batch: pa.RecordBatch) -> None:
+        """Append rows to side output ``name``."""
+        if batch.num_rows:
+            with self._lock:
+                self._batches[name].append(batch)
+
+    def tables(self) -> dict[str, pa.Table]:
+        """Every side output as one table."""
+        return {
+            name: pa.Table.from_batches(batches)
+            for name, batches in sorted(self._batches.items())
+        }
+
+
+class Operator:
+    """Base class: a stateless pass-through that subclasses specialise.
+
+    Parameters
+    ----------
+    node
+        The plan node this operator executes.
+    metrics
+        Where the operator adds its own counters.
+    side_outputs
+        Where rows that leave the main stream with a reason go.
+    """
+
+    #: Whether batches may be processed concurrently by several threads (stateless ops).
+    parallel_safe = True
+
+    def __init__(self, node: Node, metrics: OperatorMetrics, side_outputs: SideOutputs) -> None:
+        self.node = node
+        self.metrics = metrics
+        self.side_outputs = side_outputs
+
+    def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+        """Transform one batch."""
+        return [batch]
+
+    def on_watermark(self, timestamp: int) -> list[pa.RecordBatch]:
+        """React to event time advancing to ``timestamp``."""
+        return []
+
+    def finish(self) -> list[pa.RecordBatch]:
+        """Flush at the end of a bounded input."""
+        return []

@@ -1,0 +1,260 @@
+"""Key lookup for enrichment: map stream key values to reference rows, a batch at a time.
+
+The lookup is built once per job. Two strategies, both multi-key capable:
+
+* **dense**: one integer key whose values span a compact range: a lookup table indexed by
+  ``value - min``, probed by a numba kernel in one pass (no hashing at all).
+* **hash**: anything else (strings, wide integer ranges, several keys): Arrow's ``index_in``
+  hash kernel maps each key column to a code; several codes combine into one integer that a
+  dense table or a sorted array (``searchsorted``) resolves.
+
+Null keys never match. Dictionary-encoded key columns are looked up once per dictionary
+entry, then expanded through the indices.
+
+Examples
+--------
+>>> import pyarrow as pa
+>>> ref = pa.table({"id": [10, 12, 11], "sym": ["a", "c", "b"]})
+>>> lookup = Lookup.build(ref, ["id"])
+>>> lookup.strategy
+'dense'
+>>> rows, nulls = lookup.rows([pa.array([11, None, 99, 10])])
+>>> rows.tolist(), nulls
+([2, -1, -1, 0], 1)
+>>> Lookup.build(ref, ["sym"]).rows([pa.array(["c", "z"])])[0].tolist()
+[1, -1]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["Lookup"]
+
+#: A dense table may be at most this many times larger than the number of keys (plus slack).
+DENSE_FILL_FACTOR = 8
+_DENSE_SLACK = 1 << 16
+
+
+@numba.njit(nogil=True, cache=True)
+def _dense_probe(values, valid, check_valid, lo, table, out):  # pragma: no cover - numba
+    """out[i] = table[values[i] - lo], or -1 when null or out of range: one pass per batch."""
+    span = table.shape[0]
+    for i in range(values.shape[0]):
+        if check_valid and not valid[i]:
+            out[i] = -1
+            continue
+        k = values[i] - lo
+        out[i] = table[k] if 0 <= k < span else -1
+
+
+def _normalize(array: pa.Array) -> pa.Array:
+    """Bring key columns of compatible types to one type: integers to int64, text to string."""
+    t = array.type
+    if pa.types.is_dictionary(t):
+        return pa.DictionaryArray.from_arrays(array.indices, _normalize(array.dictionary))
+    if pa.types.is_integer(t) and t != pa.uint64():
+        return array.cast(pa.int64())
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return array.cast(pa.string())
+    return array
+
+
+def _int_values(array: pa.Array) -> np.ndarray:
+    """The int64 values of an int64 array, zero-copy (null slots hold arbitrary values)."""
+    buffer = array.buffers()[1]
+    return np.frombuffer(buffer, dtype=np.int64, count=array.offset + len(array))[array.offset:]
+
+
+def _validity(array: pa.Array) -> np.ndarray:
+    return pc.is_valid(array).to_numpy(zero_copy_only=False)
+
+
+class _DenseEncoder:
+    """Single integer key in a compact range: a lookup table and a numba probe."""
+
+    def __init__(self, keys: np.ndarray, payload: np.ndarray) -> None:
+        self.lo = int(keys.min()) if len(keys) else 0
+        span = int(keys.max()) - self.lo + 1 if len(keys) else 0
+        self.table = np.full(span, -1, dtype=np.int64)
+        self.table[keys - self.lo] = payload
+
+    @staticmethod
+    def fits(keys: np.ndarray) -> bool:
+        if not len(keys):
+            return True
+        span = int(keys.max()) - int(keys.min()) + 1
+        return span <= DENSE_FILL_FACTOR * len(keys) + _DENSE_SLACK
+
+    def encode(self, array: pa.Array) -> np.ndarray:
+        out = np.empty(len(array), dtype=np.int64)
+        values = _int_values(array)
+        check = array.null_count > 0
+        valid = _validity(array) if check else np.empty(0, dtype=np.bool_)
+        _dense_probe(values, valid, check, self.lo, self.table, out)
+        return out
+
+
+class _SetEncoder:
+    """Any single key type: Arrow's hash-based ``index_in`` against the distinct key values."""
+
+    def __init__(self, keys: pa.Array, payload: np.ndarray) -> None:
+        self.keys = keys
+        self.payload = payload
+
+    def encode(self, array: pa.Array) -> np.ndarray:
+        positions = pc.index_in(array, value_set=self.keys)
+        codes = positions.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        found = codes >= 0
+        codes[found] = self.payload[codes[found]]
+        return codes
+
+
+class _MultiEncoder:
+    """Several key columns: per-column codes combined into one integer, then resolved."""
+
+    def __init__(self, keys: list[pa.Array], payload: np.ndarray) -> None:
+        self.uniques = [pc.unique(k) for k in keys]
+        cards = [max(len(u), 1) for u in self.uniques]
+        if float(np.prod(cards, dtype=np.float64)) >= 2.0**62:
+            raise ValueError("too many distinct key combinations for a multi-column lookup")
+        self.strides = np.cumprod([1, *cards[:-1]]).astype(np.int64)
+        combined = self._combine([self._column_codes(i, k) for i, k in enumerate(keys)])
+        if _DenseEncoder.fits(combined):
+            self.dense: _DenseEncoder | None = _DenseEncoder(combined, payload)
+        else:
+            self.dense = None
+            order = np.argsort(combined, kind="stable")
+            self.sorted_codes = combined[order]
+            self.sorted_payload = payload[order]
+
+    def _column_codes(self, i: int, array: pa.Array) -> np.ndarray:
+        return _encode_column(array, lambda a: pc.index_in(a, value_set=self.uniques[i])
+                              .fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64))
+
+    def _combine(self, codes: list[np.ndarray]) -> np.ndarray:
+        combined = np.zeros(len(codes[0]), dtype=np.int64)
+        missing = np.zeros(len(codes[0]), dtype=np.bool_)
+        for stride, c in zip(self.strides, codes, strict=True):
+            combined += c * stride
+            missing |= c < 0
+        combined[missing] = -1
+        return combined
+
+    def encode(self, arrays: list[pa.Array]) -> np.ndarray:
+        combined = self._combine([self._column_codes(i, a) for i, a in enumerate(arrays)])
+        if self.dense is not None:
+            out = np.full(len(combined), -1, dtype=np.int64)
+            ok = combined >= 0
+            out[ok] = _lookup_table(self.dense, combined[ok])
+            return out
+        pos = np.searchsorted(self.sorted_codes, combined)
+        pos = np.minimum(pos, len(self.sorted_codes) - 1)
+        hit = (combined >= 0) & (self.sorted_codes[pos] == combined)
+        return np.where(hit, self.sorted_payload[pos], -1)
+
+
+def _lookup_table(dense: _DenseEncoder, codes: np.ndarray) -> np.ndarray:
+    out = np.empty(len(codes), dtype=np.int64)
+    _dense_probe(codes, np.empty(0, dtype=np.bool_), False, dense.lo, dense.table, out)
+    return out
+
+
+def _encode_column(array: pa.Array, encode) -> np.ndarray:
+    """Encode a column; a dictionary column is encoded once per dictionary entry."""
+    if pa.types.is_dictionary(array.type):
+        per_entry = encode(array.dictionary)
+        indices = array.indices.cast(pa.int64())
+        out = np.full(len(array), -1, dtype=np.int64)
+        valid = _validity(indices)
+        out[valid] = per_entry[_int_values(indices.fill_null(0))[valid]]
+        return out
+    return encode(array)
+
+
+@dataclass
+class Lookup:
+    """Maps stream key columns to rows (or, for one-to-many, row groups) of a reference table.
+
+    Attributes
+    ----------
+    strategy
+        ``"dense"`` or ``"hash"``.
+    unique
+        One reference row per key (``rows`` returns row numbers) or several
+        (``rows`` returns group numbers; ``group_start``/``group_count`` index ``group_rows``).
+    """
+
+    strategy: str
+    unique: bool
+    encoder: object
+    group_start: np.ndarray | None = None
+    group_count: np.ndarray | None = None
+    group_rows: np.ndarray | None = None
+
+    @classmethod
+    def build(cls, reference: pa.Table, keys: list[str], unique: bool = True) -> Lookup:
+        """Index ``reference`` on ``keys`` (rows with a null key are left out)."""
+        arrays = [_normalize(reference.column(k).combine_chunks()) for k in keys]
+        arrays = [a.dictionary_decode() if pa.types.is_dictionary(a.type) else a for a in arrays]
+        valid = np.ones(reference.num_rows, dtype=np.bool_)
+        for a in arrays:
+            valid &= _validity(a)
+        rows = np.flatnonzero(valid).astype(np.int64)
+        arrays = [a.take(rows) for a in arrays]
+        group_start = group_count = group_rows = None
+        if unique:
+            payload = rows
+        else:
+            key_table = pa.table({str(i): a for i, a in enumerate(arrays)})
+            sort_keys = [(name, "ascending") for name in key_table.column_names]
+            order = pc.sort_indices(key_table, sort_keys=sort_keys).to_numpy()
+            arrays = [a.take(order) for a in arrays]
+            group_rows = rows[order]
+            change = np.zeros(len(rows), dtype=np.bool_)
+            if len(rows):
+                change[0] = True
+            for a in arrays:
+                if len(a) > 1:
+                    change[1:] |= pc.not_equal(a.slice(1), a.slice(0, len(a) - 1)).to_numpy(
+                        zero_copy_only=False)
+            group_start = np.flatnonzero(change).astype(np.int64)
+            group_count = np.diff(np.append(group_start, len(rows))).astype(np.int64)
+            arrays = [a.take(group_start) for a in arrays]
+            payload = np.arange(len(group_start), dtype=np.int64)
+        if len(arrays) == 1 and arrays[0].type == pa.int64() and _DenseEncoder.fits(
+            _int_values(arrays[0])
+        ):
+            encoder: object = _DenseEncoder(_int_values(arrays[0]), payload)
+            strategy = "dense"
+        elif len(arrays) == 1:
+            encoder = _SetEncoder(arrays[0], payload)
+            strategy = "hash"
+        else:
+            encoder = _MultiEncoder(arrays, payload)
+            strategy = "hash"
+        return cls(strategy, unique, encoder, group_start, group_count, group_rows)
+
+    def rows(self, arrays: list[pa.Array]) -> tuple[np.ndarray, int]:
+        """Reference rows (or groups) for each stream row, ``-1`` for none; and the null-key count.
+
+        Parameters
+        ----------
+        arrays
+            The stream's key columns, in the order of the reference keys.
+        """
+        arrays = [_normalize(a) for a in arrays]
+        null_mask = None
+        for a in arrays:
+            if a.null_count:
+                invalid = ~_validity(a)
+                null_mask = invalid if null_mask is None else null_mask | invalid
+        nulls = int(null_mask.sum()) if null_mask is not None else 0
+        if isinstance(self.encoder, _MultiEncoder):
+            return self.encoder.encode(arrays), nulls
+        return _encode_column(arrays[0], self.encoder.encode), nulls

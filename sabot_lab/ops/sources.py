@@ -1,0 +1,378 @@
+"""Scans: where a :class:`~sabot_lab.plan.nodes.Source` gets its batches.
+
+Each scan has a ``schema``, a one-line ``describe()`` and ``batches(columns, predicate)``, an
+iterator of record batches with the pushed-down projection and filter applied (natively where
+the format allows: Parquet skips row groups and unread columns).
+
+Examples
+--------
+>>> import pyarrow as pa
+>>> from sabot_lab.expr import col
+>>> scan = TableScan(pa.table({"a": [1, 2, 3], "b": [4, 5, 6]}), batch_size=2)
+>>> [b.num_rows for b in scan.batches()]
+[2, 1]
+>>> [b.to_pydict() for b in scan.batches(columns=("b",), predicate=col("a") > 1)]
+[{'b': [5]}, {'b': [6]}]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
+
+from sabot_lab.expr import Expr
+from sabot_lab.ops.base import SideOutputs
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "BatchesScan",
+    "CsvParseError",
+    "CsvScan",
+    "GeneratorScan",
+    "ParquetScan",
+    "SchemaMismatchError",
+    "TableScan",
+]
+
+#: Rows per batch when the user does not say: large enough that per-batch overhead vanishes.
+DEFAULT_BATCH_SIZE = 131_072
+
+
+class SchemaMismatchError(ValueError):
+    """A batch does not have the schema its stream declared."""
+
+
+def _filter_project(
+    batch: pa.RecordBatch, columns: tuple[str, ...] | None, predicate: Expr | None
+) -> pa.RecordBatch:
+    if predicate is not None:
+        batch = batch.filter(predicate.evaluate(batch), null_selection_behavior="drop")
+    if columns is not None:
+        batch = batch.select(list(columns))
+    return batch
+
+
+def describe_schema_difference(expected: pa.Schema, actual: pa.Schema) -> str:
+    """Name the columns that differ between two schemas.
+
+    >>> describe_schema_difference(pa.schema({"a": pa.int64(), "b": pa.string()}),
+    ...                            pa.schema({"a": pa.int32(), "c": pa.string()}))
+    "missing column(s) ['b']; unexpected column(s) ['c']; column 'a' is int32, expected int64"
+    """
+    parts = []
+    missing = [n for n in expected.names if n not in actual.names]
+    extra = [n for n in actual.names if n not in expected.names]
+    if missing:
+        parts.append(f"missing column(s) {missing}")
+    if extra:
+        parts.append(f"unexpected column(s) {extra}")
+    for f in expected:
+        if f.name in actual.names and actual.field(f.name).type != f.type:
+            parts.append(f"column {f.name!r} is {actual.field(f.name).type}, expected {f.type}")
+    if not parts and expected.names != actual.names:
+        parts.append(f"columns are in order {actual.names}, expected {expected.names}")
+    return "; ".join(parts)
+
+
+class TableScan:
+    """Slices an in-memory ``pyarrow.Table`` into batches of ``batch_size`` rows (zero-copy)."""
+
+    def __init__(self, table: pa.Table, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.table = table
+        self.batch_size = batch_size
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self.table.schema
+
+    def describe(self) -> str:
+        return f"table {self.table.num_rows:,} rows"
+
+    def batches(
+        self,
+        columns: tuple[str, ...] | None = None,
+        predicate: Expr | None = None,
+        side_outputs: SideOutputs | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        table = self.table if columns is None or predicate is not None else self.table.select(
+            list(columns)
+        )
+        for batch in table.to_batches(max_chunksize=self.batch_size):
+            if batch.num_rows:
+                yield _filter_project(batch, columns, predicate)
+
+
+class BatchesScan:
+    """Batches from an iterable (or a zero-argument callable returning one, to run again).
+
+    Every batch is checked against ``schema``; a mismatch names the columns that differ.
+    """
+
+    def __init__(
+        self,
+        batches: Iterable[pa.RecordBatch] | Callable[[], Iterable[pa.RecordBatch]],
+        schema: pa.Schema,
+    ) -> None:
+        self._batches = batches
+        self._schema = schema
+        self._consumed = False
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self._schema
+
+    def describe(self) -> str:
+        return "batches"
+
+    def batches(
+        self,
+        columns: tuple[str, ...] | None = None,
+        predicate: Expr | None = None,
+        side_outputs: SideOutputs | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        if callable(self._batches):
+            source = self._batches()
+        elif self._consumed and not isinstance(self._batches, list | tuple):
+            raise RuntimeError(
+                "this stream's batch iterator was already consumed by an earlier run; pass a "
+                "list, or a function returning a fresh iterator, to run it again"
+            )
+        else:
+            source = self._batches
+        self._consumed = True
+        for i, batch in enumerate(source):
+            if isinstance(batch, pa.Table):
+                batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else None
+                if batch is None:
+                    continue
+            if not batch.schema.equals(self._schema):
+                raise SchemaMismatchError(
+                    f"batch {i} does not match the stream schema: "
+                    f"{describe_schema_difference(self._schema, batch.schema)}. "
+                    f"Cast or select columns before passing batches in."
+                )
+            if batch.num_rows:
+                yield _filter_project(batch, columns, predicate)
+
+
+class GeneratorScan:
+    """Synthetic data: ``make_batch(i)`` builds batch ``i`` of ``n_batches``.
+
+    Each batch depends only on its index, so partitions can be generated independently (and,
+    on Dask, by the worker that processes them).
+    """
+
+    def __init__(
+        self, make_batch: Callable[[int], pa.RecordBatch], n_batches: int, schema: pa.Schema
+    ) -> None:
+        self.make_batch = make_batch
+        self.n_batches = n_batches
+        self._schema = schema
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self._schema
+
+    def describe(self) -> str:
+        name = getattr(self.make_batch, "__name__", "generator")
+        return f"{name} x{self.n_batches} batches"
+
+    def batches(
+        self,
+        columns: tuple[str, ...] | None = None,
+        predicate: Expr | None = None,
+        side_outputs: SideOutputs | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        return BatchesScan(
+            lambda: (self.make_batch(i) for i in range(self.n_batches)), self._schema
+        ).batches(columns, predicate)
+
+
+class ParquetScan:
+    """Streams a Parquet file or directory batch by batch (never the whole file at once).
+
+    Pushed-down columns are the only ones read; a pushed-down predicate becomes a dataset
+    filter, so row groups whose statistics exclude it are skipped.
+    """
+
+    def __init__(self, path: str | Path, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"no Parquet file or directory at {self.path}")
+        self.dataset = ds.dataset(self.path, format="parquet")
+        self.batch_size = batch_size
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self.dataset.schema
+
+    def describe(self) -> str:
+        return f"parquet {self.path.name}"
+
+    def batches(
+        self,
+        columns: tuple[str, ...] | None = None,
+        predicate: Expr | None = None,
+        side_outputs: SideOutputs | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        scanner = self.dataset.scanner(
+            columns=list(columns) if columns is not None else None,
+            filter=predicate.to_pyarrow() if predicate is not None else None,
+            batch_size=self.batch_size,
+        )
+        for batch in scanner.to_batches():
+            if batch.num_rows:
+                yield batch
+
+
+class CsvParseError(ValueError):
+    """A CSV row does not parse; the message names the file, the line and the column."""
+
+
+class CsvScan:
+    """Streams a CSV file block by block with pyarrow's incremental reader.
+
+    Parameters
+    ----------
+    path
+        The CSV file (with a header line).
+    schema
+        Column types to convert to; columns it does not name are inferred.
+    batch_size
+        Approximate rows per batch (converted to a block size in bytes from the first line).
+    bad_lines
+        ``"raise"`` (default): a row with the wrong number of fields, or a value that does not
+        convert, raises :class:`CsvParseError` naming file and line. ``"side_output"``: rows
+        with the wrong number of fields go to the ``malformed`` side output with the line
+        number, the text and the reason (unconvertible values still raise).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        schema: pa.Schema | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        bad_lines: str = "raise",
+    ) -> None:
+        if bad_lines not in ("raise", "side_output"):
+            raise ValueError(f"bad_lines must be 'raise' or 'side_output', got {bad_lines!r}")
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"no CSV file at {self.path}")
+        self.column_types = schema
+        self.batch_size = batch_size
+        self.bad_lines = bad_lines
+        with self._open() as reader:
+            self._schema = reader.schema
+
+    def _open(self, on_invalid: Callable | None = None) -> pacsv.CSVStreamingReader:
+        with self.path.open("rb") as f:
+            line_bytes = max(len(f.readline()), 16)
+        block = max(1 << 16, min(line_bytes * self.batch_size, 1 << 28))
+        types = dict(zip(self.column_types.names, self.column_types.types, strict=True)) if (
+            self.column_types is not None
+        ) else None
+        try:
+            return pacsv.open_csv(
+                self.path,
+                read_options=pacsv.ReadOptions(block_size=block, use_threads=False),
+                parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+                convert_options=pacsv.ConvertOptions(column_types=types),
+            )
+        except pa.ArrowInvalid as exc:
+            raise self._explain(exc) from None
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self._schema
+
+    def describe(self) -> str:
+        return f"csv {self.path.name}"
+
+    def _explain(self, exc: pa.ArrowInvalid) -> CsvParseError:
+        message = str(exc)
+        if "conversion error" in message:
+            where = self._find_unconvertible(message)
+            return CsvParseError(f"{self.path}: {where}: {message}. Fix the value, or read "
+                                 f"that column as string and cast it with a filter/with_columns")
+        return CsvParseError(f"{self.path}: {message}. Fix the line, or pass "
+                             f"bad_lines='side_output' to route malformed lines aside")
+
+    def _find_unconvertible(self, message: str) -> str:
+        """Locate the first value that does not convert (error path only: re-reads as text)."""
+        reader = pacsv.open_csv(
+            self.path,
+            read_options=pacsv.ReadOptions(use_threads=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.string() for n in self.column_types.names},
+                strings_can_be_null=True,
+            ),
+        )
+        line = 1
+        for batch in reader:
+            for name, target in zip(self.column_types.names, self.column_types.types,
+                                    strict=True):
+                column = batch.column(name)
+                bad = _first_failing_cast(column, target)
+                if bad is not None:
+                    return (f"line {line + bad + 1}, column {name!r}: value "
+                            f"{column[bad].as_py()!r} is not {target}")
+            line += batch.num_rows
+        return "unknown line"
+
+    def batches(
+        self,
+        columns: tuple[str, ...] | None = None,
+        predicate: Expr | None = None,
+        side_outputs: SideOutputs | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        malformed: list[dict] = []
+
+        def on_invalid(row: pacsv.InvalidRow) -> str:
+            if self.bad_lines == "raise":
+                return "error"
+            malformed.append({"file": str(self.path), "line": row.number, "text": row.text,
+                              "reason": f"expected {row.expected_columns} fields, "
+                                        f"got {row.actual_columns}"})
+            return "skip"
+
+        reader = self._open(on_invalid)
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            except pa.ArrowInvalid as exc:
+                raise self._explain(exc) from None
+            if malformed and side_outputs is not None:
+                side_outputs.emit("malformed", pa.RecordBatch.from_pylist(malformed))
+                malformed.clear()
+            if batch.num_rows:
+                yield _filter_project(batch, columns, predicate)
+
+
+def _first_failing_cast(column: pa.Array, target: pa.DataType) -> int | None:
+    """Index of the first value of ``column`` that does not cast to ``target`` (bisection)."""
+    def ok(lo: int, hi: int) -> bool:
+        try:
+            column.slice(lo, hi - lo).cast(target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return False
+        return True
+
+    lo, hi = 0, len(column)
+    if ok(lo, hi):
+        return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(lo, mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo

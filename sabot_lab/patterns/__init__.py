@@ -1,0 +1,1 @@
+"""The three streaming patterns, each a function that builds a job from parameters."""

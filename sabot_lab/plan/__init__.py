@@ -1,0 +1,1 @@
+"""Logical plans: immutable nodes and the JobGraph."""

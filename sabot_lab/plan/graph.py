@@ -1,0 +1,121 @@
+"""JobGraph: a validated logical plan (a DAG of nodes ending in one sink).
+
+Examples
+--------
+>>> import pyarrow as pa
+>>> from sabot_lab.expr import col
+>>> from sabot_lab.ops.sinks import CollectSink
+>>> from sabot_lab.ops.sources import TableScan
+>>> from sabot_lab.plan.nodes import Filter, Sink, Source
+>>> graph = JobGraph(Sink(Filter(Source(TableScan(pa.table({"a": [1, 2]}))), col("a") > 1),
+...                       CollectSink()))
+>>> print(graph.explain())
+Sink[collect]
+└─ Filter[(col('a') > 1)]
+   └─ Source[table 2 rows]
+>>> [type(n).__name__ for n in graph.nodes]
+['Source', 'Filter', 'Sink']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyarrow as pa
+
+from sabot_lab.plan.nodes import Node
+
+__all__ = ["JobGraph"]
+
+
+def _format_schema(schema: pa.Schema, limit: int = 8) -> str:
+    parts = [f"{f.name}: {f.type}" for f in schema]
+    if len(parts) > limit:
+        parts = [*parts[:limit], f"… +{len(parts) - limit} more"]
+    return ", ".join(parts)
+
+
+class JobGraph:
+    """A logical plan rooted at ``root``; validates every node's schema on construction.
+
+    Parameters
+    ----------
+    root
+        The final node (normally a :class:`~sabot_lab.plan.nodes.Sink`).
+    """
+
+    def __init__(self, root: Node) -> None:
+        self.root = root
+        self.nodes: tuple[Node, ...] = tuple(self._topological())
+        for node in self.nodes:
+            node.schema  # noqa: B018 - inference raises PlanError on an invalid plan
+
+    def _topological(self) -> list[Node]:
+        order: list[Node] = []
+        seen: set[int] = set()
+
+        def visit(node: Node) -> None:
+            if id(node) in seen:
+                return
+            seen.add(id(node))
+            for child in node.children:
+                visit(child)
+            order.append(node)
+
+        visit(self.root)
+        return order
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The output schema of the job."""
+        return self.root.schema
+
+    def node_ids(self) -> dict[int, str]:
+        """Stable operator ids (``"<position>:<kind>"``) keyed by ``id(node)``."""
+        return {id(n): f"{i}:{type(n).__name__.lower()}" for i, n in enumerate(self.nodes)}
+
+    def explain(
+        self,
+        show_schema: bool = False,
+        annotate: Callable[[Node], str] | None = None,
+    ) -> str:
+        """The plan as an indented tree, root first.
+
+        Parameters
+        ----------
+        show_schema
+            Also print each node's output schema (abbreviated when wide).
+        annotate
+            Optional function returning extra text for a node (e.g. row counts after a run).
+        """
+        lines: list[str] = []
+
+        def walk(node: Node, prefix: str, child_prefix: str) -> None:
+            text = node.label
+            if annotate is not None:
+                extra = annotate(node)
+                text += f"  ({extra})" if extra else ""
+            lines.append(prefix + text)
+            if show_schema:
+                lines.append(child_prefix + "   schema: " + _format_schema(node.schema))
+            kids = node.children
+            for i, kid in enumerate(kids):
+                last = i == len(kids) - 1
+                walk(kid, child_prefix + ("└─ " if last else "├─ "),
+                     child_prefix + ("   " if last else "│  "))
+
+        walk(self.root, "", "")
+        return "\n".join(lines)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JobGraph) and self.root == other.root
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return self.explain()
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        return f"<pre>{escape(self.explain(show_schema=True))}</pre>"

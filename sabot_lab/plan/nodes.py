@@ -1,0 +1,352 @@
+"""Immutable logical plan nodes.
+
+Every node is a frozen dataclass with ``children``, an inferred output ``schema`` and
+``with_children()``. Equality is structural (expressions compare by structure, data payloads
+such as source scans and reference tables by identity), so a rewrite-rule test is one ``==``.
+
+Examples
+--------
+>>> import pyarrow as pa
+>>> from sabot_lab.expr import col
+>>> from sabot_lab.ops.sources import TableScan
+>>> src = Source(TableScan(pa.table({"a": [1, 2], "b": ["x", "y"]})))
+>>> Filter(src, col("a") > 1) == Filter(src, col("a") > 1)
+True
+>>> Project(src, (("c", col("a") * 2),)).schema
+c: int64
+>>> Filter(src, col("z") > 1).schema
+Traceback (most recent call last):
+...
+sabot_lab.plan.nodes.PlanError: Filter[(col('z') > 1)]: column 'z' not found in (col('z') > 1); available columns: ['a', 'b']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from sabot_lab.expr import Column, Expr, ExprError
+from sabot_lab.reference import Table
+
+__all__ = [
+    "Enrich",
+    "Filter",
+    "MapBatches",
+    "Node",
+    "PlanError",
+    "Project",
+    "Scan",
+    "Sink",
+    "SinkTarget",
+    "Source",
+    "Union",
+]
+
+
+class PlanError(ValueError):
+    """A plan is invalid: unknown column, type mismatch, incompatible schemas."""
+
+
+class Scan(Protocol):
+    """What a :class:`Source` reads (implemented in :mod:`sabot_lab.ops.sources`)."""
+
+    @property
+    def schema(self) -> pa.Schema: ...
+
+    def describe(self) -> str: ...
+
+
+class SinkTarget(Protocol):
+    """Where a :class:`Sink` writes (implemented in :mod:`sabot_lab.ops.sinks`)."""
+
+    def describe(self) -> str: ...
+
+
+def _structural(value: Any) -> Any:
+    if isinstance(value, Expr):
+        return ("expr", value.key())
+    if isinstance(value, tuple):
+        return tuple(_structural(v) for v in value)
+    if isinstance(value, Node | pa.Schema | pa.DataType | str | int | float | bool | type(None)):
+        return value
+    return ("id", id(value))
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    """Base class of plan nodes."""
+
+    @property
+    def children(self) -> tuple[Node, ...]:
+        """The input nodes."""
+        return ()
+
+    def with_children(self, children: tuple[Node, ...]) -> Node:
+        """A copy of this node with new inputs (nodes are immutable)."""
+        if children:
+            raise PlanError(f"{self.label} takes no inputs")
+        return self
+
+    @property
+    def label(self) -> str:
+        """One line naming the operator and its key parameters."""
+        return type(self).__name__
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The output schema, inferred (and validated) from the inputs."""
+        return self._schema
+
+    @cached_property
+    def _schema(self) -> pa.Schema:
+        try:
+            return self._infer_schema()
+        except (ExprError, KeyError) as exc:
+            message = exc.args[0] if exc.args else str(exc)
+            raise PlanError(f"{self.label}: {message}") from None
+
+    def _infer_schema(self) -> pa.Schema:
+        raise NotImplementedError
+
+    def _fields(self) -> tuple:
+        return tuple(_structural(getattr(self, f.name)) for f in dataclasses.fields(self))
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self._fields() == other._fields()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.label))
+
+
+@dataclass(frozen=True, eq=False)
+class Source(Node):
+    """Reads batches from a :class:`Scan`; the optimizer may push columns and a filter into it."""
+
+    scan: Scan
+    columns: tuple[str, ...] | None = None
+    predicate: Expr | None = None
+
+    @property
+    def label(self) -> str:
+        extra = f" columns={list(self.columns)}" if self.columns is not None else ""
+        extra += f" filter={self.predicate!r}" if self.predicate is not None else ""
+        return f"Source[{self.scan.describe()}{extra}]"
+
+    def _infer_schema(self) -> pa.Schema:
+        schema = self.scan.schema
+        if self.predicate is not None:
+            self.predicate.output_type(schema)
+        if self.columns is None:
+            return schema
+        missing = [c for c in self.columns if c not in schema.names]
+        if missing:
+            raise KeyError(f"column {missing[0]!r} not found; available columns: {schema.names}")
+        return pa.schema([schema.field(c) for c in self.columns])
+
+
+@dataclass(frozen=True, eq=False)
+class _Unary(Node):
+    child: Node
+
+    @property
+    def children(self) -> tuple[Node, ...]:
+        return (self.child,)
+
+    def with_children(self, children: tuple[Node, ...]) -> Node:
+        (child,) = children
+        return dataclasses.replace(self, child=child)
+
+
+@dataclass(frozen=True, eq=False)
+class Filter(_Unary):
+    """Keeps the rows where ``predicate`` is true (null counts as false, as in SQL)."""
+
+    predicate: Expr
+
+    @property
+    def label(self) -> str:
+        return f"Filter[{self.predicate!r}]"
+
+    def _infer_schema(self) -> pa.Schema:
+        schema = self.child.schema
+        out = self.predicate.output_type(schema)
+        if not pa.types.is_boolean(out):
+            raise ExprError(f"a filter predicate must be boolean, {self.predicate!r} is {out}")
+        return schema
+
+
+@dataclass(frozen=True, eq=False)
+class Project(_Unary):
+    """Outputs exactly the named expressions, in order (``select`` and ``with_columns``)."""
+
+    exprs: tuple[tuple[str, Expr], ...]
+
+    @property
+    def label(self) -> str:
+        parts = [
+            name if isinstance(e, Column) and e.name == name else f"{name}={e!r}"
+            for name, e in self.exprs
+        ]
+        return f"Project[{', '.join(parts)}]"
+
+    def _infer_schema(self) -> pa.Schema:
+        schema = self.child.schema
+        names = [name for name, _ in self.exprs]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ExprError(f"output column {dupes[0]!r} is defined twice")
+        fields = []
+        for name, e in self.exprs:
+            if isinstance(e, Column) and e.name in schema.names:
+                fields.append(schema.field(e.name).with_name(name))
+            else:
+                fields.append(pa.field(name, e.output_type(schema)))
+        return pa.schema(fields)
+
+
+@dataclass(frozen=True, eq=False)
+class MapBatches(_Unary):
+    """A vectorized user function ``RecordBatch -> RecordBatch`` with a declared output schema."""
+
+    fn: Callable[[pa.RecordBatch], pa.RecordBatch]
+    output_schema: pa.Schema
+    name: str = "map_batches"
+
+    @property
+    def label(self) -> str:
+        return f"MapBatches[{self.name}]"
+
+    def _infer_schema(self) -> pa.Schema:
+        return self.output_schema
+
+
+def _key_types_compatible(left: pa.DataType, right: pa.DataType) -> bool:
+    def base(t: pa.DataType) -> pa.DataType:
+        t = t.value_type if pa.types.is_dictionary(t) else t
+        return pa.string() if pa.types.is_large_string(t) or pa.types.is_string_view(t) else t
+
+    left, right = base(left), base(right)
+    both_int = pa.types.is_integer(left) and pa.types.is_integer(right)
+    return left == right or both_int
+
+
+@dataclass(frozen=True, eq=False)
+class Enrich(_Unary):
+    """Lookup join of the stream against a reference :class:`~sabot_lab.reference.Table`.
+
+    ``on`` pairs stream key columns with reference key columns. ``how`` is ``"inner"`` (rows
+    without a match leave, counted as unmatched, or go to the ``unmatched`` side output) or
+    ``"left"`` (they stay, with null reference columns). Reference columns whose names clash
+    with stream columns get ``suffix``.
+    """
+
+    reference: Table
+    on: tuple[tuple[str, str], ...]
+    how: str = "inner"
+    columns: tuple[str, ...] = ()
+    suffix: str = "_ref"
+    unmatched_side_output: bool = False
+
+    @property
+    def label(self) -> str:
+        keys = ", ".join(s if s == r else f"{s}={r}" for s, r in self.on)
+        side = " unmatched->side" if self.unmatched_side_output else ""
+        return f"Enrich[{self.how} on {keys} +{list(self.columns)}{side}]"
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """Output names of the reference columns (after the clash suffix)."""
+        stream_names = set(self.child.schema.names)
+        return tuple(c + self.suffix if c in stream_names else c for c in self.columns)
+
+    def _infer_schema(self) -> pa.Schema:
+        schema = self.child.schema
+        ref = self.reference.schema
+        if self.how not in ("inner", "left"):
+            raise ExprError(f"how must be 'inner' or 'left', got {self.how!r}")
+        for stream_col, ref_col in self.on:
+            if stream_col not in schema.names:
+                raise KeyError(
+                    f"stream key column {stream_col!r} not found; "
+                    f"available columns: {schema.names}"
+                )
+            if ref_col not in self.reference.key:
+                raise KeyError(
+                    f"{ref_col!r} is not a key of the reference table "
+                    f"(its key is {list(self.reference.key)})"
+                )
+            left, right = schema.field(stream_col).type, ref.field(ref_col).type
+            if not _key_types_compatible(left, right):
+                raise ExprError(
+                    f"key type mismatch: stream column {stream_col!r} is {left} but reference "
+                    f"key {ref_col!r} is {right}; cast one side, e.g. "
+                    f".with_columns({stream_col}=col({stream_col!r}).cast('{right}'))"
+                )
+        for c in self.columns:
+            if c not in ref.names:
+                raise KeyError(
+                    f"reference column {c!r} not found; available columns: {ref.names}"
+                )
+        fields = list(schema)
+        for c, name in zip(self.columns, self.output_names, strict=True):
+            if name in schema.names:
+                raise ExprError(
+                    f"reference column {c!r} would be named {name!r}, which the stream "
+                    f"already has; choose another suffix"
+                )
+            fields.append(ref.field(c).with_name(name).with_nullable(True))
+        return pa.schema(fields)
+
+
+@dataclass(frozen=True, eq=False)
+class Union(Node):
+    """Concatenates streams with the same schema (inputs in order, batches interleaved)."""
+
+    inputs: tuple[Node, ...]
+
+    @property
+    def children(self) -> tuple[Node, ...]:
+        return self.inputs
+
+    def with_children(self, children: tuple[Node, ...]) -> Node:
+        return Union(tuple(children))
+
+    @property
+    def label(self) -> str:
+        return f"Union[{len(self.inputs)} inputs]"
+
+    def _infer_schema(self) -> pa.Schema:
+        first = self.inputs[0].schema
+        for i, other in enumerate(self.inputs[1:], start=1):
+            s = other.schema
+            if s.names != first.names:
+                raise ExprError(
+                    f"input {i} has columns {s.names} but input 0 has {first.names}; "
+                    f"select the same columns in the same order before union"
+                )
+            for a, b in zip(first, s, strict=True):
+                if a.type != b.type:
+                    raise ExprError(
+                        f"column {a.name!r} is {a.type} in input 0 but {b.type} in input {i}; "
+                        f"cast one side with with_columns"
+                    )
+        return first
+
+
+@dataclass(frozen=True, eq=False)
+class Sink(_Unary):
+    """The end of a job: collect into a table, write files, or call a function per batch."""
+
+    target: SinkTarget
+
+    @property
+    def label(self) -> str:
+        return f"Sink[{self.target.describe()}]"
+
+    def _infer_schema(self) -> pa.Schema:
+        return self.child.schema

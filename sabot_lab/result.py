@@ -1,0 +1,128 @@
+"""The outcome of a run: output table, side outputs, per-operator metrics and timings.
+
+Examples
+--------
+>>> import pyarrow as pa
+>>> import sabot_lab as sl
+>>> result = sl.Stream.from_table(pa.table({"a": [1, 2, 3]})).filter(sl.col("a") > 1).run()
+>>> result.table.to_pydict()
+{'a': [2, 3]}
+>>> result.metrics[["operator", "rows_in", "rows_out", "rows_filtered"]]
+               operator  rows_in  rows_out  rows_filtered
+0  Source[table 3 rows]        3         3              0
+1  Filter[(col('a') > 1)]      3         2              1
+2         Sink[collect]        2         2              0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from html import escape
+
+import pandas as pd
+import pyarrow as pa
+
+from sabot_lab.ops.base import OperatorMetrics
+from sabot_lab.plan.graph import JobGraph
+
+__all__ = ["Result"]
+
+_SHOWN = ["operator", "rows_in", "rows_out", "rows_filtered", "rows_side_output", "unmatched",
+          "null_keys", "batches_in", "seconds"]
+
+
+@dataclass
+class Result:
+    """What :meth:`Stream.run` returns.
+
+    Attributes
+    ----------
+    table
+        The collected output (``None`` when the sink wrote files or called a function).
+    side_outputs
+        Rows that left the main stream with a reason, by name (``unmatched``, ``malformed``…).
+    operator_metrics
+        Counters per operator, in plan order.
+    execution_time_ms
+        Wall-clock time of the run.
+    plan
+        The plan that was executed.
+    """
+
+    table: pa.Table | None
+    side_outputs: dict[str, pa.Table]
+    operator_metrics: list[OperatorMetrics]
+    execution_time_ms: float
+    plan: JobGraph
+    runner: str = "local"
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> pd.DataFrame:
+        """Per-operator counters as a DataFrame (one row per operator, plan order)."""
+        rows = [m.as_dict() for m in self.operator_metrics]
+        frame = pd.DataFrame(rows)
+        return frame.rename(columns={"label": "operator"})
+
+    @property
+    def rows_in(self) -> int:
+        """Rows produced by all sources."""
+        return sum(m.rows_out for m in self.operator_metrics if m.op_id.endswith(":source"))
+
+    @property
+    def rows_out(self) -> int:
+        """Rows that reached the sink."""
+        return self.operator_metrics[-1].rows_in
+
+    @property
+    def rows_per_second(self) -> float:
+        """Source rows per second of wall-clock time."""
+        return self.rows_in / max(self.execution_time_ms / 1000, 1e-9)
+
+    def explain(self) -> str:
+        """The executed plan with rows in/out and time on every operator."""
+        by_node = {id(n): m for n, m in zip(self.plan.nodes, self.operator_metrics, strict=True)}
+
+        def annotate(node: object) -> str:
+            m = by_node[id(node)]
+            return f"in={m.rows_in:,} out={m.rows_out:,} {m.seconds * 1000:.1f} ms"
+
+        return self.plan.explain(annotate=annotate)
+
+    def to_pandas(self) -> pd.DataFrame:
+        """The output table as a pandas DataFrame."""
+        if self.table is None:
+            raise ValueError("this run had no collecting sink; its output went elsewhere")
+        return self.table.to_pandas()
+
+    def summary(self) -> dict[str, object]:
+        """Headline figures: rows in and out, side-output rows, time, throughput."""
+        return {
+            "runner": self.runner,
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+            **{f"side_output.{k}": v.num_rows for k, v in self.side_outputs.items()},
+            "execution_time_ms": round(self.execution_time_ms, 1),
+            "rows_per_second": round(self.rows_per_second),
+        }
+
+    def __repr__(self) -> str:
+        head = ", ".join(f"{k}={v}" for k, v in self.summary().items())
+        return f"Result({head})\n{self.explain()}"
+
+    def _repr_html_(self) -> str:
+        summary = "".join(
+            f"<tr><th style='text-align:left'>{escape(str(k))}</th><td>{v:,}</td></tr>"
+            if isinstance(v, int | float) else
+            f"<tr><th style='text-align:left'>{escape(str(k))}</th><td>{escape(str(v))}</td></tr>"
+            for k, v in self.summary().items()
+        )
+        metrics = self.metrics[_SHOWN].to_html(index=False, float_format=lambda x: f"{x:.4f}")
+        preview = ""
+        if self.table is not None:
+            preview = self.table.slice(0, 5).to_pandas().to_html(index=False)
+            preview = f"<p><b>First rows</b> of {self.table.num_rows:,}</p>{preview}"
+        return (
+            f"<div><p><b>sabot_lab Result</b></p><table>{summary}</table>"
+            f"<p><b>Operators</b></p>{metrics}{preview}</div>"
+        )

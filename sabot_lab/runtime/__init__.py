@@ -1,0 +1,1 @@
+"""Runners: LocalRunner (this process); DaskRunner comes with the Dask runtime."""

@@ -1,0 +1,220 @@
+"""LocalRunner: executes a JobGraph in this process, pulling batches through the operators.
+
+A chain of operators between a source (or union) and the next union/sink is one *pipeline*:
+each batch goes through the whole chain in one pass. When every operator of a pipeline is
+stateless, batches are processed by a small thread pool (pyarrow kernels and the numba
+lookup release the GIL) while the output order stays the input order.
+
+Examples
+--------
+>>> import pyarrow as pa
+>>> import sabot_lab as sl
+>>> stream = sl.Stream.from_table(pa.table({"a": list(range(10))}), batch_size=3)
+>>> LocalRunner(threads=2).run(stream.filter(sl.col("a") >= 5).graph()).table["a"].to_pylist()
+[5, 6, 7, 8, 9]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import pyarrow as pa
+
+from sabot_lab.ops.base import Operator, OperatorMetrics, SideOutputs
+from sabot_lab.ops.enrich import EnrichOp
+from sabot_lab.ops.stateless import FilterOp, MapBatchesOp, ProjectOp
+from sabot_lab.plan.graph import JobGraph
+from sabot_lab.plan.nodes import Enrich, Filter, MapBatches, Node, Project, Sink, Source, Union
+from sabot_lab.result import Result
+
+__all__ = ["LocalRunner", "make_operator"]
+
+log = logging.getLogger(__name__)
+
+_OPERATORS: dict[type[Node], type[Operator]] = {
+    Filter: FilterOp,
+    Project: ProjectOp,
+    MapBatches: MapBatchesOp,
+    Enrich: EnrichOp,
+}
+
+
+def make_operator(node: Node, metrics: OperatorMetrics, side_outputs: SideOutputs) -> Operator:
+    """The physical operator for a (non-source, non-sink) plan node."""
+    try:
+        kind = _OPERATORS[type(node)]
+    except KeyError:
+        raise NotImplementedError(f"no physical operator for {node.label}") from None
+    return kind(node, metrics, side_outputs)
+
+
+def _ordered_parallel_map(
+    fn: Callable[[pa.RecordBatch], list[pa.RecordBatch]],
+    items: Iterable[pa.RecordBatch],
+    pool: ThreadPoolExecutor,
+    max_in_flight: int,
+) -> Iterator[pa.RecordBatch]:
+    """``fn`` over ``items`` on ``pool``, results in input order, at most ``max_in_flight`` queued."""
+    pending: deque[Future] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= max_in_flight:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+class _Execution:
+    """The state of one run: operators, metrics and side outputs."""
+
+    def __init__(self, graph: JobGraph, pool: ThreadPoolExecutor | None, threads: int) -> None:
+        self.graph = graph
+        self.pool = pool
+        self.threads = threads
+        self.side_outputs = SideOutputs()
+        ids = graph.node_ids()
+        self.metrics = {id(n): OperatorMetrics(ids[id(n)], n.label) for n in graph.nodes}
+        self.operators = {
+            id(n): make_operator(n, self.metrics[id(n)], self.side_outputs)
+            for n in graph.nodes
+            if not isinstance(n, Source | Union | Sink)
+        }
+
+    def source(self, node: Source) -> Iterator[pa.RecordBatch]:
+        metrics = self.metrics[id(node)]
+        batches = node.scan.batches(node.columns, node.predicate, side_outputs=self.side_outputs)
+        while True:
+            start = time.perf_counter()
+            batch = next(batches, None)
+            metrics.add(seconds=time.perf_counter() - start)
+            if batch is None:
+                return
+            metrics.add(rows_in=batch.num_rows, rows_out=batch.num_rows, batches_out=1)
+            yield batch
+
+    def union(self, node: Union) -> Iterator[pa.RecordBatch]:
+        metrics = self.metrics[id(node)]
+        for child in node.inputs:
+            for batch in self.stream(child):
+                metrics.add(rows_in=batch.num_rows, rows_out=batch.num_rows,
+                            batches_in=1, batches_out=1)
+                yield batch
+
+    def _push(self, chain: list[Operator], start: int, batches: list[pa.RecordBatch]
+              ) -> list[pa.RecordBatch]:
+        """Send ``batches`` through ``chain[start:]``, one operator at a time."""
+        for op in chain[start:]:
+            out: list[pa.RecordBatch] = []
+            metrics = op.metrics
+            for batch in batches:
+                t0 = time.perf_counter()
+                produced = op.process(batch)
+                n_out = sum(b.num_rows for b in produced)
+                metrics.add(rows_in=batch.num_rows, rows_out=n_out, batches_in=1,
+                            batches_out=len(produced), seconds=time.perf_counter() - t0)
+                out.extend(b for b in produced if b.num_rows)
+            batches = out
+        return batches
+
+    def stream(self, node: Node) -> Iterator[pa.RecordBatch]:
+        """Batches produced by ``node``: its base (source or union) through its operator chain."""
+        chain: list[Operator] = []
+        while id(node) in self.operators:
+            chain.append(self.operators[id(node)])
+            node = node.children[0]
+        chain.reverse()
+        base = self.source(node) if isinstance(node, Source) else self.union(node)
+        if not chain:
+            yield from base
+            return
+
+        def run_chain(batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+            return self._push(chain, 0, [batch])
+
+        parallel = self.pool is not None and all(op.parallel_safe for op in chain)
+        if parallel:
+            yield from _ordered_parallel_map(run_chain, base, self.pool, 2 * self.threads)
+        else:
+            for batch in base:
+                yield from run_chain(batch)
+        for i, op in enumerate(chain):
+            yield from self._push(chain, i + 1, op.finish())
+
+
+class LocalRunner:
+    """Runs a job in this process.
+
+    Parameters
+    ----------
+    threads
+        Worker threads for stateless pipelines (default: the number of CPUs, at most 4);
+        1 runs everything in the calling thread.
+    progress
+        Show a progress bar (rows reaching the sink, rows/s) while running.
+    """
+
+    name = "local"
+
+    def __init__(self, threads: int | None = None, progress: bool = False) -> None:
+        self.threads = threads if threads is not None else min(os.cpu_count() or 1, 4)
+        self.progress = progress
+
+    def __repr__(self) -> str:
+        return f"LocalRunner(threads={self.threads})"
+
+    def run(self, graph: JobGraph) -> Result:
+        """Execute ``graph`` (whose root is a Sink) and return its :class:`Result`."""
+        sink = graph.root
+        if not isinstance(sink, Sink):
+            raise TypeError(f"a job must end in a Sink, this one ends in {sink.label}")
+        start = time.perf_counter()
+        pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        try:
+            execution = _Execution(graph, pool, self.threads)
+            table = self._drain(execution, sink)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        log.info("local run finished in %.1f ms", elapsed_ms)
+        return Result(
+            table=table,
+            side_outputs=execution.side_outputs.tables(),
+            operator_metrics=[execution.metrics[id(n)] for n in graph.nodes],
+            execution_time_ms=elapsed_ms,
+            plan=graph,
+            runner=self.name,
+        )
+
+    def _drain(self, execution: _Execution, sink: Sink) -> pa.Table | None:
+        metrics = execution.metrics[id(sink)]
+        writer = sink.target.open(sink.schema)
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(unit=" rows", unit_scale=True, desc="sabot_lab")
+        try:
+            for batch in execution.stream(sink.child):
+                t0 = time.perf_counter()
+                writer.write(batch)
+                metrics.add(rows_in=batch.num_rows, rows_out=batch.num_rows, batches_in=1,
+                            seconds=time.perf_counter() - t0)
+                if bar is not None:
+                    bar.update(batch.num_rows)
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        return writer.close()

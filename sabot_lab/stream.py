@@ -1,0 +1,351 @@
+"""The fluent Stream API: every method returns a new Stream around a bigger logical plan.
+
+Examples
+--------
+>>> import pyarrow as pa
+>>> import sabot_lab as sl
+>>> trades = pa.table({"sec_id": [1, 2, 3, 1], "qty": [10, 500, 20, 700]})
+>>> securities = sl.Table(pa.table({"sec_id": [1, 2], "symbol": ["AAPL", "MSFT"]}), key="sec_id")
+>>> big = (
+...     sl.Stream.from_table(trades)
+...     .filter(sl.col("qty") >= 100)
+...     .enrich(securities, on="sec_id")
+...     .select("symbol", quantity="qty")
+... )
+>>> big.to_table().to_pydict()
+{'symbol': ['MSFT', 'AAPL'], 'quantity': [500, 700]}
+>>> print(big.explain())
+Sink[collect]
+└─ Project[symbol, quantity=col('qty')]
+   └─ Enrich[inner on sec_id +['symbol']]
+      └─ Filter[(col('qty') >= 100)]
+         └─ Source[table 4 rows]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from sabot_lab.expr import Expr, Literal, col
+from sabot_lab.ops.sinks import CallbackSink, CollectSink, ParquetSink
+from sabot_lab.ops.sources import (
+    DEFAULT_BATCH_SIZE,
+    BatchesScan,
+    CsvScan,
+    GeneratorScan,
+    ParquetScan,
+    TableScan,
+)
+from sabot_lab.plan.graph import JobGraph
+from sabot_lab.plan.nodes import (
+    Enrich,
+    Filter,
+    MapBatches,
+    Node,
+    PlanError,
+    Project,
+    Sink,
+    SinkTarget,
+    Source,
+    Union,
+)
+from sabot_lab.reference import Table
+from sabot_lab.result import Result
+
+__all__ = ["Stream"]
+
+
+def _as_expr(value: Any) -> Expr:
+    return value if isinstance(value, Expr) else Literal(value)
+
+
+def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist([], schema=schema)
+
+
+class Stream:
+    """A stream of Arrow record batches and the plan that produces it.
+
+    Build one with a ``from_*`` constructor, chain operators, and finish with a sink
+    (:meth:`to_table`, :meth:`to_pandas`, :meth:`to_parquet`, :meth:`for_each_batch`) or
+    :meth:`run`, which returns a :class:`~sabot_lab.result.Result` with metrics.
+    Plans are validated as they are built: an unknown column fails at once, naming it.
+    """
+
+    def __init__(self, node: Node) -> None:
+        node.schema  # noqa: B018 - validates the new node now, not at run time
+        self.node = node
+
+    # --- sources -------------------------------------------------------------------------
+    @classmethod
+    def from_table(cls, table: pa.Table, batch_size: int = DEFAULT_BATCH_SIZE) -> Stream:
+        """Stream an in-memory ``pyarrow.Table`` in batches of ``batch_size`` rows.
+
+        >>> Stream.from_table(pa.table({"a": [1, 2, 3]}), batch_size=2).schema
+        a: int64
+        """
+        return cls(Source(TableScan(table, batch_size)))
+
+    @classmethod
+    def from_pandas(cls, frame: pd.DataFrame, batch_size: int = DEFAULT_BATCH_SIZE) -> Stream:
+        """Stream a pandas DataFrame (its index is not kept).
+
+        >>> Stream.from_pandas(pd.DataFrame({"a": [1.5]})).to_table().to_pydict()
+        {'a': [1.5]}
+        """
+        return cls.from_table(pa.Table.from_pandas(frame, preserve_index=False), batch_size)
+
+    @classmethod
+    def from_batches(
+        cls,
+        batches: Iterable[pa.RecordBatch] | Callable[[], Iterable[pa.RecordBatch]],
+        schema: pa.Schema,
+    ) -> Stream:
+        """Stream record batches from an iterable, checking each against ``schema``.
+
+        A one-shot iterator can run once; pass a list, or a function that returns a fresh
+        iterator, to run the stream again.
+
+        >>> schema = pa.schema({"a": pa.int64()})
+        >>> batches = [pa.record_batch({"a": [1]}), pa.record_batch({"a": [2]})]
+        >>> Stream.from_batches(batches, schema).to_table().num_rows
+        2
+        """
+        return cls(Source(BatchesScan(batches, schema)))
+
+    @classmethod
+    def from_parquet(cls, path: str | Path, batch_size: int = DEFAULT_BATCH_SIZE) -> Stream:
+        """Stream a Parquet file or directory batch by batch (never the whole file at once)."""
+        return cls(Source(ParquetScan(path, batch_size)))
+
+    @classmethod
+    def from_csv(
+        cls,
+        path: str | Path,
+        schema: pa.Schema | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        bad_lines: str = "raise",
+    ) -> Stream:
+        """Stream a CSV file; ``schema`` fixes column types (others are inferred).
+
+        A row that does not parse raises an error naming the file and the line, or with
+        ``bad_lines="side_output"`` goes to the ``malformed`` side output.
+        """
+        return cls(Source(CsvScan(path, schema, batch_size, bad_lines)))
+
+    @classmethod
+    def from_generator(
+        cls,
+        make_batch: Callable[[int], pa.RecordBatch],
+        n_batches: int,
+        schema: pa.Schema | None = None,
+    ) -> Stream:
+        """Synthetic data: batch ``i`` is ``make_batch(i)`` for ``i`` in ``range(n_batches)``.
+
+        >>> make = lambda i: pa.record_batch({"i": [i, i]})
+        >>> Stream.from_generator(make, n_batches=3).to_table()["i"].to_pylist()
+        [0, 0, 1, 1, 2, 2]
+        """
+        if schema is None:
+            schema = make_batch(0).schema
+        return cls(Source(GeneratorScan(make_batch, n_batches, schema)))
+
+    # --- operators -----------------------------------------------------------------------
+    @property
+    def schema(self) -> pa.Schema:
+        """The schema of the stream's batches."""
+        return self.node.schema
+
+    def filter(self, predicate: Expr) -> Stream:
+        """Keep rows where ``predicate`` is true (null counts as false, as in SQL).
+
+        >>> s = Stream.from_table(pa.table({"a": [1, 5]}))
+        >>> s.filter(col("a") > 2).to_table()["a"].to_pylist()
+        [5]
+        """
+        return Stream(Filter(self.node, predicate))
+
+    def select(self, *columns: str, **renamed_or_computed: str | Expr) -> Stream:
+        """Keep, rename and compute columns: ``select("a", b="old_b", c=col("a") * 2)``.
+
+        A string keyword value renames a column; an expression computes one.
+
+        >>> s = Stream.from_table(pa.table({"a": [1], "b": [2]}))
+        >>> s.select("a", total=col("a") + col("b"), bee="b").to_table().to_pydict()
+        {'a': [1], 'total': [3], 'bee': [2]}
+        """
+        exprs: list[tuple[str, Expr]] = [(c, col(c)) for c in columns]
+        for name, value in renamed_or_computed.items():
+            exprs.append((name, col(value) if isinstance(value, str) else _as_expr(value)))
+        return Stream(Project(self.node, tuple(exprs)))
+
+    def with_columns(self, **exprs: Expr | Any) -> Stream:
+        """Add or replace columns, keeping all others in place.
+
+        >>> s = Stream.from_table(pa.table({"a": [1, 2]}))
+        >>> s.with_columns(a=col("a") * 10, b=1).to_table().to_pydict()
+        {'a': [10, 20], 'b': [1, 1]}
+        """
+        existing = [(n, exprs[n] if n in exprs else col(n)) for n in self.schema.names]
+        added = [(n, e) for n, e in exprs.items() if n not in self.schema.names]
+        return Stream(Project(self.node, tuple((n, _as_expr(e)) for n, e in existing + added)))
+
+    def map_batches(
+        self,
+        fn: Callable[[pa.RecordBatch], pa.RecordBatch],
+        schema: pa.Schema | None = None,
+        name: str | None = None,
+    ) -> Stream:
+        """Apply a vectorized function to every batch.
+
+        ``fn`` must be pure (batches may be processed concurrently). Without ``schema`` it is
+        inferred by calling ``fn`` on an empty batch.
+
+        >>> import pyarrow.compute as pc
+        >>> s = Stream.from_table(pa.table({"a": [1, 2]}))
+        >>> double = lambda b: pa.record_batch({"a2": pc.multiply(b["a"], 2)})
+        >>> s.map_batches(double).to_table().to_pydict()
+        {'a2': [2, 4]}
+        """
+        label = name or getattr(fn, "__name__", "map_batches")
+        if schema is None:
+            try:
+                probe = fn(_empty_batch(self.schema))
+            except Exception as exc:
+                raise PlanError(
+                    f"MapBatches[{label}]: could not infer the output schema by calling the "
+                    f"function on an empty batch ({exc!r}); pass schema= explicitly"
+                ) from exc
+            schema = probe.schema
+        return Stream(MapBatches(self.node, fn, schema, label))
+
+    def enrich(
+        self,
+        reference: Table,
+        on: str | Sequence[str] | Mapping[str, str] | None = None,
+        how: str = "inner",
+        columns: Sequence[str] | None = None,
+        suffix: str = "_ref",
+        unmatched: str = "drop",
+    ) -> Stream:
+        """Lookup-join the stream against a reference :class:`~sabot_lab.reference.Table`.
+
+        Parameters
+        ----------
+        reference
+            The reference table and its key.
+        on
+            Stream key column(s) matching the reference key, in order: a name, a list of
+            names (same names on both sides), or ``{stream_column: reference_key}``.
+            Default: the reference key names.
+        how
+            ``"inner"``: rows without a match leave the stream; ``"left"``: they stay, with
+            nulls in the reference columns.
+        columns
+            Reference columns to add (default: all but the key).
+        suffix
+            Appended to reference column names that the stream already has.
+        unmatched
+            For inner joins: ``"drop"`` (counted in metrics) or ``"side_output"`` (rows go to
+            ``result.side_outputs["unmatched"]`` with a ``reason``).
+
+        >>> ref = Table(pa.table({"k": ["x"], "v": [1]}), key="k")
+        >>> s = Stream.from_table(pa.table({"k": ["x", "y"]}))
+        >>> s.enrich(ref, how="left").to_table().to_pydict()
+        {'k': ['x', 'y'], 'v': [1, None]}
+        """
+        if not isinstance(reference, Table):
+            raise TypeError(
+                "enrich() takes a sabot_lab.Table(data, key=...) as reference, "
+                f"got {type(reference).__name__}"
+            )
+        if on is None:
+            pairs = tuple((k, k) for k in reference.key)
+        elif isinstance(on, str):
+            pairs = ((on, reference.key[0] if len(reference.key) == 1 else on),)
+        elif isinstance(on, Mapping):
+            pairs = tuple(on.items())
+        else:
+            pairs = tuple((k, k) for k in on)
+        if sorted(r for _, r in pairs) != sorted(reference.key):
+            raise PlanError(
+                f"enrich on={on!r} must match every reference key column {list(reference.key)}"
+                f" exactly once; pass a mapping {{stream_column: reference_key}} if names differ"
+            )
+        order = {r: i for i, r in enumerate(reference.key)}
+        pairs = tuple(sorted(pairs, key=lambda p: order[p[1]]))
+        if columns is None:
+            columns = [c for c in reference.schema.names if c not in reference.key]
+        if unmatched not in ("drop", "side_output"):
+            raise ValueError(f"unmatched must be 'drop' or 'side_output', got {unmatched!r}")
+        return Stream(Enrich(self.node, reference, pairs, how, tuple(columns), suffix,
+                             unmatched == "side_output"))
+
+    def union(self, *others: Stream) -> Stream:
+        """Concatenate streams with the same columns and types.
+
+        >>> a = Stream.from_table(pa.table({"x": [1]}))
+        >>> a.union(Stream.from_table(pa.table({"x": [2]}))).to_table()["x"].to_pylist()
+        [1, 2]
+        """
+        return Stream(Union((self.node, *(o.node for o in others))))
+
+    # --- plans and sinks -----------------------------------------------------------------
+    def graph(self, target: SinkTarget | None = None) -> JobGraph:
+        """The job graph of this stream ending in ``target`` (default: collect a table)."""
+        return JobGraph(Sink(self.node, target if target is not None else CollectSink()))
+
+    def explain(self, show_schema: bool = False) -> str:
+        """The plan as text, root first."""
+        return self.graph().explain(show_schema=show_schema)
+
+    def run(self, runner: Any = None, target: SinkTarget | None = None) -> Result:
+        """Execute the stream and return a :class:`~sabot_lab.result.Result`.
+
+        Parameters
+        ----------
+        runner
+            A runner such as :class:`~sabot_lab.runtime.local.LocalRunner` (the default).
+        target
+            Where the output goes (default: collected into ``result.table``).
+        """
+        if runner is None:
+            from sabot_lab.runtime.local import LocalRunner
+
+            runner = LocalRunner()
+        return runner.run(self.graph(target))
+
+    def to_table(self, runner: Any = None) -> pa.Table:
+        """Run and return the output as a ``pyarrow.Table``."""
+        return self.run(runner).table
+
+    def to_pandas(self, runner: Any = None) -> pd.DataFrame:
+        """Run and return the output as a pandas DataFrame."""
+        return self.to_table(runner).to_pandas()
+
+    def to_parquet(self, path: str | Path, runner: Any = None) -> Result:
+        """Run and write the output to one Parquet file (which appears only on success)."""
+        return self.run(runner, ParquetSink(path))
+
+    def for_each_batch(self, fn: Callable[[pa.RecordBatch], object], runner: Any = None
+                       ) -> Result:
+        """Run and call ``fn`` on every output batch, in order.
+
+        >>> seen = []
+        >>> _ = Stream.from_table(pa.table({"a": [1, 2, 3]}), batch_size=2).for_each_batch(
+        ...     lambda b: seen.append(b.num_rows))
+        >>> seen
+        [2, 1]
+        """
+        return self.run(runner, CallbackSink(fn))
+
+    def __repr__(self) -> str:
+        return f"Stream\n{self.explain()}"
+
+    def _repr_html_(self) -> str:
+        return self.graph()._repr_html_()
