@@ -1,0 +1,27 @@
+"""Data for sabot_lab: deterministic synthetic market data and small real public data sets.
+
+Synthetic (generated in code, see :mod:`sabot_lab.datasets.market`): :func:`securities`,
+:func:`quotes`, :func:`quotes_batch`, :func:`quote_batches`. Real (bundled files in the
+repository's ``datasets/`` folder, see :mod:`sabot_lab.datasets.public`): :func:`flights`,
+:func:`airports`, :func:`sp500_constituents`, located by :func:`data_dir`.
+
+Examples
+--------
+>>> from sabot_lab.datasets import quotes, securities
+>>> quotes(1_000).num_rows, securities(100).num_rows
+(1000, 100)
+"""
+
+from sabot_lab.datasets.market import quote_batches, quotes, quotes_batch, securities
+from sabot_lab.datasets.public import airports, data_dir, flights, sp500_constituents
+
+__all__ = [
+    "airports",
+    "data_dir",
+    "flights",
+    "quote_batches",
+    "quotes",
+    "quotes_batch",
+    "securities",
+    "sp500_constituents",
+]

@@ -1,0 +1,168 @@
+"""Enrichment results against DuckDB running the same join on the same data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+import sabot_lab as sl
+from sabot_lab.datasets import airports, flights, quotes, securities
+from sabot_lab.ops.lookup import Lookup
+from tests.oracle import assert_balanced, assert_same_rows, duck
+
+QUOTE_COLS = ["quote_id", "instrument_id", "price", "volume"]
+REF_COLS = ["symbol", "sector", "currency"]
+
+
+@pytest.fixture(scope="module")
+def market() -> tuple[pa.Table, pa.Table]:
+    return quotes(60_000, batch_rows=20_000).select(QUOTE_COLS), securities(2_000)
+
+
+def _run(stream: sl.Stream) -> sl.Result:
+    result = stream.run()
+    assert_balanced(result.operator_metrics)
+    return result
+
+
+@pytest.mark.parametrize("how", ["inner", "left"])
+def test_quotes_securities_int_key(market, how):
+    q, s = market
+    result = _run(
+        sl.Stream.from_table(q, batch_size=7_000)
+        .enrich(sl.Table(s, key="instrument_id"), columns=REF_COLS, how=how)
+    )
+    expected = duck(
+        f"SELECT q.*, {', '.join('s.' + c for c in REF_COLS)} FROM q {how.upper()} JOIN s "
+        "ON q.instrument_id = s.instrument_id",
+        q=q, s=s,
+    )
+    assert_same_rows(result.table, expected)
+    enrich = result.operator_metrics[1]
+    assert enrich.null_keys == q.column("instrument_id").null_count
+    unmatched = duck("SELECT count(*) AS n FROM q ANTI JOIN s USING (instrument_id)", q=q, s=s)
+    assert enrich.unmatched == unmatched.column("n")[0].as_py()
+
+
+@pytest.mark.parametrize("how", ["inner", "left"])
+def test_flights_airports_string_key(how):
+    f, a = flights(), airports()
+    result = _run(
+        sl.Stream.from_table(f, batch_size=999)
+        .enrich(sl.Table(a, key="iata"), on={"origin": "iata"}, how=how,
+                columns=["name", "state", "latitude"])
+    )
+    expected = duck(
+        f"SELECT f.*, a.name, a.state, a.latitude FROM f {how.upper()} JOIN a "
+        "ON f.origin = a.iata",
+        f=f, a=a,
+    )
+    assert_same_rows(result.table, expected)
+
+
+def _routes() -> pa.Table:
+    """Every other distinct (origin, destination) pair of the flights, with a route number."""
+    pairs = duck("SELECT DISTINCT origin, destination FROM f ORDER BY ALL", f=flights())
+    keep = pairs.take(np.arange(0, pairs.num_rows, 2))
+    return keep.append_column("route", pa.array(np.arange(keep.num_rows) * 7))
+
+
+@pytest.mark.parametrize("how", ["inner", "left"])
+def test_multi_key_string(how):
+    f, routes = flights(), _routes()
+    # Null keys in one of the two columns must never match.
+    origin = pc.if_else(pc.equal(pc.cast(pc.divide(f.column("delay"), 1), pa.int64()), 7),
+                        pa.scalar(None, pa.string()), f.column("origin"))
+    f = f.set_column(f.schema.get_field_index("origin"), "origin", origin)
+    result = _run(
+        sl.Stream.from_table(f, batch_size=1_500)
+        .enrich(sl.Table(routes, key=["origin", "destination"]), how=how)
+    )
+    expected = duck(
+        f"SELECT f.*, r.route FROM f {how.upper()} JOIN r "
+        "ON f.origin = r.origin AND f.destination = r.destination",
+        f=f, r=routes,
+    )
+    assert_same_rows(result.table, expected)
+    assert result.operator_metrics[1].null_keys == origin.null_count > 0
+
+
+def test_multi_key_int_and_string_with_wide_range():
+    rng = np.random.default_rng(3)
+    ref = pa.table({
+        "account": pa.array(rng.choice(10**12, 500, replace=False)),
+        "ccy": pa.array(rng.choice(["EUR", "USD"], 500)),
+        "limit": pa.array(rng.integers(0, 100, 500)),
+    })
+    stream = pa.table({
+        "account": pa.array(np.concatenate([ref.column("account").to_numpy(),
+                                            rng.integers(0, 10**12, 300)])),
+        "ccy": pa.array(np.concatenate([ref.column("ccy").to_numpy(zero_copy_only=False),
+                                        rng.choice(["EUR", "USD", "GBP"], 300)])),
+    })
+    result = _run(sl.Stream.from_table(stream, batch_size=97)
+                  .enrich(sl.Table(ref, key=["account", "ccy"])))
+    expected = duck("SELECT s.*, r.limit FROM s JOIN r USING (account, ccy)", s=stream, r=ref)
+    assert_same_rows(result.table, expected)
+
+
+def test_wide_int_range_uses_hash_lookup():
+    ref = pa.table({"id": pa.array([5, 10**15, -(10**15)]), "v": ["a", "b", "c"]})
+    assert Lookup.build(ref, ["id"]).strategy == "hash"
+    stream = pa.table({"id": pa.array([10**15, 5, 6, None, -(10**15)])})
+    out = sl.Stream.from_table(stream).enrich(sl.Table(ref, key="id"), how="left").to_table()
+    assert out.column("v").to_pylist() == ["b", "a", None, None, "c"]
+
+
+def test_dictionary_encoded_keys_and_narrower_int_type():
+    f, a = flights(), airports()
+    stream = f.set_column(f.schema.get_field_index("origin"), "origin",
+                          pc.dictionary_encode(f.column("origin")))
+    ref = a.set_column(0, "iata", pc.dictionary_encode(a.column("iata")))
+    result = _run(sl.Stream.from_table(stream, batch_size=2_048)
+                  .enrich(sl.Table(ref, key="iata"), on={"origin": "iata"}, columns=["city"]))
+    expected = duck("SELECT f.*, a.city FROM f JOIN a ON f.origin = a.iata", f=f, a=a)
+    assert_same_rows(result.table, expected)
+
+    ints = pa.table({"k": pa.array([1, 2, 3, None], pa.int32())})
+    ref64 = pa.table({"k": pa.array([2, 3], pa.int64()), "v": [20, 30]})
+    out = sl.Stream.from_table(ints).enrich(sl.Table(ref64, key="k")).to_table()
+    assert out.to_pydict() == {"k": [2, 3], "v": [20, 30]}
+
+
+@pytest.mark.parametrize("how", ["inner", "left"])
+def test_one_to_many(how):
+    ref = pa.table({"k": [1, 1, 2, 3, 3, 3, None], "v": [10, 11, 20, 30, 31, 32, 99]})
+    stream = pa.table({"k": [3, 1, 4, None, 2, 3], "n": [0, 1, 2, 3, 4, 5]})
+    result = _run(sl.Stream.from_table(stream, batch_size=4)
+                  .enrich(sl.Table(ref, key="k", unique=False), how=how))
+    expected = duck(f"SELECT s.*, r.v FROM s {how.upper()} JOIN r USING (k)", s=stream, r=ref)
+    assert_same_rows(result.table, expected)
+
+
+def test_unmatched_rows_go_to_side_output_with_reason(market):
+    q, s = market
+    result = _run(
+        sl.Stream.from_table(q, batch_size=10_000)
+        .enrich(sl.Table(s, key="instrument_id"), columns=["symbol"], unmatched="side_output")
+    )
+    side = result.side_outputs["unmatched"]
+    expected = duck("SELECT q.* FROM q ANTI JOIN s USING (instrument_id)", q=q, s=s)
+    assert_same_rows(side.drop_columns(["reason"]), expected)
+    null_rows = pc.sum(pc.equal(side.column("reason"), "null key")).as_py()
+    assert null_rows == q.column("instrument_id").null_count
+    assert result.table.num_rows + side.num_rows == q.num_rows
+
+
+def test_name_clash_gets_suffix_and_empty_reference():
+    stream = pa.table({"id": [1, 2], "name": ["s1", "s2"]})
+    ref = pa.table({"id": [1], "name": ["r1"]})
+    out = sl.Stream.from_table(stream).enrich(sl.Table(ref, key="id"), how="left").to_table()
+    assert out.to_pydict() == {"id": [1, 2], "name": ["s1", "s2"], "name_ref": ["r1", None]}
+
+    empty = sl.Table(ref.slice(0, 0), key="id")
+    assert sl.Stream.from_table(stream).enrich(empty).to_table().num_rows == 0
+    left = sl.Stream.from_table(stream).enrich(empty, how="left").to_table()
+    assert left.column("name_ref").to_pylist() == [None, None]
