@@ -10,7 +10,7 @@ Table(key=['id'], rows=2, columns=['id', 'name'], unique=True)
 >>> Table(pa.table({"id": [1, 1, 2]}), key="id")
 Traceback (most recent call last):
 ...
-sabot_lab.reference.DuplicateKeyError: reference key ['id'] is not unique: 1 key value(s) occur more than once, e.g. (1,) x2. Deduplicate the table, or pass unique=False for a one-to-many join.
+sabot_lab.reference.DuplicateKeyError: reference key ['id'] is not unique: ... e.g. (1,) x2. ...
 """
 
 from __future__ import annotations

@@ -232,6 +232,7 @@ class Stream:
         columns: Sequence[str] | None = None,
         suffix: str = "_ref",
         unmatched: str = "drop",
+        dictionary_strings: bool = True,
     ) -> Stream:
         """Lookup-join the stream against a reference :class:`~sabot_lab.reference.Table`.
 
@@ -253,6 +254,10 @@ class Stream:
         unmatched
             For inner joins: ``"drop"`` (counted in metrics) or ``"side_output"`` (rows go to
             ``result.side_outputs["unmatched"]`` with a ``reason``).
+        dictionary_strings
+            Return string/binary reference columns dictionary-encoded (indices into the
+            reference column: no per-row string copy, and pandas gets a Categorical).
+            ``False`` returns plain strings.
 
         >>> ref = Table(pa.table({"k": ["x"], "v": [1]}), key="k")
         >>> s = Stream.from_table(pa.table({"k": ["x", "y"]}))
@@ -284,7 +289,7 @@ class Stream:
         if unmatched not in ("drop", "side_output"):
             raise ValueError(f"unmatched must be 'drop' or 'side_output', got {unmatched!r}")
         return Stream(Enrich(self.node, reference, pairs, how, tuple(columns), suffix,
-                             unmatched == "side_output"))
+                             unmatched == "side_output", dictionary_strings))
 
     def union(self, *others: Stream) -> Stream:
         """Concatenate streams with the same columns and types.

@@ -60,12 +60,21 @@ class EnrichOp(Operator):
             [ref.column(i).combine_chunks() for i in range(ref.num_columns)],
             schema=ref.schema,
         ) if ref.num_columns else None
+        self.ref_fields = list(self.schema)[len(node.child.schema):]
         self.keys = [s for s, _ in node.on]
 
-    def _assemble(self, batch: pa.RecordBatch, ref_rows: pa.Array | np.ndarray) -> pa.RecordBatch:
+    def _assemble(self, batch: pa.RecordBatch, ref_rows: np.ndarray,
+                  missing: np.ndarray | None = None) -> pa.RecordBatch:
+        """Stream columns plus reference columns at ``ref_rows`` (null where ``missing``)."""
         columns = list(batch.columns)
         if self.ref is not None:
-            columns += self.ref.take(ref_rows).columns
+            indices = pa.array(ref_rows.astype(np.int32), mask=missing)
+            for array, field in zip(self.ref.columns, self.ref_fields, strict=True):
+                if pa.types.is_dictionary(field.type) and not pa.types.is_dictionary(array.type):
+                    # Indices into the reference column: no string is copied per row.
+                    columns.append(pa.DictionaryArray.from_arrays(indices, array, safe=False))
+                else:
+                    columns.append(array.take(indices))
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
 
     def _side_output_unmatched(self, batch: pa.RecordBatch, matched: np.ndarray) -> None:
@@ -94,7 +103,7 @@ class EnrichOp(Operator):
         if not self.lookup.unique:
             return [self._expand(batch, found, matched)]
         if self.node.how == "left":
-            return [self._assemble(batch, pa.array(found, mask=~matched))]
+            return [self._assemble(batch, np.where(matched, found, 0), ~matched)]
         self._leave(batch, matched)
         if matched.all():
             return [self._assemble(batch, found)]
@@ -117,4 +126,4 @@ class EnrichOp(Operator):
         ref_rows[has_ref] = self.lookup.group_rows[(first + offset)[has_ref]]
         kept = int(np.count_nonzero(counts))
         self.metrics.add(rows_expanded=len(stream_rows) - kept)
-        return self._assemble(batch.take(stream_rows), pa.array(ref_rows, mask=~has_ref))
+        return self._assemble(batch.take(stream_rows), ref_rows, ~has_ref)

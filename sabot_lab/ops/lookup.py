@@ -42,15 +42,37 @@ _DENSE_SLACK = 1 << 16
 
 
 @numba.njit(nogil=True, cache=True)
-def _dense_probe(values, valid, check_valid, lo, table, out):  # pragma: no cover - numba
-    """out[i] = table[values[i] - lo], or -1 when null or out of range: one pass per batch."""
+def _dense_probe(values, bitmap, bit_offset, check_valid, lo, table, out):  # pragma: no cover
+    """out[i] = table[values[i] - lo], or -1 when null or out of range: one pass per batch.
+
+    ``bitmap`` is the Arrow validity bitmap (bit ``i + bit_offset`` set means valid), read
+    in place so that no boolean mask is materialised.
+    """
     span = table.shape[0]
     for i in range(values.shape[0]):
-        if check_valid and not valid[i]:
-            out[i] = -1
-            continue
+        if check_valid:
+            j = i + bit_offset
+            if not (bitmap[j >> 3] >> (j & 7)) & 1:
+                out[i] = -1
+                continue
         k = values[i] - lo
         out[i] = table[k] if 0 <= k < span else -1
+
+
+_NO_BITMAP = np.frombuffer(b"", dtype=np.uint8)
+
+
+def _warm_up() -> None:
+    """Compile (or load from cache) the probe for the read-only arrays Arrow buffers give.
+
+    Called when a lookup is built, so the one-off compile cost is paid there, not inside the
+    first batch.
+    """
+    values = np.frombuffer(np.zeros(1, dtype=np.int64).tobytes(), dtype=np.int64)
+    bitmap = np.frombuffer(b"\x01", dtype=np.uint8)
+    out = np.empty(1, dtype=np.int64)
+    _dense_probe(values, bitmap, 0, True, 0, np.zeros(1, dtype=np.int64), out)
+    _dense_probe(values, _NO_BITMAP, 0, False, 0, np.zeros(1, dtype=np.int64), out)
 
 
 def _normalize(array: pa.Array) -> pa.Array:
@@ -58,7 +80,7 @@ def _normalize(array: pa.Array) -> pa.Array:
     t = array.type
     if pa.types.is_dictionary(t):
         return pa.DictionaryArray.from_arrays(array.indices, _normalize(array.dictionary))
-    if pa.types.is_integer(t) and t != pa.uint64():
+    if pa.types.is_integer(t) and t not in (pa.int64(), pa.uint64()):
         return array.cast(pa.int64())
     if pa.types.is_large_string(t) or pa.types.is_string_view(t):
         return array.cast(pa.string())
@@ -83,6 +105,7 @@ class _DenseEncoder:
         span = int(keys.max()) - self.lo + 1 if len(keys) else 0
         self.table = np.full(span, -1, dtype=np.int64)
         self.table[keys - self.lo] = payload
+        _warm_up()
 
     @staticmethod
     def fits(keys: np.ndarray) -> bool:
@@ -93,10 +116,9 @@ class _DenseEncoder:
 
     def encode(self, array: pa.Array) -> np.ndarray:
         out = np.empty(len(array), dtype=np.int64)
-        values = _int_values(array)
         check = array.null_count > 0
-        valid = _validity(array) if check else np.empty(0, dtype=np.bool_)
-        _dense_probe(values, valid, check, self.lo, self.table, out)
+        bitmap = np.frombuffer(array.buffers()[0], dtype=np.uint8) if check else _NO_BITMAP
+        _dense_probe(_int_values(array), bitmap, array.offset, check, self.lo, self.table, out)
         return out
 
 
@@ -161,7 +183,7 @@ class _MultiEncoder:
 
 def _lookup_table(dense: _DenseEncoder, codes: np.ndarray) -> np.ndarray:
     out = np.empty(len(codes), dtype=np.int64)
-    _dense_probe(codes, np.empty(0, dtype=np.bool_), False, dense.lo, dense.table, out)
+    _dense_probe(codes, _NO_BITMAP, 0, False, dense.lo, dense.table, out)
     return out
 
 
@@ -249,12 +271,14 @@ class Lookup:
             The stream's key columns, in the order of the reference keys.
         """
         arrays = [_normalize(a) for a in arrays]
-        null_mask = None
-        for a in arrays:
-            if a.null_count:
-                invalid = ~_validity(a)
-                null_mask = invalid if null_mask is None else null_mask | invalid
-        nulls = int(null_mask.sum()) if null_mask is not None else 0
+        if len(arrays) == 1:
+            nulls = arrays[0].null_count
+        else:
+            valid = np.ones(len(arrays[0]), dtype=np.bool_)
+            for a in arrays:
+                if a.null_count:
+                    valid &= _validity(a)
+            nulls = len(valid) - int(np.count_nonzero(valid))
         if isinstance(self.encoder, _MultiEncoder):
             return self.encoder.encode(arrays), nulls
         return _encode_column(arrays[0], self.encoder.encode), nulls

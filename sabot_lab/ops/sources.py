@@ -17,6 +17,7 @@ Examples
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -180,7 +181,7 @@ class GeneratorScan:
         return self._schema
 
     def describe(self) -> str:
-        name = getattr(self.make_batch, "__name__", "generator")
+        name = getattr(self.make_batch, "__name__", type(self.make_batch).__name__)
         return f"{name} x{self.n_batches} batches"
 
     def batches(
@@ -268,13 +269,39 @@ class CsvScan:
         self.column_types = schema
         self.batch_size = batch_size
         self.bad_lines = bad_lines
-        with self._open() as reader:
-            self._schema = reader.schema
+        self._schema = self._peek_schema()
+        self._schema_names = self._schema.names
+
+    def _peek_schema(self) -> pa.Schema:
+        """The header's columns with the declared types (others inferred, as the reader will)."""
+        with pacsv.open_csv(
+            self.path,
+            read_options=pacsv.ReadOptions(block_size=self._block_size(), use_threads=False),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=lambda row: "skip"),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.string() for n in self.column_types.names}
+                if self.column_types is not None else None
+            ),
+        ) as reader:
+            inferred = reader.schema
+        if self.column_types is None:
+            return inferred
+        missing = [n for n in self.column_types.names if n not in inferred.names]
+        if missing:
+            raise KeyError(f"{self.path}: schema names column(s) {missing} that the header "
+                           f"does not have; the header has {inferred.names}")
+        return pa.schema([self.column_types.field(f.name) if f.name in self.column_types.names
+                          else f for f in inferred])
+
+    def _block_size(self) -> int:
+        """Bytes per read block, sized so that a block holds about ``batch_size`` rows."""
+        with self.path.open("rb") as f:
+            head = f.read(1 << 16)
+        line_bytes = max(len(head) // max(head.count(b"\n"), 1), 8)
+        return max(1 << 12, min(line_bytes * self.batch_size, 1 << 28))
 
     def _open(self, on_invalid: Callable | None = None) -> pacsv.CSVStreamingReader:
-        with self.path.open("rb") as f:
-            line_bytes = max(len(f.readline()), 16)
-        block = max(1 << 16, min(line_bytes * self.batch_size, 1 << 28))
+        block = self._block_size()
         types = dict(zip(self.column_types.names, self.column_types.types, strict=True)) if (
             self.column_types is not None
         ) else None
@@ -297,34 +324,16 @@ class CsvScan:
 
     def _explain(self, exc: pa.ArrowInvalid) -> CsvParseError:
         message = str(exc)
-        if "conversion error" in message:
-            where = self._find_unconvertible(message)
-            return CsvParseError(f"{self.path}: {where}: {message}. Fix the value, or read "
-                                 f"that column as string and cast it with a filter/with_columns")
+        where = re.search(r"In CSV column #(\d+): Row #(\d+): ", message)
+        if where is not None:
+            column = self._schema_names[int(where.group(1))]
+            return CsvParseError(
+                f"{self.path}: line {where.group(2)}, column {column!r}: "
+                f"{message[where.end():]}. Fix the value, or read the column as string "
+                f"(schema=) and convert it with with_columns"
+            )
         return CsvParseError(f"{self.path}: {message}. Fix the line, or pass "
                              f"bad_lines='side_output' to route malformed lines aside")
-
-    def _find_unconvertible(self, message: str) -> str:
-        """Locate the first value that does not convert (error path only: re-reads as text)."""
-        reader = pacsv.open_csv(
-            self.path,
-            read_options=pacsv.ReadOptions(use_threads=False),
-            convert_options=pacsv.ConvertOptions(
-                column_types={n: pa.string() for n in self.column_types.names},
-                strings_can_be_null=True,
-            ),
-        )
-        line = 1
-        for batch in reader:
-            for name, target in zip(self.column_types.names, self.column_types.types,
-                                    strict=True):
-                column = batch.column(name)
-                bad = _first_failing_cast(column, target)
-                if bad is not None:
-                    return (f"line {line + bad + 1}, column {name!r}: value "
-                            f"{column[bad].as_py()!r} is not {target}")
-            line += batch.num_rows
-        return "unknown line"
 
     def batches(
         self,
@@ -355,24 +364,3 @@ class CsvScan:
                 malformed.clear()
             if batch.num_rows:
                 yield _filter_project(batch, columns, predicate)
-
-
-def _first_failing_cast(column: pa.Array, target: pa.DataType) -> int | None:
-    """Index of the first value of ``column`` that does not cast to ``target`` (bisection)."""
-    def ok(lo: int, hi: int) -> bool:
-        try:
-            column.slice(lo, hi - lo).cast(target)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            return False
-        return True
-
-    lo, hi = 0, len(column)
-    if ok(lo, hi):
-        return None
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if ok(lo, mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo

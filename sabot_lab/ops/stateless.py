@@ -79,10 +79,10 @@ class MapBatchesOp(Operator):
                 f"got {type(out).__name__}"
             )
         if not out.schema.equals(self.node.output_schema):
+            difference = describe_schema_difference(self.node.output_schema, out.schema)
             raise SchemaMismatchError(
                 f"{self.node.label}: the function returned a batch that does not match the "
-                f"declared schema: {describe_schema_difference(self.node.output_schema, out.schema)}"
-                f". Fix the function or the schema= argument."
+                f"declared schema: {difference}. Fix the function or the schema= argument."
             )
         delta = batch.num_rows - out.num_rows
         if delta > 0:

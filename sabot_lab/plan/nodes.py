@@ -17,7 +17,7 @@ c: int64
 >>> Filter(src, col("z") > 1).schema
 Traceback (most recent call last):
 ...
-sabot_lab.plan.nodes.PlanError: Filter[(col('z') > 1)]: column 'z' not found in (col('z') > 1); available columns: ['a', 'b']
+sabot_lab.plan.nodes.PlanError: Filter[(col('z') > 1)]: column 'z' not found ... ['a', 'b']
 """
 
 from __future__ import annotations
@@ -235,6 +235,11 @@ def _key_types_compatible(left: pa.DataType, right: pa.DataType) -> bool:
     return left == right or both_int
 
 
+def _is_text(t: pa.DataType) -> bool:
+    return (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+            or pa.types.is_large_binary(t))
+
+
 @dataclass(frozen=True, eq=False)
 class Enrich(_Unary):
     """Lookup join of the stream against a reference :class:`~sabot_lab.reference.Table`.
@@ -242,7 +247,9 @@ class Enrich(_Unary):
     ``on`` pairs stream key columns with reference key columns. ``how`` is ``"inner"`` (rows
     without a match leave, counted as unmatched, or go to the ``unmatched`` side output) or
     ``"left"`` (they stay, with null reference columns). Reference columns whose names clash
-    with stream columns get ``suffix``.
+    with stream columns get ``suffix``. With ``dictionary_strings`` (the default), string and
+    binary reference columns come out dictionary-encoded: indices into the reference column,
+    so no string is copied per row.
     """
 
     reference: Table
@@ -251,6 +258,7 @@ class Enrich(_Unary):
     columns: tuple[str, ...] = ()
     suffix: str = "_ref"
     unmatched_side_output: bool = False
+    dictionary_strings: bool = True
 
     @property
     def label(self) -> str:
@@ -299,7 +307,10 @@ class Enrich(_Unary):
                     f"reference column {c!r} would be named {name!r}, which the stream "
                     f"already has; choose another suffix"
                 )
-            fields.append(ref.field(c).with_name(name).with_nullable(True))
+            field = ref.field(c).with_name(name).with_nullable(True)
+            if self.dictionary_strings and _is_text(field.type):
+                field = field.with_type(pa.dictionary(pa.int32(), field.type))
+            fields.append(field)
         return pa.schema(fields)
 
 

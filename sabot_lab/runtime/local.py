@@ -59,7 +59,7 @@ def _ordered_parallel_map(
     pool: ThreadPoolExecutor,
     max_in_flight: int,
 ) -> Iterator[pa.RecordBatch]:
-    """``fn`` over ``items`` on ``pool``, results in input order, at most ``max_in_flight`` queued."""
+    """``fn`` over ``items`` on ``pool`` in input order, with at most ``max_in_flight`` queued."""
     pending: deque[Future] = deque()
     try:
         for item in items:
