@@ -24,6 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sabot_lab.expr import Expr
+
 __all__ = ["DuplicateKeyError", "Table"]
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,18 @@ class Table:
     def num_rows(self) -> int:
         """Number of rows."""
         return self.data.num_rows
+
+    def filter(self, predicate: Expr) -> Table:
+        """The rows where ``predicate`` holds, as a new reference table with the same key.
+
+        >>> from sabot_lab.expr import col
+        >>> Table(pa.table({"id": [1, 2], "v": [5, 50]}), key="id").filter(col("v") > 9).num_rows
+        1
+        """
+        rows = self.data.filter(predicate.evaluate(self.data), null_selection_behavior="drop")
+        subset = Table(rows, self.key, unique=False)
+        subset.unique = self.unique  # a subset of unique keys is unique: no need to re-check
+        return subset
 
     def _count_null_keys(self) -> int:
         valid = pc.is_valid(self.data.column(self.key[0]))

@@ -4,14 +4,19 @@ Examples
 --------
 >>> import pyarrow as pa
 >>> import sabot_lab as sl
->>> result = sl.Stream.from_table(pa.table({"a": [1, 2, 3]})).filter(sl.col("a") > 1).run()
+>>> stream = sl.Stream.from_table(pa.table({"a": [1, 2, 3]})).filter(sl.col("a") > 1)
+>>> result = stream.run(optimize=False)
 >>> result.table.to_pydict()
 {'a': [2, 3]}
 >>> result.metrics[["operator", "rows_in", "rows_out", "rows_filtered"]]
-               operator  rows_in  rows_out  rows_filtered
-0  Source[table 3 rows]        3         3              0
-1  Filter[(col('a') > 1)]      3         2              1
-2         Sink[collect]        2         2              0
+                 operator  rows_in  rows_out  rows_filtered
+0    Source[table 3 rows]        3         3              0
+1  Filter[(col('a') > 1)]        3         2              1
+2           Sink[collect]        2         2              0
+>>> stream.run().metrics[["operator", "rows_in", "rows_out", "rows_filtered"]]  # optimized
+                                     operator  rows_in  rows_out  rows_filtered
+0  Source[table 3 rows filter=(col('a') > 1)]        3         2              1
+1                               Sink[collect]        2         2              0
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import pyarrow as pa
 
 from sabot_lab.ops.base import OperatorMetrics
 from sabot_lab.plan.graph import JobGraph
+from sabot_lab.plan.optimizer import OptimizerStats
 
 __all__ = ["Result"]
 
@@ -46,7 +52,11 @@ class Result:
     execution_time_ms
         Wall-clock time of the run.
     plan
-        The plan that was executed.
+        The plan that was executed (optimized, unless the run said ``optimize=False``).
+    logical_plan
+        The plan as built, before the optimizer.
+    optimizer_stats
+        The rewrites the optimizer applied.
     """
 
     table: pa.Table | None
@@ -55,6 +65,8 @@ class Result:
     execution_time_ms: float
     plan: JobGraph
     runner: str = "local"
+    logical_plan: JobGraph | None = None
+    optimizer_stats: OptimizerStats | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -67,7 +79,7 @@ class Result:
     @property
     def rows_in(self) -> int:
         """Rows produced by all sources."""
-        return sum(m.rows_out for m in self.operator_metrics if m.op_id.endswith(":source"))
+        return sum(m.rows_in for m in self.operator_metrics if m.op_id.endswith(":source"))
 
     @property
     def rows_out(self) -> int:

@@ -54,6 +54,7 @@ from sabot_lab.plan.nodes import (
     Source,
     Union,
 )
+from sabot_lab.plan.optimizer import PlanOptimizer
 from sabot_lab.reference import Table
 from sabot_lab.result import Result
 
@@ -309,7 +310,12 @@ class Stream:
         """The plan as text, root first."""
         return self.graph().explain(show_schema=show_schema)
 
-    def run(self, runner: Any = None, target: SinkTarget | None = None) -> Result:
+    def optimized(self, target: SinkTarget | None = None) -> JobGraph:
+        """The plan after :class:`~sabot_lab.plan.optimizer.PlanOptimizer` rewrote it."""
+        return PlanOptimizer().optimize(self.graph(target))
+
+    def run(self, runner: Any = None, target: SinkTarget | None = None,
+            optimize: bool = True) -> Result:
         """Execute the stream and return a :class:`~sabot_lab.result.Result`.
 
         Parameters
@@ -318,27 +324,41 @@ class Stream:
             A runner such as :class:`~sabot_lab.runtime.local.LocalRunner` (the default).
         target
             Where the output goes (default: collected into ``result.table``).
+        optimize
+            Rewrite the plan with the :class:`~sabot_lab.plan.optimizer.PlanOptimizer`
+            first (the default); the rows are the same either way.
         """
         if runner is None:
             from sabot_lab.runtime.local import LocalRunner
 
             runner = LocalRunner()
-        return runner.run(self.graph(target))
+        graph = self.graph(target)
+        stats = None
+        if optimize:
+            optimizer = PlanOptimizer()
+            executed = optimizer.optimize(graph)
+            stats = optimizer.get_stats()
+        else:
+            executed = graph
+        result = runner.run(executed)
+        result.logical_plan = graph
+        result.optimizer_stats = stats
+        return result
 
-    def to_table(self, runner: Any = None) -> pa.Table:
+    def to_table(self, runner: Any = None, optimize: bool = True) -> pa.Table:
         """Run and return the output as a ``pyarrow.Table``."""
-        return self.run(runner).table
+        return self.run(runner, optimize=optimize).table
 
-    def to_pandas(self, runner: Any = None) -> pd.DataFrame:
+    def to_pandas(self, runner: Any = None, optimize: bool = True) -> pd.DataFrame:
         """Run and return the output as a pandas DataFrame."""
-        return self.to_table(runner).to_pandas()
+        return self.to_table(runner, optimize).to_pandas()
 
-    def to_parquet(self, path: str | Path, runner: Any = None) -> Result:
+    def to_parquet(self, path: str | Path, runner: Any = None, optimize: bool = True) -> Result:
         """Run and write the output to one Parquet file (which appears only on success)."""
-        return self.run(runner, ParquetSink(path))
+        return self.run(runner, ParquetSink(path), optimize)
 
-    def for_each_batch(self, fn: Callable[[pa.RecordBatch], object], runner: Any = None
-                       ) -> Result:
+    def for_each_batch(self, fn: Callable[[pa.RecordBatch], object], runner: Any = None,
+                       optimize: bool = True) -> Result:
         """Run and call ``fn`` on every output batch, in order.
 
         >>> seen = []
@@ -347,7 +367,7 @@ class Stream:
         >>> seen
         [2, 1]
         """
-        return self.run(runner, CallbackSink(fn))
+        return self.run(runner, CallbackSink(fn), optimize)
 
     def __repr__(self) -> str:
         return f"Stream\n{self.explain()}"

@@ -55,26 +55,26 @@ class EnrichOp(Operator):
         super().__init__(node, metrics, side_outputs)
         self.lookup = lookup if lookup is not None else build_lookup(node)
         self.schema = node.schema
-        ref = node.reference.data.select(list(node.columns)).combine_chunks()
-        self.ref = pa.RecordBatch.from_arrays(
-            [ref.column(i).combine_chunks() for i in range(ref.num_columns)],
-            schema=ref.schema,
-        ) if ref.num_columns else None
+        ref = node.reference.data.select(list(node.columns))
         self.ref_fields = list(self.schema)[len(node.child.schema):]
+        # Per reference column: the array to take from. Text columns the output wants
+        # dictionary-encoded are encoded once here (a unique dictionary, as Arrow kernels and
+        # pandas expect); per batch only their int32 codes are taken.
+        self.ref_columns = []
+        for i, field in enumerate(self.ref_fields):
+            array = ref.column(i).combine_chunks()
+            if pa.types.is_dictionary(field.type) and not pa.types.is_dictionary(array.type):
+                array = array.dictionary_encode()
+            self.ref_columns.append(array)
         self.keys = [s for s, _ in node.on]
 
     def _assemble(self, batch: pa.RecordBatch, ref_rows: np.ndarray,
                   missing: np.ndarray | None = None) -> pa.RecordBatch:
         """Stream columns plus reference columns at ``ref_rows`` (null where ``missing``)."""
         columns = list(batch.columns)
-        if self.ref is not None:
+        if self.ref_columns:
             indices = pa.array(ref_rows.astype(np.int32), mask=missing)
-            for array, field in zip(self.ref.columns, self.ref_fields, strict=True):
-                if pa.types.is_dictionary(field.type) and not pa.types.is_dictionary(array.type):
-                    # Indices into the reference column: no string is copied per row.
-                    columns.append(pa.DictionaryArray.from_arrays(indices, array, safe=False))
-                else:
-                    columns.append(array.take(indices))
+            columns += [array.take(indices) for array in self.ref_columns]
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
 
     def _side_output_unmatched(self, batch: pa.RecordBatch, matched: np.ndarray) -> None:

@@ -41,7 +41,13 @@ class _CollectWriter:
 
 
 class CollectSink:
-    """Collects every batch into one ``pyarrow.Table``."""
+    """Collects every batch into one ``pyarrow.Table`` (all collect sinks are equal)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CollectSink)
+
+    def __hash__(self) -> int:
+        return hash(CollectSink)
 
     def describe(self) -> str:
         return "collect"

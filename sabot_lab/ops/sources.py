@@ -1,18 +1,15 @@
 """Scans: where a :class:`~sabot_lab.plan.nodes.Source` gets its batches.
 
-Each scan has a ``schema``, a one-line ``describe()`` and ``batches(columns, predicate)``, an
-iterator of record batches with the pushed-down projection and filter applied (natively where
-the format allows: Parquet skips row groups and unread columns).
+Each scan has a ``schema``, a one-line ``describe()`` and ``batches()``, an iterator of record
+batches. :func:`read_source` applies a source's pushed-down filter and columns: natively where
+the format allows (Parquet skips row groups and unread columns), batch by batch otherwise.
 
 Examples
 --------
 >>> import pyarrow as pa
->>> from sabot_lab.expr import col
 >>> scan = TableScan(pa.table({"a": [1, 2, 3], "b": [4, 5, 6]}), batch_size=2)
 >>> [b.num_rows for b in scan.batches()]
 [2, 1]
->>> [b.to_pydict() for b in scan.batches(columns=("b",), predicate=col("a") > 1)]
-[{'b': [5]}, {'b': [6]}]
 """
 
 from __future__ import annotations
@@ -26,7 +23,8 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 
 from sabot_lab.expr import Expr
-from sabot_lab.ops.base import SideOutputs
+from sabot_lab.ops.base import OperatorMetrics, SideOutputs
+from sabot_lab.plan.nodes import Source
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -37,6 +35,7 @@ __all__ = [
     "ParquetScan",
     "SchemaMismatchError",
     "TableScan",
+    "read_source",
 ]
 
 #: Rows per batch when the user does not say: large enough that per-batch overhead vanishes.
@@ -95,18 +94,10 @@ class TableScan:
     def describe(self) -> str:
         return f"table {self.table.num_rows:,} rows"
 
-    def batches(
-        self,
-        columns: tuple[str, ...] | None = None,
-        predicate: Expr | None = None,
-        side_outputs: SideOutputs | None = None,
-    ) -> Iterator[pa.RecordBatch]:
-        table = self.table if columns is None or predicate is not None else self.table.select(
-            list(columns)
-        )
-        for batch in table.to_batches(max_chunksize=self.batch_size):
+    def batches(self, side_outputs: SideOutputs | None = None) -> Iterator[pa.RecordBatch]:
+        for batch in self.table.to_batches(max_chunksize=self.batch_size):
             if batch.num_rows:
-                yield _filter_project(batch, columns, predicate)
+                yield batch
 
 
 class BatchesScan:
@@ -131,12 +122,7 @@ class BatchesScan:
     def describe(self) -> str:
         return "batches"
 
-    def batches(
-        self,
-        columns: tuple[str, ...] | None = None,
-        predicate: Expr | None = None,
-        side_outputs: SideOutputs | None = None,
-    ) -> Iterator[pa.RecordBatch]:
+    def batches(self, side_outputs: SideOutputs | None = None) -> Iterator[pa.RecordBatch]:
         if callable(self._batches):
             source = self._batches()
         elif self._consumed and not isinstance(self._batches, list | tuple):
@@ -159,7 +145,7 @@ class BatchesScan:
                     f"Cast or select columns before passing batches in."
                 )
             if batch.num_rows:
-                yield _filter_project(batch, columns, predicate)
+                yield batch
 
 
 class GeneratorScan:
@@ -184,15 +170,10 @@ class GeneratorScan:
         name = getattr(self.make_batch, "__name__", type(self.make_batch).__name__)
         return f"{name} x{self.n_batches} batches"
 
-    def batches(
-        self,
-        columns: tuple[str, ...] | None = None,
-        predicate: Expr | None = None,
-        side_outputs: SideOutputs | None = None,
-    ) -> Iterator[pa.RecordBatch]:
+    def batches(self, side_outputs: SideOutputs | None = None) -> Iterator[pa.RecordBatch]:
         return BatchesScan(
             lambda: (self.make_batch(i) for i in range(self.n_batches)), self._schema
-        ).batches(columns, predicate)
+        ).batches()
 
 
 class ParquetScan:
@@ -215,6 +196,13 @@ class ParquetScan:
 
     def describe(self) -> str:
         return f"parquet {self.path.name}"
+
+    #: Applies pushed-down columns and filters itself (without reading what they exclude).
+    pushdown = True
+
+    def count_rows(self) -> int:
+        """Rows in the files, from their metadata."""
+        return self.dataset.count_rows()
 
     def batches(
         self,
@@ -335,12 +323,7 @@ class CsvScan:
         return CsvParseError(f"{self.path}: {message}. Fix the line, or pass "
                              f"bad_lines='side_output' to route malformed lines aside")
 
-    def batches(
-        self,
-        columns: tuple[str, ...] | None = None,
-        predicate: Expr | None = None,
-        side_outputs: SideOutputs | None = None,
-    ) -> Iterator[pa.RecordBatch]:
+    def batches(self, side_outputs: SideOutputs | None = None) -> Iterator[pa.RecordBatch]:
         malformed: list[dict] = []
 
         def on_invalid(row: pacsv.InvalidRow) -> str:
@@ -363,4 +346,31 @@ class CsvScan:
                 side_outputs.emit("malformed", pa.RecordBatch.from_pylist(malformed))
                 malformed.clear()
             if batch.num_rows:
-                yield _filter_project(batch, columns, predicate)
+                yield batch
+
+
+def read_source(
+    source: Source, metrics: OperatorMetrics, side_outputs: SideOutputs
+) -> Iterator[pa.RecordBatch]:
+    """The batches of ``source`` with its pushed-down filter and columns applied, counted.
+
+    Scans that push down natively (Parquet) get the filter and columns; for the others they
+    are applied here, batch by batch. ``rows_in`` counts rows before the filter (for Parquet,
+    the rows in the files, so that skipped row groups count as filtered).
+    """
+    scan = source.scan
+    if getattr(scan, "pushdown", False):
+        rows_out = 0
+        for batch in scan.batches(source.columns, source.predicate, side_outputs):
+            rows_out += batch.num_rows
+            metrics.add(rows_out=batch.num_rows, batches_out=1)
+            yield batch
+        rows_in = scan.count_rows() if source.predicate is not None else rows_out
+        metrics.add(rows_in=rows_in, rows_filtered=rows_in - rows_out)
+        return
+    for batch in scan.batches(side_outputs):
+        out = _filter_project(batch, source.columns, source.predicate)
+        metrics.add(rows_in=batch.num_rows, rows_out=out.num_rows, batches_out=1,
+                    rows_filtered=batch.num_rows - out.num_rows)
+        if out.num_rows:
+            yield out

@@ -72,9 +72,9 @@ def _structural(value: Any) -> Any:
         return ("expr", value.key())
     if isinstance(value, tuple):
         return tuple(_structural(v) for v in value)
-    if isinstance(value, Node | pa.Schema | pa.DataType | str | int | float | bool | type(None)):
-        return value
-    return ("id", id(value))
+    # Everything else (scans, sink targets, reference tables, functions) compares with its
+    # own ``==``, which is identity unless the class says otherwise.
+    return value
 
 
 @dataclass(frozen=True, eq=False)

@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from sabot_lab.ops.base import Operator, OperatorMetrics, SideOutputs
 from sabot_lab.ops.enrich import EnrichOp
+from sabot_lab.ops.sources import read_source
 from sabot_lab.ops.stateless import FilterOp, MapBatchesOp, ProjectOp
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import Enrich, Filter, MapBatches, Node, Project, Sink, Source, Union
@@ -91,14 +92,13 @@ class _Execution:
 
     def source(self, node: Source) -> Iterator[pa.RecordBatch]:
         metrics = self.metrics[id(node)]
-        batches = node.scan.batches(node.columns, node.predicate, side_outputs=self.side_outputs)
+        batches = read_source(node, metrics, self.side_outputs)
         while True:
             start = time.perf_counter()
             batch = next(batches, None)
             metrics.add(seconds=time.perf_counter() - start)
             if batch is None:
                 return
-            metrics.add(rows_in=batch.num_rows, rows_out=batch.num_rows, batches_out=1)
             yield batch
 
     def union(self, node: Union) -> Iterator[pa.RecordBatch]:

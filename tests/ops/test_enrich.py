@@ -166,3 +166,18 @@ def test_name_clash_gets_suffix_and_empty_reference():
     assert sl.Stream.from_table(stream).enrich(empty).to_table().num_rows == 0
     left = sl.Stream.from_table(stream).enrich(empty, how="left").to_table()
     assert left.column("name_ref").to_pylist() == [None, None]
+
+
+def test_dictionary_strings_have_unique_dictionaries_for_pandas_and_group_by():
+    f, a = flights(), airports()
+    out = (sl.Stream.from_table(f)
+           .enrich(sl.Table(a, key="iata"), on={"origin": "iata"}, columns=["state", "city"])
+           .to_table())
+    state = out.column("state").combine_chunks()
+    assert pa.types.is_dictionary(state.type)
+    assert len(state.dictionary) == len(pc.unique(state.dictionary))
+    frame = out.to_pandas()  # categories must be unique and non-null
+    groups = out.group_by("state").aggregate([([], "count_all")])
+    expected = duck("SELECT a.state, count(*) AS n FROM f JOIN a ON f.origin = a.iata "
+                    "GROUP BY a.state", f=f, a=a)
+    assert groups.num_rows == expected.num_rows == frame["state"].nunique(dropna=False)

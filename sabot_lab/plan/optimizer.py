@@ -1,0 +1,130 @@
+"""PlanOptimizer: applies rewrite rules to a JobGraph until nothing changes.
+
+Examples
+--------
+>>> import pyarrow as pa
+>>> import sabot_lab as sl
+>>> stream = (sl.Stream.from_table(pa.table({"a": [1, 2, 3], "b": [4, 5, 6], "c": [7, 8, 9]}))
+...           .select("a", "b", twice=sl.col("b") * 2)
+...           .filter(sl.col("twice") > 9))
+>>> optimizer = PlanOptimizer()
+>>> print(optimizer.optimize(stream.graph()).explain())
+Sink[collect]
+└─ Project[a, b, twice=(col('b') * 2)]
+   └─ Source[table 3 rows columns=['a', 'b'] filter=((col('b') * 2) > 9)]
+>>> stats = optimizer.get_stats()
+>>> stats.total_optimizations()
+3
+>>> stats.counts()
+{'push_filter_below_project': 1, 'prune_unused_columns': 1, 'push_filter_into_source': 1}
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sabot_lab.plan.graph import JobGraph
+from sabot_lab.plan.nodes import Node
+from sabot_lab.plan.rules import DEFAULT_RULES, Rule
+
+__all__ = ["OptimizerStats", "PlanOptimizer", "Rewrite"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """One rule firing: which rule, on which node, and what it became."""
+
+    rule: str
+    before: str
+    after: str
+
+    def __str__(self) -> str:
+        return f"{self.rule}: {self.before}  =>  {self.after}"
+
+
+@dataclass
+class OptimizerStats:
+    """What the last :meth:`PlanOptimizer.optimize` call did."""
+
+    rewrites: list[Rewrite] = field(default_factory=list)
+    passes: int = 0
+
+    def counts(self) -> dict[str, int]:
+        """How often each rule fired, in order of first firing."""
+        out: dict[str, int] = {}
+        for r in self.rewrites:
+            out[r.rule] = out.get(r.rule, 0) + 1
+        return out
+
+    def total_optimizations(self) -> int:
+        """How many rewrites were applied in all."""
+        return len(self.rewrites)
+
+    def __repr__(self) -> str:
+        lines = [f"OptimizerStats({self.total_optimizations()} rewrites in {self.passes} passes)"]
+        lines += [f"  {r}" for r in self.rewrites]
+        return "\n".join(lines)
+
+
+def _summary(node: Node) -> str:
+    kids = ", ".join(type(c).__name__ for c in node.children)
+    return f"{node.label}({kids})" if kids else node.label
+
+
+class PlanOptimizer:
+    """Rewrites a plan with ``rules`` to a fixpoint; never changes the rows it produces.
+
+    Parameters
+    ----------
+    rules
+        Functions ``rule(node) -> node | None`` (see :mod:`sabot_lab.plan.rules`), tried in
+        order at every node, bottom-up, until a whole pass changes nothing.
+    max_passes
+        A safety bound; reaching it means two rules undo each other (a bug), and raises.
+    """
+
+    def __init__(self, rules: Sequence[Rule] = DEFAULT_RULES, max_passes: int = 50) -> None:
+        self.rules = tuple(rules)
+        self.max_passes = max_passes
+        self._stats = OptimizerStats()
+
+    def get_stats(self) -> OptimizerStats:
+        """Statistics of the last :meth:`optimize` call."""
+        return self._stats
+
+    def explain_rewrites(self) -> str:
+        """The rewrites of the last call, one per line."""
+        return "\n".join(str(r) for r in self._stats.rewrites) or "no rewrites"
+
+    def optimize(self, graph: JobGraph) -> JobGraph:
+        """Return an equivalent, cheaper plan (the input graph is not modified)."""
+        self._stats = OptimizerStats()
+        root = graph.root
+        for _ in range(self.max_passes):
+            self._stats.passes += 1
+            new_root = self._rewrite(root)
+            if new_root is root:
+                log.debug("optimizer reached a fixpoint after %d passes", self._stats.passes)
+                return JobGraph(root)
+            root = new_root
+        raise RuntimeError(
+            f"the optimizer did not converge in {self.max_passes} passes; rules fired: "
+            f"{self._stats.counts()}"
+        )
+
+    def _rewrite(self, node: Node) -> Node:
+        """One bottom-up pass: children first, then every rule once at this node."""
+        children = tuple(self._rewrite(c) for c in node.children)
+        if any(new is not old for new, old in zip(children, node.children, strict=True)):
+            node = node.with_children(children)
+        for rule in self.rules:
+            new = rule(node)
+            if new is not None and new is not node:
+                self._stats.rewrites.append(Rewrite(rule.__name__, _summary(node),
+                                                    _summary(new)))
+                node = new
+        return node
