@@ -9,8 +9,10 @@ Examples
 """
 
 from sabot_lab.expr import coalesce, col, lit
+from sabot_lab.plan.compare import compare_plans
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import PlanError
+from sabot_lab.plan.optimizer import PlanOptimizer
 from sabot_lab.reference import DuplicateKeyError, Table
 from sabot_lab.result import Result
 from sabot_lab.runtime.local import LocalRunner
@@ -21,11 +23,13 @@ __all__ = [
     "JobGraph",
     "LocalRunner",
     "PlanError",
+    "PlanOptimizer",
     "Result",
     "Stream",
     "Table",
     "coalesce",
     "col",
+    "compare_plans",
     "lit",
 ]
 

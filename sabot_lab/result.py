@@ -51,8 +51,9 @@ class Result:
         Counters per operator, in plan order.
     execution_time_ms
         Wall-clock time of the run.
-    plan
-        The plan that was executed (optimized, unless the run said ``optimize=False``).
+    executed_plan
+        The plan that was executed (optimized, unless the run said ``optimize=False``);
+        :attr:`plan` shows it with rows and times.
     logical_plan
         The plan as built, before the optimizer.
     optimizer_stats
@@ -63,7 +64,7 @@ class Result:
     side_outputs: dict[str, pa.Table]
     operator_metrics: list[OperatorMetrics]
     execution_time_ms: float
-    plan: JobGraph
+    executed_plan: JobGraph
     runner: str = "local"
     logical_plan: JobGraph | None = None
     optimizer_stats: OptimizerStats | None = None
@@ -91,15 +92,23 @@ class Result:
         """Source rows per second of wall-clock time."""
         return self.rows_in / max(self.execution_time_ms / 1000, 1e-9)
 
+    @property
+    def plan(self) -> JobGraph:
+        """The executed plan with rows in/out and time on every operator (and rows on edges).
+
+        Times are summed over the threads that ran the operator, so with several threads an
+        operator's time can exceed the run's wall-clock time.
+        """
+        graph = self.executed_plan
+        metrics = dict(zip((id(n) for n in graph.nodes), self.operator_metrics, strict=True))
+        notes = {key: f"in={m.rows_in:,} out={m.rows_out:,} {m.seconds * 1000:.1f} ms"
+                 for key, m in metrics.items()}
+        edges = {key: f"{m.rows_out:,} rows" for key, m in metrics.items()}
+        return graph.annotated(notes, edges)
+
     def explain(self) -> str:
         """The executed plan with rows in/out and time on every operator."""
-        by_node = {id(n): m for n, m in zip(self.plan.nodes, self.operator_metrics, strict=True)}
-
-        def annotate(node: object) -> str:
-            m = by_node[id(node)]
-            return f"in={m.rows_in:,} out={m.rows_out:,} {m.seconds * 1000:.1f} ms"
-
-        return self.plan.explain(annotate=annotate)
+        return self.plan.explain()
 
     def to_pandas(self) -> pd.DataFrame:
         """The output table as a pandas DataFrame."""

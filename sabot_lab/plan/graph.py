@@ -19,11 +19,12 @@ Sink[collect]
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import pyarrow as pa
 
 from sabot_lab.plan.nodes import Node
+from sabot_lab.plan.picture import plan_svg
 
 __all__ = ["JobGraph"]
 
@@ -44,11 +45,23 @@ class JobGraph:
         The final node (normally a :class:`~sabot_lab.plan.nodes.Sink`).
     """
 
-    def __init__(self, root: Node) -> None:
+    def __init__(
+        self,
+        root: Node,
+        notes: Mapping[int, str] | None = None,
+        edge_labels: Mapping[int, str] | None = None,
+    ) -> None:
         self.root = root
         self.nodes: tuple[Node, ...] = tuple(self._topological())
         for node in self.nodes:
             node.schema  # noqa: B018 - inference raises PlanError on an invalid plan
+        self.notes: Mapping[int, str] = notes or {}
+        self.edge_labels: Mapping[int, str] = edge_labels or {}
+
+    def annotated(self, notes: Mapping[int, str], edge_labels: Mapping[int, str]) -> JobGraph:
+        """The same plan with a note per node and a label per edge (keyed by ``id(node)``),
+        shown by :meth:`explain` and the picture; used for rows and times after a run."""
+        return JobGraph(self.root, notes, edge_labels)
 
     def _topological(self) -> list[Node]:
         order: list[Node] = []
@@ -89,12 +102,14 @@ class JobGraph:
             Optional function returning extra text for a node (e.g. row counts after a run).
         """
         lines: list[str] = []
+        if annotate is None:
+            def annotate(node: Node) -> str:
+                return self.notes.get(id(node), "")
 
         def walk(node: Node, prefix: str, child_prefix: str) -> None:
             text = node.label
-            if annotate is not None:
-                extra = annotate(node)
-                text += f"  ({extra})" if extra else ""
+            extra = annotate(node)
+            text += f"  ({extra})" if extra else ""
             lines.append(prefix + text)
             if show_schema:
                 lines.append(child_prefix + "   schema: " + _format_schema(node.schema))
@@ -115,7 +130,11 @@ class JobGraph:
     def __repr__(self) -> str:
         return self.explain()
 
-    def _repr_html_(self) -> str:
-        from html import escape
+    def to_svg(self, title: str | None = None, highlight: Mapping[int, str] | None = None
+               ) -> str:
+        """The plan as an SVG picture (see :mod:`sabot_lab.plan.picture`)."""
+        return plan_svg(self.nodes, self.notes, self.edge_labels, highlight, title)
 
-        return f"<pre>{escape(self.explain(show_schema=True))}</pre>"
+    def _repr_mimebundle_(self, include: object = None, exclude: object = None
+                          ) -> dict[str, str]:
+        return {"text/plain": self.explain(), "image/svg+xml": self.to_svg()}

@@ -133,7 +133,11 @@ class Source(Node):
 
     @property
     def label(self) -> str:
-        extra = f" columns={list(self.columns)}" if self.columns is not None else ""
+        extra = ""
+        if self.columns is not None:
+            total = len(self.scan.schema)
+            extra = (f" columns={list(self.columns)}" if len(self.columns) <= 3
+                     else f" {len(self.columns)} of {total} columns")
         extra += f" filter={self.predicate!r}" if self.predicate is not None else ""
         return f"Source[{self.scan.describe()}{extra}]"
 

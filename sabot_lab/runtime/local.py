@@ -191,7 +191,7 @@ class LocalRunner:
             side_outputs=execution.side_outputs.tables(),
             operator_metrics=[execution.metrics[id(n)] for n in graph.nodes],
             execution_time_ms=elapsed_ms,
-            plan=graph,
+            executed_plan=graph,
             runner=self.name,
         )
 
