@@ -60,7 +60,7 @@ def test_wide_schemas_are_abbreviated_but_complete_in_the_tooltip():
 def test_result_plan_shows_rows_on_nodes_and_edges():
     t = pa.table({"a": list(range(10))})
     result = sl.Stream.from_table(t, batch_size=3).filter(sl.col("a") >= 4).run(optimize=False)
-    nodes, edges = _parse(result.plan.to_svg())
+    _, edges = _parse(result.plan.to_svg())
     edge_text = [e.find(f"{SVG}text").text for e in edges]
     assert edge_text == ["10 rows", "6 rows"]
     assert "in=10 out=6" in result.plan._repr_mimebundle_()["text/plain"]
