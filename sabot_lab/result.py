@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from sabot_lab.ops.base import OperatorMetrics
 from sabot_lab.plan.graph import JobGraph
+from sabot_lab.plan.nodes import Fused
 from sabot_lab.plan.optimizer import OptimizerStats
 
 __all__ = ["Result"]
@@ -100,7 +101,14 @@ class Result:
         operator's time can exceed the run's wall-clock time.
         """
         graph = self.executed_plan
-        metrics = dict(zip((id(n) for n in graph.nodes), self.operator_metrics, strict=True))
+        metrics = dict(zip((id(n) for n in graph.operators()), self.operator_metrics,
+                           strict=True))
+        for node in graph.nodes:
+            if isinstance(node, Fused):
+                first, last = metrics[id(node.stages[0])], metrics[id(node.stages[-1])]
+                seconds = sum(metrics[id(s)].seconds for s in node.stages)
+                metrics[id(node)] = OperatorMetrics("", "", rows_in=first.rows_in,
+                                                    rows_out=last.rows_out, seconds=seconds)
         notes = {key: f"in={m.rows_in:,} out={m.rows_out:,} {m.seconds * 1000:.1f} ms"
                  for key, m in metrics.items()}
         edges = {key: f"{m.rows_out:,} rows" for key, m in metrics.items()}

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 
 import pyarrow as pa
 
-from sabot_lab.plan.nodes import Node
+from sabot_lab.plan.nodes import Fused, Node
 from sabot_lab.plan.picture import plan_svg
 
 __all__ = ["JobGraph"]
@@ -83,9 +83,16 @@ class JobGraph:
         """The output schema of the job."""
         return self.root.schema
 
+    def operators(self) -> tuple[Node, ...]:
+        """Every operator that reports metrics: the nodes, with fused stages expanded."""
+        out: list[Node] = []
+        for n in self.nodes:
+            out.extend(n.stages if isinstance(n, Fused) else (n,))
+        return tuple(out)
+
     def node_ids(self) -> dict[int, str]:
         """Stable operator ids (``"<position>:<kind>"``) keyed by ``id(node)``."""
-        return {id(n): f"{i}:{type(n).__name__.lower()}" for i, n in enumerate(self.nodes)}
+        return {id(n): f"{i}:{type(n).__name__.lower()}" for i, n in enumerate(self.operators())}
 
     def explain(
         self,
@@ -111,9 +118,14 @@ class JobGraph:
             extra = annotate(node)
             text += f"  ({extra})" if extra else ""
             lines.append(prefix + text)
-            if show_schema:
-                lines.append(child_prefix + "   schema: " + _format_schema(node.schema))
             kids = node.children
+            inner = child_prefix + ("│  " if kids else "   ")
+            if isinstance(node, Fused):
+                for stage in reversed(node.stages):
+                    extra = annotate(stage)
+                    lines.append(f"{inner}· {stage.label}" + (f"  ({extra})" if extra else ""))
+            if show_schema:
+                lines.append(inner + "schema: " + _format_schema(node.schema))
             for i, kid in enumerate(kids):
                 last = i == len(kids) - 1
                 walk(kid, child_prefix + ("└─ " if last else "├─ "),

@@ -34,8 +34,10 @@ from sabot_lab.expr import Column, Expr, ExprError
 from sabot_lab.reference import Table
 
 __all__ = [
+    "STATELESS",
     "Enrich",
     "Filter",
+    "Fused",
     "MapBatches",
     "Node",
     "PlanError",
@@ -365,3 +367,45 @@ class Sink(_Unary):
 
     def _infer_schema(self) -> pa.Schema:
         return self.child.schema
+
+
+#: Node kinds that process each batch on its own (no state): they may be fused.
+STATELESS = (Filter, Project, MapBatches, Enrich)
+
+
+@dataclass(frozen=True, eq=False)
+class Fused(Node):
+    """A chain of stateless operators run as one physical stage: one pass per batch.
+
+    ``top`` is the last operator of the chain; it and the ``depth - 1`` operators below it
+    are fused. Each keeps its own metrics.
+    """
+
+    top: Node
+    depth: int
+
+    @property
+    def stages(self) -> tuple[Node, ...]:
+        """The fused operators, in data-flow order (first operator first)."""
+        out, node = [], self.top
+        for _ in range(self.depth):
+            out.append(node)
+            node = node.children[0]
+        return tuple(reversed(out))
+
+    @property
+    def children(self) -> tuple[Node, ...]:
+        return self.stages[0].children
+
+    def with_children(self, children: tuple[Node, ...]) -> Node:
+        node = children[0]
+        for stage in self.stages:
+            node = stage.with_children((node,))
+        return Fused(node, self.depth)
+
+    @property
+    def label(self) -> str:
+        return "Fused[" + " → ".join(type(s).__name__ for s in self.stages) + "]"
+
+    def _infer_schema(self) -> pa.Schema:
+        return self.top.schema

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import Node
-from sabot_lab.plan.rules import DEFAULT_RULES, Rule
+from sabot_lab.plan.rules import DEFAULT_RULES, PHYSICAL_RULES, Rule
 
 __all__ = ["OptimizerStats", "PlanOptimizer", "Rewrite"]
 
@@ -83,12 +83,21 @@ class PlanOptimizer:
     rules
         Functions ``rule(node) -> node | None`` (see :mod:`sabot_lab.plan.rules`), tried in
         order at every node, bottom-up, until a whole pass changes nothing.
+    physical_rules
+        Rules applied the same way afterwards, to map the plan onto physical stages
+        (fusion). Pass ``()`` to see the logical plan only.
     max_passes
         A safety bound; reaching it means two rules undo each other (a bug), and raises.
     """
 
-    def __init__(self, rules: Sequence[Rule] = DEFAULT_RULES, max_passes: int = 50) -> None:
+    def __init__(
+        self,
+        rules: Sequence[Rule] = DEFAULT_RULES,
+        physical_rules: Sequence[Rule] = PHYSICAL_RULES,
+        max_passes: int = 50,
+    ) -> None:
         self.rules = tuple(rules)
+        self.physical_rules = tuple(physical_rules)
         self.max_passes = max_passes
         self._stats = OptimizerStats()
 
@@ -103,25 +112,29 @@ class PlanOptimizer:
     def optimize(self, graph: JobGraph) -> JobGraph:
         """Return an equivalent, cheaper plan (the input graph is not modified)."""
         self._stats = OptimizerStats()
-        root = graph.root
+        root = self._fixpoint(graph.root, self.rules)
+        root = self._fixpoint(root, self.physical_rules)
+        log.debug("optimizer reached a fixpoint after %d passes", self._stats.passes)
+        return JobGraph(root)
+
+    def _fixpoint(self, root: Node, rules: tuple[Rule, ...]) -> Node:
         for _ in range(self.max_passes):
             self._stats.passes += 1
-            new_root = self._rewrite(root)
+            new_root = self._rewrite(root, rules)
             if new_root is root:
-                log.debug("optimizer reached a fixpoint after %d passes", self._stats.passes)
-                return JobGraph(root)
+                return root
             root = new_root
         raise RuntimeError(
             f"the optimizer did not converge in {self.max_passes} passes; rules fired: "
             f"{self._stats.counts()}"
         )
 
-    def _rewrite(self, node: Node) -> Node:
+    def _rewrite(self, node: Node, rules: tuple[Rule, ...]) -> Node:
         """One bottom-up pass: children first, then every rule once at this node."""
-        children = tuple(self._rewrite(c) for c in node.children)
+        children = tuple(self._rewrite(c, rules) for c in node.children)
         if any(new is not old for new, old in zip(children, node.children, strict=True)):
             node = node.with_children(children)
-        for rule in self.rules:
+        for rule in rules:
             new = rule(node)
             if new is not None and new is not node:
                 self._stats.rewrites.append(Rewrite(rule.__name__, _summary(node),

@@ -86,8 +86,13 @@ def plan_svg(
     nodes = tuple(getattr(nodes, "nodes", nodes))
     notes, edge_labels, highlight = notes or {}, edge_labels or {}, highlight or {}
     layer = _layers(nodes)
+    def stage_lines(n: Node) -> list[str]:
+        return [_short(f"· {s.label}" + (f"  {notes[id(s)]}" if id(s) in notes else ""))
+                for s in getattr(n, "stages", ())]
+
     lines = {
-        id(n): [_short(n.label), _schema_line(n), *([notes[id(n)]] if id(n) in notes else [])]
+        id(n): [_short(n.label), *stage_lines(n), _schema_line(n),
+                *([notes[id(n)]] if id(n) in notes else [])]
         for n in nodes
     }
     size = {

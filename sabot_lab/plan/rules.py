@@ -26,14 +26,26 @@ import dataclasses
 from collections.abc import Callable, Iterable
 
 from sabot_lab.expr import Binary, Column, Expr, Literal, col
-from sabot_lab.plan.nodes import Enrich, Filter, Node, Project, Sink, Source, Union
+from sabot_lab.plan.nodes import (
+    STATELESS,
+    Enrich,
+    Filter,
+    Fused,
+    Node,
+    Project,
+    Sink,
+    Source,
+    Union,
+)
 
 __all__ = [
     "DEFAULT_RULES",
+    "PHYSICAL_RULES",
     "Rule",
     "conjoin",
     "conjuncts",
     "drop_true_filter",
+    "fuse_stateless_chain",
     "merge_adjacent_filters",
     "merge_adjacent_projections",
     "prune_unused_columns",
@@ -256,6 +268,27 @@ def prune_unused_columns(node: Node) -> Node | None:
     pruned = _prune(node, None)
     return None if pruned == node else pruned
 
+
+# --- physical -----------------------------------------------------------------------------
+
+def fuse_stateless_chain(node: Node) -> Node | None:
+    """Two or more stateless operators in a row become one :class:`Fused` stage, so that each
+    batch passes through all of them in one task (one pass, no hand-off between stages).
+
+    Runs after the logical rules (fused nodes hide their insides from them).
+    """
+    if not isinstance(node, STATELESS):
+        return None
+    child = node.children[0]
+    if isinstance(child, Fused):
+        return Fused(node.with_children((child.top,)), child.depth + 1)
+    if isinstance(child, STATELESS):
+        return Fused(node, 2)
+    return None
+
+
+#: Rules that map the optimized logical plan onto physical stages, applied after the others.
+PHYSICAL_RULES: tuple[Rule, ...] = (fuse_stateless_chain,)
 
 #: The rules :class:`~sabot_lab.plan.optimizer.PlanOptimizer` applies by default, in order.
 DEFAULT_RULES: tuple[Rule, ...] = (

@@ -25,12 +25,23 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pyarrow as pa
 
-from sabot_lab.ops.base import Operator, OperatorMetrics, SideOutputs
+from sabot_lab.ops.base import Operator, OperatorMetrics, SideOutputs, run_chain
 from sabot_lab.ops.enrich import EnrichOp
+from sabot_lab.ops.fused import FusedOp
 from sabot_lab.ops.sources import read_source
 from sabot_lab.ops.stateless import FilterOp, MapBatchesOp, ProjectOp
 from sabot_lab.plan.graph import JobGraph
-from sabot_lab.plan.nodes import Enrich, Filter, MapBatches, Node, Project, Sink, Source, Union
+from sabot_lab.plan.nodes import (
+    Enrich,
+    Filter,
+    Fused,
+    MapBatches,
+    Node,
+    Project,
+    Sink,
+    Source,
+    Union,
+)
 from sabot_lab.result import Result
 
 __all__ = ["LocalRunner", "make_operator"]
@@ -83,12 +94,17 @@ class _Execution:
         self.threads = threads
         self.side_outputs = SideOutputs()
         ids = graph.node_ids()
-        self.metrics = {id(n): OperatorMetrics(ids[id(n)], n.label) for n in graph.nodes}
-        self.operators = {
-            id(n): make_operator(n, self.metrics[id(n)], self.side_outputs)
-            for n in graph.nodes
-            if not isinstance(n, Source | Union | Sink)
-        }
+        self.metrics = {id(n): OperatorMetrics(ids[id(n)], n.label) for n in graph.operators()}
+        self.operators: dict[int, Operator] = {}
+        for n in graph.nodes:
+            if isinstance(n, Fused):
+                stages = [self._operator(s) for s in n.stages]
+                self.operators[id(n)] = FusedOp(n, stages, self.side_outputs)
+            elif not isinstance(n, Source | Union | Sink):
+                self.operators[id(n)] = self._operator(n)
+
+    def _operator(self, node: Node) -> Operator:
+        return make_operator(node, self.metrics[id(node)], self.side_outputs)
 
     def source(self, node: Source) -> Iterator[pa.RecordBatch]:
         metrics = self.metrics[id(node)]
@@ -109,22 +125,6 @@ class _Execution:
                             batches_in=1, batches_out=1)
                 yield batch
 
-    def _push(self, chain: list[Operator], start: int, batches: list[pa.RecordBatch]
-              ) -> list[pa.RecordBatch]:
-        """Send ``batches`` through ``chain[start:]``, one operator at a time."""
-        for op in chain[start:]:
-            out: list[pa.RecordBatch] = []
-            metrics = op.metrics
-            for batch in batches:
-                t0 = time.perf_counter()
-                produced = op.process(batch)
-                n_out = sum(b.num_rows for b in produced)
-                metrics.add(rows_in=batch.num_rows, rows_out=n_out, batches_in=1,
-                            batches_out=len(produced), seconds=time.perf_counter() - t0)
-                out.extend(b for b in produced if b.num_rows)
-            batches = out
-        return batches
-
     def stream(self, node: Node) -> Iterator[pa.RecordBatch]:
         """Batches produced by ``node``: its base (source or union) through its operator chain."""
         chain: list[Operator] = []
@@ -137,17 +137,17 @@ class _Execution:
             yield from base
             return
 
-        def run_chain(batch: pa.RecordBatch) -> list[pa.RecordBatch]:
-            return self._push(chain, 0, [batch])
+        def one_batch(batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+            return run_chain(chain, [batch])
 
         parallel = self.pool is not None and all(op.parallel_safe for op in chain)
         if parallel:
-            yield from _ordered_parallel_map(run_chain, base, self.pool, 2 * self.threads)
+            yield from _ordered_parallel_map(one_batch, base, self.pool, 2 * self.threads)
         else:
             for batch in base:
-                yield from run_chain(batch)
+                yield from one_batch(batch)
         for i, op in enumerate(chain):
-            yield from self._push(chain, i + 1, op.finish())
+            yield from run_chain(chain[i + 1:], op.finish())
 
 
 class LocalRunner:
@@ -189,7 +189,7 @@ class LocalRunner:
         return Result(
             table=table,
             side_outputs=execution.side_outputs.tables(),
-            operator_metrics=[execution.metrics[id(n)] for n in graph.nodes],
+            operator_metrics=[execution.metrics[id(n)] for n in graph.operators()],
             execution_time_ms=elapsed_ms,
             executed_plan=graph,
             runner=self.name,

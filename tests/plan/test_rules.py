@@ -11,10 +11,11 @@ import sabot_lab as sl
 from sabot_lab.expr import col, lit
 from sabot_lab.ops.sinks import CollectSink
 from sabot_lab.ops.sources import TableScan
-from sabot_lab.plan.nodes import Enrich, Filter, MapBatches, Project, Sink, Source, Union
+from sabot_lab.plan.nodes import Enrich, Filter, Fused, MapBatches, Project, Sink, Source, Union
 from sabot_lab.plan.rules import (
     conjuncts,
     drop_true_filter,
+    fuse_stateless_chain,
     merge_adjacent_filters,
     merge_adjacent_projections,
     prune_unused_columns,
@@ -143,3 +144,18 @@ def test_prune_stops_at_opaque_map_batches(src):
 def test_conjuncts_flatten_nested_ands():
     e = ((col("a") > 1) & (col("b") > 2)) & ((col("c") > 3) & (col("d") > 4))
     assert [c.columns for c in conjuncts(e)] == [{"a"}, {"b"}, {"c"}, {"d"}]
+
+
+def test_fuse_stateless_chain_grows_one_operator_at_a_time(src):
+    first = Filter(src, col("a") > 1)
+    second = Project(first, (("a", col("a")),))
+    fused = fuse_stateless_chain(second)
+    assert fused == Fused(second, 2)
+    assert fused.stages == (first, second) and fused.children == (src,)
+    third = Enrich(fused, REF, (("a", "k"),), "inner", ("w",))
+    grown = fuse_stateless_chain(third)
+    assert grown == Fused(Enrich(second, REF, (("a", "k"),), "inner", ("w",)), 3)
+    assert grown.schema == third.schema
+    assert fuse_stateless_chain(first) is None  # a source below: nothing to fuse with
+    other = Source(TableScan(DATA.slice(1)))
+    assert grown.with_children((other,)).stages[0] == Filter(other, col("a") > 1)
