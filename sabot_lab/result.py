@@ -21,7 +21,7 @@ Examples
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from html import escape
 
 import pandas as pd
@@ -59,6 +59,9 @@ class Result:
         The plan as built, before the optimizer.
     optimizer_stats
         The rewrites the optimizer applied.
+    execution
+        For distributed runs, the :class:`~sabot_lab.runtime.dask.ExecutionPlan`: partitions,
+        the worker that ran each, rows and times.
     """
 
     table: pa.Table | None
@@ -69,7 +72,7 @@ class Result:
     runner: str = "local"
     logical_plan: JobGraph | None = None
     optimizer_stats: OptimizerStats | None = None
-    extra: dict[str, object] = field(default_factory=dict)
+    execution: object | None = None
 
     @property
     def metrics(self) -> pd.DataFrame:

@@ -151,7 +151,11 @@ def run_chain(ops: Sequence[Operator], batches: list[pa.RecordBatch]) -> list[pa
         out: list[pa.RecordBatch] = []
         for batch in batches:
             start = time.perf_counter()
-            produced = op.process(batch)
+            try:
+                produced = op.process(batch)
+            except Exception as exc:
+                exc.add_note(f"raised in operator {op.metrics.op_id} {op.metrics.label}")
+                raise
             op.metrics.add(rows_in=batch.num_rows, rows_out=sum(b.num_rows for b in produced),
                            batches_in=1, batches_out=len(produced),
                            seconds=time.perf_counter() - start)

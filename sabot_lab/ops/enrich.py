@@ -24,20 +24,48 @@ Examples
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sabot_lab.ops.base import Operator, OperatorMetrics, SideOutputs
+from sabot_lab.ops.fused import FusedOp
 from sabot_lab.ops.lookup import Lookup
+from sabot_lab.ops.sources import ScanFilterOp
 from sabot_lab.plan.nodes import Enrich
 
-__all__ = ["EnrichOp", "build_lookup"]
+__all__ = ["EnrichOp", "FilterEnrichOp", "build_lookup", "fuse_scan_filter_into_enrich"]
+
+
+_LOOKUPS: OrderedDict[tuple, tuple[pa.Table, Lookup]] = OrderedDict()
+_LOOKUPS_LOCK = threading.Lock()
+_LOOKUPS_KEPT = 8
 
 
 def build_lookup(node: Enrich) -> Lookup:
-    """The lookup index for ``node`` (build once per job and share across threads)."""
-    ref_keys = [r for _, r in node.on]
-    return Lookup.build(node.reference.data, ref_keys, unique=node.reference.unique)
+    """The lookup index for ``node``, built once per reference table and process.
+
+    Built indexes are kept for the last few reference tables (keyed by the table object,
+    which the cache keeps alive), so repeated runs, and every partition a Dask worker runs,
+    reuse one index instead of rebuilding it.
+    """
+    ref_keys = tuple(r for _, r in node.on)
+    data = node.reference.data
+    key = (id(data), ref_keys, node.reference.unique)
+    with _LOOKUPS_LOCK:
+        if key in _LOOKUPS:
+            _LOOKUPS.move_to_end(key)
+            return _LOOKUPS[key][1]
+    lookup = Lookup.build(data, list(ref_keys), unique=node.reference.unique)
+    with _LOOKUPS_LOCK:
+        _LOOKUPS[key] = (data, lookup)
+        while len(_LOOKUPS) > _LOOKUPS_KEPT:
+            _LOOKUPS.popitem(last=False)
+    return lookup
 
 
 class EnrichOp(Operator):
@@ -127,3 +155,71 @@ class EnrichOp(Operator):
         kept = int(np.count_nonzero(counts))
         self.metrics.add(rows_expanded=len(stream_rows) - kept)
         return self._assemble(batch.take(stream_rows), ref_rows, ~has_ref)
+
+
+class FilterEnrichOp(Operator):
+    """A source's pushed-down filter and an inner enrich in one pass (late materialization).
+
+    The predicate mask and the key lookup are computed on the scanned batch; the columns are
+    filtered once, by ``predicate & matched``, instead of once per operator. The source and the
+    enrich keep their own metrics, exactly as if they had run one after the other.
+    """
+
+    def __init__(self, scan_filter: Operator, enrich: EnrichOp) -> None:
+        super().__init__(enrich.node, OperatorMetrics("", "scan filter + enrich"),
+                         enrich.side_outputs)
+        self.source = scan_filter.node
+        self.source_metrics = scan_filter.metrics
+        self.enrich = enrich
+        needed = set(self.source.columns or self.source.schema.names)
+        needed |= self.source.predicate.columns
+        self.needed = [n for n in self.source.scan.schema.names if n in needed]
+
+    @staticmethod
+    def applies(scan_filter: Operator, op: Operator) -> bool:
+        """Whether ``op`` is an enrich that this fusion can run right after ``scan_filter``."""
+        return (isinstance(op, EnrichOp) and op.node.how == "inner" and op.lookup.unique
+                and not op.node.unmatched_side_output
+                and scan_filter.node.predicate is not None)
+
+    def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+        start = time.perf_counter()
+        narrowed = batch.select(self.needed)
+        mask = self.source.predicate.evaluate(narrowed).fill_null(False)
+        passed = mask.true_count
+        keys = [narrowed.column(k) for k in self.enrich.keys]
+        found, _ = self.enrich.lookup.rows(keys)
+        middle = time.perf_counter()
+        keep = np.logical_and(mask.to_numpy(zero_copy_only=False), found >= 0)
+        kept = int(np.count_nonzero(keep))
+        null_keys = 0
+        for k in keys:
+            if k.null_count:
+                null_keys += pc.sum(pc.and_(pc.is_null(k), mask)).as_py() or 0
+        out = narrowed.filter(pa.array(keep))
+        if self.source.columns is not None:
+            out = out.select(list(self.source.columns))
+        out = self.enrich._assemble(out, found[keep])
+        end = time.perf_counter()
+        self.source_metrics.add(rows_in=batch.num_rows, rows_out=passed,
+                                rows_filtered=batch.num_rows - passed, batches_in=1,
+                                batches_out=1, seconds=middle - start)
+        self.enrich.metrics.add(rows_in=passed, rows_out=kept, rows_filtered=passed - kept,
+                                unmatched=passed - kept, null_keys=null_keys, batches_in=1,
+                                batches_out=1, seconds=end - middle)
+        return [out]
+
+
+def fuse_scan_filter_into_enrich(chain: list[Operator]) -> list[Operator]:
+    """Replace ``[scan filter, inner enrich, …]`` by ``[FilterEnrichOp, …]`` where it applies
+    (also when the enrich is the first stage of a fused stage)."""
+    if len(chain) < 2 or not isinstance(chain[0], ScanFilterOp):
+        return chain
+    first, second = chain[0], chain[1]
+    if FilterEnrichOp.applies(first, second):
+        return [FilterEnrichOp(first, second), *chain[2:]]
+    if isinstance(second, FusedOp) and FilterEnrichOp.applies(first, second.stages[0]):
+        combined = FusedOp(second.node, [FilterEnrichOp(first, second.stages[0]),
+                                         *second.stages[1:]], second.side_outputs)
+        return [combined, *chain[2:]]
+    return chain

@@ -23,7 +23,7 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 
 from sabot_lab.expr import Expr
-from sabot_lab.ops.base import OperatorMetrics, SideOutputs
+from sabot_lab.ops.base import Operator, OperatorMetrics, SideOutputs
 from sabot_lab.plan.nodes import Source
 
 __all__ = [
@@ -33,8 +33,10 @@ __all__ = [
     "CsvScan",
     "GeneratorScan",
     "ParquetScan",
+    "ScanFilterOp",
     "SchemaMismatchError",
     "TableScan",
+    "pushes_down",
     "read_source",
 ]
 
@@ -49,11 +51,29 @@ class SchemaMismatchError(ValueError):
 def _filter_project(
     batch: pa.RecordBatch, columns: tuple[str, ...] | None, predicate: Expr | None
 ) -> pa.RecordBatch:
+    """Keep ``columns`` of the rows where ``predicate`` holds; unread columns are dropped
+    before filtering, so the filter copies only what is kept (or tested)."""
+    if columns is not None:
+        needed = set(columns) | (predicate.columns if predicate is not None else set())
+        batch = batch.select([n for n in batch.schema.names if n in needed])
     if predicate is not None:
         batch = batch.filter(predicate.evaluate(batch), null_selection_behavior="drop")
-    if columns is not None:
+    if columns is not None and batch.schema.names != list(columns):
         batch = batch.select(list(columns))
     return batch
+
+
+class ScanFilterOp(Operator):
+    """A source's pushed-down filter and columns, applied per batch as the first step of its
+    pipeline (so, like the operators after it, in the worker threads).
+
+    Its metrics are the source's: rows in before the filter, rows out after it.
+    """
+
+    def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+        out = _filter_project(batch, self.node.columns, self.node.predicate)
+        self.metrics.add(rows_filtered=batch.num_rows - out.num_rows)
+        return [out]
 
 
 def describe_schema_difference(expected: pa.Schema, actual: pa.Schema) -> str:
@@ -78,6 +98,17 @@ def describe_schema_difference(expected: pa.Schema, actual: pa.Schema) -> str:
     return "; ".join(parts)
 
 
+def _split(total: int, n: int) -> list[tuple[int, int]]:
+    """``n`` contiguous ``(start, stop)`` ranges covering ``range(total)``, sizes within one.
+
+    >>> _split(10, 3)
+    [(0, 4), (4, 7), (7, 10)]
+    """
+    n = max(1, min(n, total)) if total else 1
+    bounds = [-(-total * i // n) for i in range(n + 1)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
 class TableScan:
     """Slices an in-memory ``pyarrow.Table`` into batches of ``batch_size`` rows (zero-copy)."""
 
@@ -93,6 +124,15 @@ class TableScan:
 
     def describe(self) -> str:
         return f"table {self.table.num_rows:,} rows"
+
+    def partitions(self, n: int) -> list[TableScan]:
+        """``n`` contiguous slices (zero-copy), each a scan of its own.
+
+        >>> [p.table.num_rows for p in TableScan(pa.table({"a": range(5)})).partitions(2)]
+        [3, 2]
+        """
+        return [TableScan(self.table.slice(start, stop - start), self.batch_size)
+                for start, stop in _split(self.table.num_rows, n)]
 
     def batches(self, side_outputs: SideOutputs | None = None) -> Iterator[pa.RecordBatch]:
         for batch in self.table.to_batches(max_chunksize=self.batch_size):
@@ -156,10 +196,15 @@ class GeneratorScan:
     """
 
     def __init__(
-        self, make_batch: Callable[[int], pa.RecordBatch], n_batches: int, schema: pa.Schema
+        self,
+        make_batch: Callable[[int], pa.RecordBatch],
+        n_batches: int,
+        schema: pa.Schema,
+        indices: range | None = None,
     ) -> None:
         self.make_batch = make_batch
         self.n_batches = n_batches
+        self.indices = indices if indices is not None else range(n_batches)
         self._schema = schema
 
     @property
@@ -168,11 +213,23 @@ class GeneratorScan:
 
     def describe(self) -> str:
         name = getattr(self.make_batch, "__name__", type(self.make_batch).__name__)
-        return f"{name} x{self.n_batches} batches"
+        return f"{name} x{len(self.indices)} batches"
+
+    def partitions(self, n: int) -> list[GeneratorScan]:
+        """``n`` scans over contiguous ranges of batch indices (each made where it is read).
+
+        >>> make = lambda i: pa.record_batch({"i": [i]})
+        >>> scan = GeneratorScan(make, 5, pa.schema({"i": pa.int64()}))
+        >>> [list(p.indices) for p in scan.partitions(2)]
+        [[0, 1, 2], [3, 4]]
+        """
+        return [GeneratorScan(self.make_batch, self.n_batches, self._schema,
+                              self.indices[start:stop])
+                for start, stop in _split(len(self.indices), n)]
 
     def batches(self, side_outputs: SideOutputs | None = None) -> Iterator[pa.RecordBatch]:
         return BatchesScan(
-            lambda: (self.make_batch(i) for i in range(self.n_batches)), self._schema
+            lambda: (self.make_batch(i) for i in self.indices), self._schema
         ).batches()
 
 
@@ -183,19 +240,50 @@ class ParquetScan:
     filter, so row groups whose statistics exclude it are skipped.
     """
 
-    def __init__(self, path: str | Path, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        pieces: tuple[tuple[str, tuple[int, ...]], ...] | None = None,
+    ) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"no Parquet file or directory at {self.path}")
-        self.dataset = ds.dataset(self.path, format="parquet")
         self.batch_size = batch_size
+        self.pieces = pieces
+        self._schema = ds.dataset(self.path, format="parquet").schema
+
+    @property
+    def dataset(self) -> ds.Dataset:
+        """The files (or, for a partition, the row groups) this scan reads."""
+        whole = ds.dataset(self.path, format="parquet")
+        if self.pieces is None:
+            return whole
+        fmt = ds.ParquetFileFormat()
+        fragments = [fmt.make_fragment(path, filesystem=whole.filesystem, row_groups=list(rgs))
+                     for path, rgs in self.pieces]
+        return ds.FileSystemDataset(fragments, self._schema, fmt, whole.filesystem)
 
     @property
     def schema(self) -> pa.Schema:
-        return self.dataset.schema
+        return self._schema
 
     def describe(self) -> str:
-        return f"parquet {self.path.name}"
+        part = f" ({sum(len(r) for _, r in self.pieces)} row groups)" if self.pieces else ""
+        return f"parquet {self.path.name}{part}"
+
+    def partitions(self, n: int) -> list[ParquetScan]:
+        """Up to ``n`` scans over contiguous runs of row groups, read by whoever runs them."""
+        pieces = [(f.path, rg.id) for f in ds.dataset(self.path, format="parquet")
+                  .get_fragments() for rg in f.row_groups]
+        out = []
+        for start, stop in _split(len(pieces), n):
+            grouped: dict[str, list[int]] = {}
+            for path, rg in pieces[start:stop]:
+                grouped.setdefault(path, []).append(rg)
+            out.append(ParquetScan(self.path, self.batch_size,
+                                   tuple((p, tuple(r)) for p, r in grouped.items())))
+        return [p for p in out if p.pieces] or [self]
 
     #: Applies pushed-down columns and filters itself (without reading what they exclude).
     pushdown = True
@@ -349,17 +437,22 @@ class CsvScan:
                 yield batch
 
 
+def pushes_down(source: Source) -> bool:
+    """Whether the scan applies the source's filter and columns itself (Parquet)."""
+    return getattr(source.scan, "pushdown", False)
+
+
 def read_source(
     source: Source, metrics: OperatorMetrics, side_outputs: SideOutputs
 ) -> Iterator[pa.RecordBatch]:
-    """The batches of ``source`` with its pushed-down filter and columns applied, counted.
+    """The batches of ``source``.
 
-    Scans that push down natively (Parquet) get the filter and columns; for the others they
-    are applied here, batch by batch. ``rows_in`` counts rows before the filter (for Parquet,
-    the rows in the files, so that skipped row groups count as filtered).
+    Scans that push down natively (Parquet) get the filter and columns and are counted here:
+    ``rows_in`` is the rows in the files, so skipped row groups count as filtered. Other scans
+    yield their batches as they are; a :class:`ScanFilterOp` then filters and counts them.
     """
     scan = source.scan
-    if getattr(scan, "pushdown", False):
+    if pushes_down(source):
         rows_out = 0
         for batch in scan.batches(source.columns, source.predicate, side_outputs):
             rows_out += batch.num_rows
@@ -368,9 +461,4 @@ def read_source(
         rows_in = scan.count_rows() if source.predicate is not None else rows_out
         metrics.add(rows_in=rows_in, rows_filtered=rows_in - rows_out)
         return
-    for batch in scan.batches(side_outputs):
-        out = _filter_project(batch, source.columns, source.predicate)
-        metrics.add(rows_in=batch.num_rows, rows_out=out.num_rows, batches_out=1,
-                    rows_filtered=batch.num_rows - out.num_rows)
-        if out.num_rows:
-            yield out
+    yield from scan.batches(side_outputs)

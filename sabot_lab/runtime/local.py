@@ -26,9 +26,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import pyarrow as pa
 
 from sabot_lab.ops.base import Operator, OperatorMetrics, SideOutputs, run_chain
-from sabot_lab.ops.enrich import EnrichOp
+from sabot_lab.ops.enrich import EnrichOp, fuse_scan_filter_into_enrich
 from sabot_lab.ops.fused import FusedOp
-from sabot_lab.ops.sources import read_source
+from sabot_lab.ops.sources import ScanFilterOp, pushes_down, read_source
 from sabot_lab.ops.stateless import FilterOp, MapBatchesOp, ProjectOp
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import (
@@ -132,7 +132,13 @@ class _Execution:
             chain.append(self.operators[id(node)])
             node = node.children[0]
         chain.reverse()
-        base = self.source(node) if isinstance(node, Source) else self.union(node)
+        if isinstance(node, Source):
+            base = self.source(node)
+            if not pushes_down(node):
+                chain.insert(0, ScanFilterOp(node, self.metrics[id(node)], self.side_outputs))
+                chain = fuse_scan_filter_into_enrich(chain)
+        else:
+            base = self.union(node)
         if not chain:
             yield from base
             return
