@@ -14,6 +14,7 @@ Examples
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -106,7 +107,7 @@ def _split(total: int, n: int) -> list[tuple[int, int]]:
     """
     n = max(1, min(n, total)) if total else 1
     bounds = [-(-total * i // n) for i in range(n + 1)]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+    return list(itertools.pairwise(bounds))
 
 
 class TableScan:
