@@ -290,8 +290,12 @@ class ParquetScan:
     pushdown = True
 
     def count_rows(self) -> int:
-        """Rows in the files, from their metadata."""
-        return self.dataset.count_rows()
+        """Rows in the row groups this scan covers, from the files' metadata.
+
+        (Summed per row group: ``Dataset.count_rows`` counts whole files even when a fragment
+        names only some of their row groups.)
+        """
+        return sum(rg.num_rows for f in self.dataset.get_fragments() for rg in f.row_groups)
 
     def batches(
         self,
