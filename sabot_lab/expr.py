@@ -298,7 +298,9 @@ class Literal(Expr):
         return pc.scalar(self._scalar())
 
     def __repr__(self) -> str:
-        return repr(self.value) if self.type is None else f"lit({self.value!r}, {self.type})"
+        text = self.value.isoformat(sep=" ") if hasattr(self.value, "isoformat") else repr(
+            self.value)
+        return text if self.type is None else f"lit({text}, {self.type})"
 
 
 def _true_divide(left: Any, right: Any) -> Any:

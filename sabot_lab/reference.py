@@ -81,6 +81,8 @@ class Table:
                 f"available columns: {data.column_names}"
             )
         self.data: pa.Table = data.combine_chunks()
+        #: The filter this table was cut down with by :meth:`filter` (``None``: all rows).
+        self.predicate: Expr | None = None
         self.key: tuple[str, ...] = keys
         self.unique = unique
         self.null_key_rows = self._count_null_keys()
@@ -110,6 +112,7 @@ class Table:
         rows = self.data.filter(predicate.evaluate(self.data), null_selection_behavior="drop")
         subset = Table(rows, self.key, unique=False)
         subset.unique = self.unique  # a subset of unique keys is unique: no need to re-check
+        subset.predicate = predicate if self.predicate is None else self.predicate & predicate
         return subset
 
     def _count_null_keys(self) -> int:

@@ -162,14 +162,14 @@ class Stream:
         """The schema of the stream's batches."""
         return self.node.schema
 
-    def filter(self, predicate: Expr) -> Stream:
+    def filter(self, predicate: Expr | bool) -> Stream:
         """Keep rows where ``predicate`` is true (null counts as false, as in SQL).
 
         >>> s = Stream.from_table(pa.table({"a": [1, 5]}))
         >>> s.filter(col("a") > 2).to_table()["a"].to_pylist()
         [5]
         """
-        return Stream(Filter(self.node, predicate))
+        return Stream(Filter(self.node, _as_expr(predicate)))
 
     def select(self, *columns: str, **renamed_or_computed: str | Expr) -> Stream:
         """Keep, rename and compute columns: ``select("a", b="old_b", c=col("a") * 2)``.
@@ -315,7 +315,7 @@ class Stream:
         return PlanOptimizer().optimize(self.graph(target))
 
     def run(self, runner: Any = None, target: SinkTarget | None = None,
-            optimize: bool = True) -> Result:
+            optimize: bool | PlanOptimizer = True) -> Result:
         """Execute the stream and return a :class:`~sabot_lab.result.Result`.
 
         Parameters
@@ -326,7 +326,8 @@ class Stream:
             Where the output goes (default: collected into ``result.table``).
         optimize
             Rewrite the plan with the :class:`~sabot_lab.plan.optimizer.PlanOptimizer`
-            first (the default); the rows are the same either way.
+            first (the default; pass an optimizer to use your own rules); the rows are the
+            same either way.
         """
         if runner is None:
             from sabot_lab.runtime.local import LocalRunner
@@ -335,7 +336,7 @@ class Stream:
         graph = self.graph(target)
         stats = None
         if optimize:
-            optimizer = PlanOptimizer()
+            optimizer = optimize if isinstance(optimize, PlanOptimizer) else PlanOptimizer()
             executed = optimizer.optimize(graph)
             stats = optimizer.get_stats()
         else:

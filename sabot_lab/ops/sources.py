@@ -58,7 +58,11 @@ def _filter_project(
         needed = set(columns) | (predicate.columns if predicate is not None else set())
         batch = batch.select([n for n in batch.schema.names if n in needed])
     if predicate is not None:
-        batch = batch.filter(predicate.evaluate(batch), null_selection_behavior="drop")
+        mask = predicate.evaluate(batch)
+        if isinstance(mask, pa.Scalar):  # a constant predicate keeps all rows or none
+            batch = batch if mask.as_py() else batch.slice(0, 0)
+        else:
+            batch = batch.filter(mask, null_selection_behavior="drop")
     if columns is not None and batch.schema.names != list(columns):
         batch = batch.select(list(columns))
     return batch

@@ -15,7 +15,7 @@ Sink[collect]
       └─ Source[table 2 rows]
 after:
 Sink[collect]
-└─ Source[table 2 rows columns=['a'] filter=(col('a') > 1)]
+└─ Source[table 2 rows filter=(col('a') > 1) columns=['a']]
 rules fired: push_filter_below_project, prune_unused_columns, ...
 >>> comparison.highlights_after()
 {'Source': 'pushed'}
@@ -26,7 +26,7 @@ from __future__ import annotations
 from html import escape
 
 from sabot_lab.plan.graph import JobGraph
-from sabot_lab.plan.nodes import Enrich, Filter, Source
+from sabot_lab.plan.nodes import Enrich, Filter, Fused, Source
 from sabot_lab.plan.optimizer import PlanOptimizer, Rewrite
 from sabot_lab.plan.picture import HIGHLIGHTS
 
@@ -42,18 +42,19 @@ class PlanComparison:
         self.rewrites = rewrites
 
     def _filter_keys(self, graph: JobGraph) -> set[tuple]:
-        return {n.predicate.key() for n in graph.nodes if isinstance(n, Filter)}
+        return {n.predicate.key() for n in graph.operators() if isinstance(n, Filter)}
 
     def _before_marks(self) -> dict[int, str]:
         kept = self._filter_keys(self.after)
-        return {id(n): "moved" for n in self.before.nodes
+        return {id(n): "moved" for n in self.before.operators()
                 if isinstance(n, Filter) and n.predicate.key() not in kept}
 
     def _after_marks(self) -> dict[int, str]:
         before_filters = self._filter_keys(self.before)
-        before_enrich = {n.on: n for n in self.before.nodes if isinstance(n, Enrich)}
+        before_enrich = {n.on: n for n in self.before.operators() if isinstance(n, Enrich)}
         marks = {}
-        for n in self.after.nodes:
+        fused_of = {id(s): n for n in self.after.nodes if isinstance(n, Fused) for s in n.stages}
+        for n in self.after.operators():
             if isinstance(n, Source) and n.predicate is not None:
                 marks[id(n)] = "pushed"
             elif isinstance(n, Source) and n.columns is not None:
@@ -66,11 +67,14 @@ class PlanComparison:
                     marks[id(n)] = "pushed"
                 elif len(n.columns) < len(old.columns):
                     marks[id(n)] = "pruned"
+        for key in list(marks):  # a fused stage colours the fused box it lives in
+            if key in fused_of:
+                marks.setdefault(id(fused_of[key]), marks[key])
         return marks
 
     def highlights_after(self) -> dict[str, str]:
         """Highlighted nodes of the optimized plan, by node kind."""
-        by_id = {id(n): type(n).__name__ for n in self.after.nodes}
+        by_id = {id(n): type(n).__name__ for n in (*self.after.nodes, *self.after.operators())}
         return {by_id[k]: v for k, v in self._after_marks().items()}
 
     def rules_fired(self) -> list[str]:

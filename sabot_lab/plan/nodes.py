@@ -135,12 +135,11 @@ class Source(Node):
 
     @property
     def label(self) -> str:
-        extra = ""
+        extra = f" filter={self.predicate!r}" if self.predicate is not None else ""
         if self.columns is not None:
             total = len(self.scan.schema)
-            extra = (f" columns={list(self.columns)}" if len(self.columns) <= 3
-                     else f" {len(self.columns)} of {total} columns")
-        extra += f" filter={self.predicate!r}" if self.predicate is not None else ""
+            extra += (f" columns={list(self.columns)}" if len(self.columns) <= 3
+                      else f" {len(self.columns)} of {total} columns")
         return f"Source[{self.scan.describe()}{extra}]"
 
     def _infer_schema(self) -> pa.Schema:
@@ -270,7 +269,9 @@ class Enrich(_Unary):
     def label(self) -> str:
         keys = ", ".join(s if s == r else f"{s}={r}" for s, r in self.on)
         side = " unmatched->side" if self.unmatched_side_output else ""
-        return f"Enrich[{self.how} on {keys} +{list(self.columns)}{side}]"
+        where = getattr(self.reference, "predicate", None)
+        where = f" reference where {where!r}" if where is not None else ""
+        return f"Enrich[{self.how} on {keys} +{list(self.columns)}{side}{where}]"
 
     @property
     def output_names(self) -> tuple[str, ...]:

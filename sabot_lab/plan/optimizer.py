@@ -11,7 +11,7 @@ Examples
 >>> print(optimizer.optimize(stream.graph()).explain())
 Sink[collect]
 └─ Project[a, b, twice=(col('b') * 2)]
-   └─ Source[table 3 rows columns=['a', 'b'] filter=((col('b') * 2) > 9)]
+   └─ Source[table 3 rows filter=((col('b') * 2) > 9) columns=['a', 'b']]
 >>> stats = optimizer.get_stats()
 >>> stats.total_optimizations()
 3
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Rewrite:
-    """One rule firing: which rule, on which node, and what it became."""
+    """One rule firing: which rule, the operators it replaced and what replaced them."""
 
     rule: str
     before: str
@@ -70,9 +70,21 @@ class OptimizerStats:
         return "\n".join(lines)
 
 
-def _summary(node: Node) -> str:
-    kids = ", ".join(type(c).__name__ for c in node.children)
-    return f"{node.label}({kids})" if kids else node.label
+def _labels(node: Node) -> list[str]:
+    out = [node.label]
+    for stage in getattr(node, "stages", ()):
+        out.append(stage.label)
+    for child in node.children:
+        out += _labels(child)
+    return out
+
+
+def _change(before: Node, after: Node) -> tuple[str, str]:
+    """The operators a rewrite removed and the ones it produced (unchanged ones left out)."""
+    old, new = _labels(before), _labels(after)
+    removed = [label for label in old if label not in new]
+    added = [label for label in new if label not in old]
+    return "; ".join(removed) or "-", "; ".join(added) or "-"
 
 
 class PlanOptimizer:
@@ -137,7 +149,6 @@ class PlanOptimizer:
         for rule in rules:
             new = rule(node)
             if new is not None and new is not node:
-                self._stats.rewrites.append(Rewrite(rule.__name__, _summary(node),
-                                                    _summary(new)))
+                self._stats.rewrites.append(Rewrite(rule.__name__, *_change(node, new)))
                 node = new
         return node

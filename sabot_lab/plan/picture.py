@@ -28,7 +28,7 @@ _LINE_H = 15
 _PAD = 8
 _GAP_Y = 46
 _GAP_X = 24
-_MAX_CHARS = 72
+_MAX_CHARS = 96
 
 #: Fill colours by highlight name (used by ``compare_plans``).
 HIGHLIGHTS = {

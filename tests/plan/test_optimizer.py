@@ -168,3 +168,23 @@ def test_enrich_pushdown_prunes_reference_columns(how):
     enrich = next(n for n in stream.optimized().operators() if isinstance(n, Enrich))
     assert enrich.columns == ("name",)
     assert_same_rows(stream.run().table, stream.run(optimize=False).table)
+
+
+@pytest.mark.parametrize("predicate", [sl.lit(False), sl.lit(1) == 1, True])
+def test_constant_predicates_give_the_same_rows(predicate):
+    stream = sl.Stream.from_table(pa.table({"a": [1, 2, 3]})).filter(predicate)
+    assert stream.to_table().equals(stream.to_table(optimize=False))
+
+
+def test_custom_optimizer_and_readable_rewrites():
+    reference = sl.Table(pa.table({"k": [1, 2], "g": ["x", "y"]}), key="k")
+    stream = sl.Stream.from_table(pa.table({"k": [1, 2, 2], "unused": [0, 0, 0]})).enrich(
+        reference).filter(sl.col("g") == "x").select("k")
+    only_logical = PlanOptimizer(physical_rules=())
+    result = stream.run(optimize=only_logical)
+    assert result.optimizer_stats is only_logical.get_stats()
+    assert result.table.column("k").to_pylist() == [1]
+    assert "reference where (col('g') == 'x')" in result.plan.explain()
+    (pruning,) = [r for r in only_logical.get_stats().rewrites
+                  if r.rule == "prune_unused_columns"]
+    assert "columns=['k']" in pruning.after and "Sink" not in pruning.after

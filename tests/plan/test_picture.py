@@ -52,7 +52,7 @@ def test_wide_schemas_are_abbreviated_but_complete_in_the_tooltip():
     enrich = next(g for g in nodes if g.get("data-kind") == "Enrich")
     texts = [t.text for t in enrich.findall(f"{SVG}text")]
     assert any("more" in t for t in texts)
-    assert all(len(t) <= 72 for t in texts)
+    assert all(len(t) <= 96 for t in texts)
     tooltip = enrich.find(f"{SVG}title").text
     assert all(f"{name}:" in tooltip for name in graph.nodes[2].schema.names)
 
