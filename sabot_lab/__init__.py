@@ -17,16 +17,30 @@ from sabot_lab.reference import DuplicateKeyError, Table
 from sabot_lab.result import Result
 from sabot_lab.runtime.local import LocalRunner
 from sabot_lab.stream import Stream
+from sabot_lab.testing import assert_same_results
+
+
+def __getattr__(name: str) -> object:
+    # The Dask runtime imports distributed (about a second): only when it is asked for.
+    if name in ("DaskRunner", "JobManager"):
+        from sabot_lab.runtime import dask
+
+        return getattr(dask, name)
+    raise AttributeError(f"module 'sabot_lab' has no attribute {name!r}")
+
 
 __all__ = [
+    "DaskRunner",
     "DuplicateKeyError",
     "JobGraph",
+    "JobManager",
     "LocalRunner",
     "PlanError",
     "PlanOptimizer",
     "Result",
     "Stream",
     "Table",
+    "assert_same_results",
     "coalesce",
     "col",
     "compare_plans",

@@ -161,7 +161,7 @@ def enrich_flights(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: run the quotes job locally and print a summary."""
+    """Command line: run the quotes job locally (or on Dask) and print a summary."""
     from sabot_lab.datasets import securities
     from sabot_lab.runtime.local import LocalRunner
 
@@ -170,11 +170,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--min-price", type=float, default=100.0)
     parser.add_argument("--batch-rows", type=int, default=100_000, help="rows per batch")
     parser.add_argument("--threads", type=int, default=None, help="local worker threads")
+    parser.add_argument("--distributed", action="store_true",
+                        help="run on Dask: a LocalCluster, or the scheduler given")
+    parser.add_argument("--scheduler", default=None, help="scheduler address, tcp://host:port")
+    parser.add_argument("--workers", type=int, default=2, help="LocalCluster workers")
     args = parser.parse_args(argv)
     reference = Table(securities(), key="instrument_id")
     job = enrich_quotes(quote_stream(args.rows, args.batch_rows), reference,
                         min_price=args.min_price)
-    result = job.run(LocalRunner(threads=args.threads))
+    if args.distributed or args.scheduler:
+        from sabot_lab.runtime.dask import DaskRunner
+
+        with DaskRunner(args.scheduler, n_workers=args.workers) as runner:
+            print(f"Dask dashboard: {runner.dashboard_link}")
+            result = job.run(runner)
+    else:
+        result = job.run(LocalRunner(threads=args.threads))
     summary = result.summary()
     width = max(map(len, summary))
     for key, value in summary.items():
@@ -182,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> None:
               else f"{key:<{width}}  {value:>14}")
     print()
     print(result.explain())
+    if result.execution is not None:
+        print()
+        print(result.execution)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,72 @@
+"""Checks for notebooks and tests: do two runs give the same rows?
+
+Examples
+--------
+>>> import pyarrow as pa
+>>> a = pa.table({"k": [1, 2, 3], "v": ["x", "y", "z"]})
+>>> assert_same_results(a, a.take([2, 0, 1]))
+>>> assert_same_results(a, pa.table({"k": [1, 2, 3], "v": ["x", "y", "q"]}))
+Traceback (most recent call last):
+...
+AssertionError: row 2 of 3 (after sorting ...) differs in column 'v': {'k': 3, 'v': 'z'} != ...
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["assert_same_results"]
+
+
+def _table(value: object) -> pa.Table:
+    table = getattr(value, "table", value)
+    if not isinstance(table, pa.Table):
+        raise TypeError(f"expected a Result or a pyarrow.Table, got {type(value).__name__}")
+    columns = {}
+    for name in table.column_names:
+        column = table.column(name)
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        columns[name] = column
+    return pa.table(columns) if columns else table
+
+
+def assert_same_results(left: object, right: object) -> None:
+    """Assert that two results hold the same multiset of rows, in any order.
+
+    Parameters
+    ----------
+    left, right
+        :class:`~sabot_lab.result.Result` objects (their ``.table`` is compared) or tables.
+        Dictionary-encoded columns compare by value.
+
+    Raises
+    ------
+    AssertionError
+        Naming the first difference: column names, types, row counts, or the first row (in
+        sorted order) that differs, with both versions of it.
+    """
+    a, b = _table(left), _table(right)
+    if a.column_names != b.column_names:
+        raise AssertionError(f"different columns: {a.column_names} != {b.column_names}")
+    for name in a.column_names:
+        if a.schema.field(name).type != b.schema.field(name).type:
+            raise AssertionError(f"column {name!r} is {a.schema.field(name).type} on the left "
+                                 f"but {b.schema.field(name).type} on the right")
+    if a.num_rows != b.num_rows:
+        raise AssertionError(f"different row counts: {a.num_rows:,} != {b.num_rows:,}")
+    keys = [(name, "ascending") for name in a.column_names]
+    a, b = a.sort_by(keys), b.sort_by(keys)
+    for name in a.column_names:
+        x, y = a.column(name), b.column(name)
+        same = pc.fill_null(pc.equal(x, y), False)
+        both_null = pc.and_(pc.is_null(x), pc.is_null(y))
+        differs = pc.invert(pc.or_(same, both_null))
+        if pc.any(differs).as_py():
+            row = pc.index(differs, True).as_py()
+            raise AssertionError(
+                f"row {row} of {a.num_rows:,} (after sorting both by every column) differs in "
+                f"column {name!r}: {a.slice(row, 1).to_pylist()[0]} != "
+                f"{b.slice(row, 1).to_pylist()[0]}"
+            )
