@@ -298,17 +298,33 @@ class JobManager:
         pending = submissions()
         index_of = {}
         window = as_completed()
-        for task_index, future in _take(pending, self.max_in_flight):
-            index_of[future.key] = task_index
-            window.add(future)
-        for future in window:
-            outputs[index_of.pop(future.key)] = future.result()
-            for task_index, new in _take(pending, 1):
-                index_of[new.key] = task_index
-                window.add(new)
+        writer = sink.target.open(sink.schema)
+        written = 0
+        try:
+            for task_index, future in _take(pending, self.max_in_flight):
+                index_of[future.key] = task_index
+                window.add(future)
+            for future in window:
+                outputs[index_of.pop(future.key)] = future.result()
+                # Hand finished partitions to the sink in partition order, as soon as they
+                # are contiguous, and let go of their tables (bounded memory for file sinks).
+                while written in outputs:
+                    out = outputs[written]
+                    out["rows_out"] = out["table"].num_rows
+                    for batch in out.pop("table").to_batches():
+                        writer.write(batch)
+                    written += 1
+                for task_index, new in _take(pending, 1):
+                    index_of[new.key] = task_index
+                    window.add(new)
+        except BaseException:
+            writer.abort()
+            for future in window.futures:
+                future.cancel()
+            raise
         executed = time.perf_counter()
-        table = self._merge(execution, outputs, graph, sink)
-        metrics = self._metrics(graph, execution, outputs, table)
+        table = writer.close()
+        metrics = self._metrics(graph, execution, outputs)
         side: dict[str, list[pa.Table]] = {}
         for i in sorted(outputs):
             for name, t in outputs[i]["side_outputs"].items():
@@ -318,7 +334,7 @@ class JobManager:
                                  execution_ms=(executed - planned) * 1000,
                                  gather_ms=(done - executed) * 1000)
         return Result(
-            table=table if isinstance(sink.target, CollectSink) else None,
+            table=table,
             side_outputs={k: pa.concat_tables(v) for k, v in sorted(side.items())},
             operator_metrics=metrics,
             execution_time_ms=(done - start) * 1000,
@@ -327,23 +343,8 @@ class JobManager:
             execution=execution,
         )
 
-    def _merge(self, execution: ExecutionPlan, outputs: dict[int, dict], graph: JobGraph,
-               sink: Sink) -> pa.Table:
-        tables = [outputs[i]["table"] for i in sorted(outputs)]
-        table = pa.concat_tables(tables) if tables else sink.schema.empty_table()
-        if not isinstance(sink.target, CollectSink):
-            writer = sink.target.open(sink.schema)
-            try:
-                for batch in table.to_batches():
-                    writer.write(batch)
-            except BaseException:
-                writer.abort()
-                raise
-            writer.close()
-        return table
-
-    def _metrics(self, graph: JobGraph, execution: ExecutionPlan, outputs: dict[int, dict],
-                 table: pa.Table) -> list[OperatorMetrics]:
+    def _metrics(self, graph: JobGraph, execution: ExecutionPlan, outputs: dict[int, dict]
+                 ) -> list[OperatorMetrics]:
         ids = graph.node_ids()
         operators = graph.operators()
         merged = [OperatorMetrics(ids[id(n)], n.label) for n in operators]
@@ -352,13 +353,12 @@ class JobManager:
             task.worker, task.seconds = out["worker"], out["seconds"]
             for m, row in zip(merged[:-1], out["metrics"], strict=True):
                 m.add(**{k: v for k, v in row.items() if k not in ("op_id", "label")})
-            task.rows_out = out["table"].num_rows
+            task.rows_out = out["rows_out"]
             task.rows_in = sum(row["rows_in"] for row, n in zip(out["metrics"], operators,
                                                                 strict=False)
                                if isinstance(n, Source))
-        sink_metrics = merged[-1]
-        sink_metrics.add(rows_in=table.num_rows, rows_out=table.num_rows,
-                         batches_in=len(outputs))
+        rows = sum(out["rows_out"] for out in outputs.values())
+        merged[-1].add(rows_in=rows, rows_out=rows, batches_in=len(outputs))
         return merged
 
 
