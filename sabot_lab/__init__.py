@@ -13,6 +13,7 @@ from sabot_lab.plan.compare import compare_plans
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import PlanError
 from sabot_lab.plan.optimizer import PlanOptimizer
+from sabot_lab.plan.windows import count, hopping, max, mean, min, quantile, sum, tumbling
 from sabot_lab.reference import DuplicateKeyError, Table
 from sabot_lab.result import Result
 from sabot_lab.runtime.local import LocalRunner
@@ -44,7 +45,15 @@ __all__ = [
     "coalesce",
     "col",
     "compare_plans",
+    "count",
+    "hopping",
     "lit",
+    "max",
+    "mean",
+    "min",
+    "quantile",
+    "sum",
+    "tumbling",
 ]
 
 __version__ = "0.1.0"

@@ -53,12 +53,15 @@ from sabot_lab.plan.nodes import (
     SinkTarget,
     Source,
     Union,
+    Watermark,
+    WindowAggregate,
 )
 from sabot_lab.plan.optimizer import PlanOptimizer
+from sabot_lab.plan.windows import AggSpec, Hopping, Tumbling
 from sabot_lab.reference import Table
 from sabot_lab.result import Result
 
-__all__ = ["Stream"]
+__all__ = ["Stream", "WindowedStream"]
 
 
 def _as_expr(value: Any) -> Expr:
@@ -292,6 +295,44 @@ class Stream:
         return Stream(Enrich(self.node, reference, pairs, how, tuple(columns), suffix,
                              unmatched == "side_output", dictionary_strings))
 
+    def with_watermark(
+        self,
+        time_col: str,
+        max_out_of_orderness: str = "0s",
+        allowed_lateness: str = "0s",
+        max_future_skew: str | None = None,
+        unit: str | None = None,
+        out_of_orderness: str | None = None,
+    ) -> Stream:
+        """Declare event time: ``time_col`` and how out of order rows may arrive.
+
+        Parameters
+        ----------
+        time_col
+            A timestamp column, or an integer epoch column with its ``unit``.
+        max_out_of_orderness
+            The watermark trails the largest event time seen by this much (e.g. ``"10s"``);
+            rows within the bound are never late.
+        allowed_lateness
+            How long after a window's end a late row still updates it (emitted again with
+            ``is_update``); later rows go to the ``late`` side output.
+        max_future_skew
+            Rows more than this ahead of every earlier row (a bad clock) go to the
+            ``rejected`` side output instead of moving the watermark.
+        unit
+            ``"s"``, ``"ms"``, ``"us"`` or ``"ns"`` for integer epoch columns.
+        out_of_orderness
+            Alias of ``max_out_of_orderness``.
+        """
+        bound = out_of_orderness if out_of_orderness is not None else max_out_of_orderness
+        return Stream(Watermark(self.node, time_col, bound, allowed_lateness, max_future_skew,
+                                unit))
+
+    def window(self, window: Tumbling | Hopping) -> WindowedStream:
+        """Group rows into event-time windows; finish with ``.agg(...)`` or
+        ``.group_by(keys).agg(...)``. Needs :meth:`with_watermark` upstream."""
+        return WindowedStream(self, window, ())
+
     def union(self, *others: Stream) -> Stream:
         """Concatenate streams with the same columns and types.
 
@@ -375,3 +416,48 @@ class Stream:
 
     def _repr_html_(self) -> str:
         return self.graph()._repr_html_()
+
+
+def _watermark_of(node: Node) -> Watermark:
+    """The nearest :class:`Watermark` upstream of ``node`` along single-input operators."""
+    while not isinstance(node, Watermark):
+        if len(node.children) != 1:
+            raise PlanError(
+                f"window() needs event time: call with_watermark(time_column, ...) on the "
+                f"stream before window() (none found above {node.label})")
+        node = node.children[0]
+    return node
+
+
+class WindowedStream:
+    """A stream cut into event-time windows, waiting for its aggregates.
+
+    >>> import sabot_lab as sl
+    >>> t = pa.table({"t": [1, 2, 70], "k": ["a", "b", "a"], "v": [1.0, 2.0, 3.0]})
+    >>> (Stream.from_table(t).with_watermark("t", unit="s").window(sl.tumbling("1min"))
+    ...  .group_by("k").agg(n=sl.count(), top=sl.max("v")).to_table()
+    ...  .select(["window_start", "k", "n", "top"]).to_pylist())  # doctest: +NORMALIZE_WHITESPACE
+    [{'window_start': 0, 'k': 'a', 'n': 1, 'top': 1.0},
+     {'window_start': 0, 'k': 'b', 'n': 1, 'top': 2.0},
+     {'window_start': 60, 'k': 'a', 'n': 1, 'top': 3.0}]
+    """
+
+    def __init__(self, stream: Stream, window: Tumbling | Hopping, keys: tuple[str, ...]
+                 ) -> None:
+        self.stream = stream
+        self.window_spec = window
+        self.keys = keys
+
+    def group_by(self, *keys: str) -> WindowedStream:
+        """Aggregate per key within each window."""
+        return WindowedStream(self.stream, self.window_spec, tuple(keys))
+
+    def agg(self, **aggregates: AggSpec) -> Stream:
+        """Name the aggregates: ``agg(n=sl.count(), p95=sl.quantile("bytes", 0.95))``."""
+        if not aggregates:
+            raise PlanError("agg() needs at least one aggregate, e.g. n=sl.count()")
+        watermark = _watermark_of(self.stream.node)
+        return Stream(WindowAggregate(
+            self.stream.node, self.window_spec, self.keys, tuple(aggregates.items()),
+            watermark.time_col, watermark.time_unit, watermark.out_of_orderness,
+            watermark.allowed_lateness))

@@ -29,9 +29,9 @@ import pyarrow as pa
 
 from sabot_lab.plan.nodes import Node
 
-__all__ = ["Operator", "OperatorMetrics", "SideOutputs", "run_chain"]
+__all__ = ["COUNTERS", "Operator", "OperatorMetrics", "SideOutputs", "run_chain"]
 
-_COUNTERS = (
+COUNTERS = (
     "rows_in",
     "rows_out",
     "rows_filtered",
@@ -42,6 +42,7 @@ _COUNTERS = (
     "batches_in",
     "batches_out",
     "seconds",
+    "rows_aggregated",
 )
 
 
@@ -61,6 +62,11 @@ class OperatorMetrics:
     batches_in: int = 0
     batches_out: int = 0
     seconds: float = 0.0
+    #: Input rows absorbed into aggregates (window operators; ``aggregates`` is then true).
+    rows_aggregated: int = 0
+    aggregates: bool = False
+    #: The operator's current event-time watermark, in the time column's unit.
+    watermark: int | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: float) -> None:
@@ -70,11 +76,20 @@ class OperatorMetrics:
                 setattr(self, name, getattr(self, name) + value)
 
     def merge(self, other: OperatorMetrics) -> None:
-        """Add another instance's counters (e.g. from another agent)."""
-        self.add(**{name: getattr(other, name) for name in _COUNTERS})
+        """Add another instance's counters (e.g. from another agent); watermarks take the
+        minimum, as for a merged stream."""
+        self.add(**{name: getattr(other, name) for name in COUNTERS})
+        self.aggregates = self.aggregates or other.aggregates
+        if other.watermark is not None:
+            self.watermark = other.watermark if self.watermark is None else min(
+                self.watermark, other.watermark)
 
     def balanced(self) -> bool:
-        """Whether every input row is accounted for: out + filtered + side output (+ expanded)."""
+        """Whether every input row is accounted for: out + filtered + side output (+ expanded);
+        for aggregations, absorbed + side output (per window a row belongs to)."""
+        if self.aggregates:
+            return self.rows_in + self.rows_expanded == (self.rows_aggregated
+                                                         + self.rows_side_output)
         accounted = self.rows_out - self.rows_expanded + self.rows_filtered + self.rows_side_output
         return self.rows_in == accounted
 

@@ -47,6 +47,8 @@ __all__ = [
     "SinkTarget",
     "Source",
     "Union",
+    "Watermark",
+    "WindowAggregate",
 ]
 
 
@@ -410,3 +412,108 @@ class Fused(Node):
 
     def _infer_schema(self) -> pa.Schema:
         return self.top.schema
+
+
+#: Name of the per-row watermark column that :class:`Watermark` adds.
+WATERMARK_COLUMN = "_watermark"
+
+
+def _time_unit(schema: pa.Schema, time_col: str, unit: str | None) -> str:
+    if time_col not in schema.names:
+        raise KeyError(f"event-time column {time_col!r} not found; available columns: "
+                       f"{schema.names}")
+    t = schema.field(time_col).type
+    if pa.types.is_timestamp(t):
+        return t.unit
+    if pa.types.is_integer(t) and unit in ("s", "ms", "us", "ns"):
+        return unit
+    if pa.types.is_integer(t):
+        raise ExprError(f"event-time column {time_col!r} holds integers: say their unit, "
+                        f"e.g. with_watermark({time_col!r}, unit='ms')")
+    raise ExprError(f"event-time column {time_col!r} is {t}; it must be a timestamp or an "
+                    f"integer epoch (cast it with with_columns)")
+
+
+@dataclass(frozen=True, eq=False)
+class Watermark(_Unary):
+    """Assigns event-time watermarks with bounded out-of-orderness.
+
+    The watermark before each row is the largest event time of the rows before it (in
+    arrival order) minus ``out_of_orderness``; it is added as column ``_watermark``. Rows
+    whose event time is null, or more than ``max_future_skew`` ahead of every earlier row, go
+    to the ``rejected`` side output with a reason and do not move the watermark.
+    """
+
+    time_col: str
+    out_of_orderness: str = "0s"
+    allowed_lateness: str = "0s"
+    max_future_skew: str | None = None
+    unit: str | None = None
+
+    @property
+    def label(self) -> str:
+        skew = f" max_future_skew={self.max_future_skew}" if self.max_future_skew else ""
+        return (f"Watermark[{self.time_col} out_of_orderness={self.out_of_orderness} "
+                f"allowed_lateness={self.allowed_lateness}{skew}]")
+
+    @property
+    def time_unit(self) -> str:
+        """The unit of the event-time column."""
+        return _time_unit(self.child.schema, self.time_col, self.unit)
+
+    def _infer_schema(self) -> pa.Schema:
+        from sabot_lab.plan.windows import parse_duration
+
+        for text in (self.out_of_orderness, self.allowed_lateness, self.max_future_skew):
+            if text is not None:
+                parse_duration(text)
+        self.time_unit  # noqa: B018 - validates the time column
+        schema = self.child.schema
+        if WATERMARK_COLUMN in schema.names:
+            raise ExprError("the stream already has watermarks; call with_watermark once")
+        return schema.append(pa.field(WATERMARK_COLUMN, pa.int64()))
+
+
+@dataclass(frozen=True, eq=False)
+class WindowAggregate(_Unary):
+    """Event-time window aggregation (tumbling or hopping), per key or global.
+
+    Emits one row per window and key when the watermark passes the window's end (revision
+    0), and one more, with the updated aggregates, for every row that arrives later but
+    within the allowed lateness (revision 1, 2…, ``is_update`` true). Rows later than that
+    go to the ``late`` side output with the window they missed and by how much.
+    """
+
+    window: Any
+    keys: tuple[str, ...]
+    aggs: tuple[tuple[str, Any], ...]
+    time_col: str
+    time_unit: str
+    out_of_orderness: str = "0s"
+    allowed_lateness: str = "0s"
+
+    @property
+    def label(self) -> str:
+        keys = f" by {', '.join(self.keys)}" if self.keys else ""
+        aggs = ", ".join(f"{n}={a!r}" for n, a in self.aggs)
+        return f"Window[{self.window!r} on {self.time_col}{keys}: {aggs}]"
+
+    def _infer_schema(self) -> pa.Schema:
+        schema = self.child.schema
+        if WATERMARK_COLUMN not in schema.names:
+            raise ExprError("windows need event time: call with_watermark(time_column, ...) "
+                            "before window()")
+        for k in self.keys:
+            if k not in schema.names:
+                raise KeyError(f"group key {k!r} not found; available columns: {schema.names}")
+        time_type = schema.field(self.time_col).type
+        fields = [pa.field("window_start", time_type), pa.field("window_end", time_type)]
+        fields += [schema.field(k) for k in self.keys]
+        names = [f.name for f in fields]
+        for name, agg in self.aggs:
+            if name in names:
+                raise ExprError(f"output column {name!r} is defined twice")
+            fields.append(pa.field(name, agg.output_type(schema)))
+            names.append(name)
+        fields += [pa.field("revision", pa.int32()), pa.field("is_update", pa.bool_())]
+        return pa.schema(fields)

@@ -30,6 +30,7 @@ from sabot_lab.ops.enrich import EnrichOp, fuse_scan_filter_into_enrich
 from sabot_lab.ops.fused import FusedOp
 from sabot_lab.ops.sources import ScanFilterOp, pushes_down, read_source
 from sabot_lab.ops.stateless import FilterOp, MapBatchesOp, ProjectOp
+from sabot_lab.ops.windows import WatermarkOp, WindowAggregateOp
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import (
     Enrich,
@@ -41,6 +42,8 @@ from sabot_lab.plan.nodes import (
     Sink,
     Source,
     Union,
+    Watermark,
+    WindowAggregate,
 )
 from sabot_lab.result import Result
 
@@ -53,6 +56,8 @@ _OPERATORS: dict[type[Node], type[Operator]] = {
     Project: ProjectOp,
     MapBatches: MapBatchesOp,
     Enrich: EnrichOp,
+    Watermark: WatermarkOp,
+    WindowAggregate: WindowAggregateOp,
 }
 
 

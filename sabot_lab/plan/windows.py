@@ -1,0 +1,199 @@
+"""Event-time vocabulary: durations, window shapes and aggregate functions.
+
+Examples
+--------
+>>> parse_duration("5min"), parse_duration("1h30min"), parse_duration("250ms")
+(300000000000, 5400000000000, 250000000)
+>>> tumbling("5min")
+tumbling('5min')
+>>> hopping("10min", "5min").windows_per_row
+2
+>>> quantile("delay", 0.95)
+quantile('delay', 0.95)
+"""
+
+from __future__ import annotations
+
+import builtins
+import re
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from sabot_lab.expr import ExprError
+
+__all__ = [
+    "AggSpec",
+    "Hopping",
+    "Tumbling",
+    "count",
+    "hopping",
+    "max",
+    "mean",
+    "min",
+    "parse_duration",
+    "quantile",
+    "sum",
+    "to_unit",
+    "tumbling",
+]
+
+_UNITS_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
+             "min": 60_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000,
+             "d": 86_400_000_000_000}
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ns|us|ms|min|s|m|h|d)")
+
+
+def parse_duration(text: str | int) -> int:
+    """A duration such as ``"10s"``, ``"5min"``, ``"1h30min"`` in nanoseconds (ints pass through).
+
+    >>> parse_duration("2 d")
+    172800000000000
+    >>> parse_duration("soon")
+    Traceback (most recent call last):
+    ...
+    ValueError: cannot read duration 'soon': use a number and a unit (ns, us, ms, s, min, h, d), ...
+    """
+    if isinstance(text, int):
+        return text
+    compact = text.replace(" ", "")
+    parts = _PART.findall(compact)
+    if not parts or "".join(f"{n}{u}" for n, u in parts) != compact:
+        raise ValueError(f"cannot read duration {text!r}: use a number and a unit "
+                         f"(ns, us, ms, s, min, h, d), e.g. '5min' or '1h30min'")
+    return round(builtins.sum(float(n) * _UNITS_NS[u] for n, u in parts))
+
+
+def to_unit(nanoseconds: int, unit: str) -> int:
+    """A nanosecond duration in the time unit of a column (``s``, ``ms``, ``us``, ``ns``)."""
+    return nanoseconds // _UNITS_NS[unit]
+
+
+def time_unit(t: pa.DataType) -> str | None:
+    """The unit of a timestamp type (``None`` for other types)."""
+    return t.unit if pa.types.is_timestamp(t) else None
+
+
+@dataclass(frozen=True)
+class Tumbling:
+    """Fixed, non-overlapping windows of ``size`` (aligned to the epoch)."""
+
+    size: str
+
+    @property
+    def size_ns(self) -> int:
+        return parse_duration(self.size)
+
+    @property
+    def slide_ns(self) -> int:
+        return self.size_ns
+
+    windows_per_row = 1
+
+    def __repr__(self) -> str:
+        return f"tumbling({self.size!r})"
+
+
+@dataclass(frozen=True)
+class Hopping:
+    """Windows of ``size`` starting every ``slide``: each row is in ``size / slide`` windows."""
+
+    size: str
+    slide: str
+
+    def __post_init__(self) -> None:
+        if parse_duration(self.size) % parse_duration(self.slide):
+            raise ValueError(f"hopping window size {self.size} must be a whole multiple of "
+                             f"its slide {self.slide}")
+
+    @property
+    def size_ns(self) -> int:
+        return parse_duration(self.size)
+
+    @property
+    def slide_ns(self) -> int:
+        return parse_duration(self.slide)
+
+    @property
+    def windows_per_row(self) -> int:
+        return self.size_ns // self.slide_ns
+
+    def __repr__(self) -> str:
+        return f"hopping({self.size!r}, {self.slide!r})"
+
+
+def tumbling(size: str) -> Tumbling:
+    """Tumbling windows, e.g. ``tumbling("5min")``."""
+    parse_duration(size)
+    return Tumbling(size)
+
+
+def hopping(size: str, slide: str) -> Hopping:
+    """Hopping (sliding) windows, e.g. ``hopping("10min", "5min")``."""
+    return Hopping(size, slide)
+
+
+@dataclass(frozen=True)
+class AggSpec:
+    """One aggregate of a window: ``function`` over ``column`` (``None`` for count)."""
+
+    function: str
+    column: str | None = None
+    q: float | None = None
+
+    def output_type(self, schema: pa.Schema) -> pa.DataType:
+        """The type of the aggregate's result."""
+        if self.function == "count":
+            return pa.int64()
+        if self.column not in schema.names:
+            raise KeyError(f"aggregate column {self.column!r} not found; available columns: "
+                           f"{schema.names}")
+        t = schema.field(self.column).type
+        if self.function in ("min", "max"):
+            return t
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
+            raise ExprError(f"{self.function}({self.column!r}) needs a numeric column, "
+                             f"{self.column!r} is {t}")
+        if self.function == "sum":
+            return pa.int64() if pa.types.is_integer(t) else pa.float64()
+        return pa.float64()
+
+    def __repr__(self) -> str:
+        if self.function == "count":
+            return "count()"
+        if self.function == "quantile":
+            return f"quantile({self.column!r}, {self.q})"
+        return f"{self.function}({self.column!r})"
+
+
+def count() -> AggSpec:
+    """Rows per window (and key)."""
+    return AggSpec("count")
+
+
+def sum(column: str) -> AggSpec:
+    """Sum of a numeric column (nulls ignored)."""
+    return AggSpec("sum", column)
+
+
+def mean(column: str) -> AggSpec:
+    """Mean of a numeric column (nulls ignored)."""
+    return AggSpec("mean", column)
+
+
+def min(column: str) -> AggSpec:
+    """Smallest value (nulls ignored)."""
+    return AggSpec("min", column)
+
+
+def max(column: str) -> AggSpec:
+    """Largest value (nulls ignored)."""
+    return AggSpec("max", column)
+
+
+def quantile(column: str, q: float) -> AggSpec:
+    """Exact quantile ``q`` with linear interpolation between the closest ranks (the
+    definition of DuckDB's ``quantile_cont`` and numpy's default); nulls ignored."""
+    if not 0 <= q <= 1:
+        raise ValueError(f"quantile q must be within [0, 1], got {q}")
+    return AggSpec("quantile", column, q)
