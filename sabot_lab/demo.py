@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 import sabot_lab as sl
 from sabot_lab.datasets import airports, flights, securities
+from sabot_lab.patterns.analytics import flight_delays
 from sabot_lab.patterns.enrichment import enrich_flights, enrich_quotes, quote_stream
 
 
@@ -38,6 +39,19 @@ def _pyarrow_flights_check(result: sl.Result) -> bool:
     got = result.table
     return got.num_rows == expected.num_rows and pc.count(got["origin_state"]).as_py() == (
         pc.count(expected["state"]).as_py())
+
+
+def _delays_check(result: sl.Result) -> bool:
+    """Flights per day and origin, and their mean delay, from a plain pyarrow group-by."""
+    f = flights()
+    day = pc.floor_temporal(f["date"], unit="day")
+    expected = f.append_column("window_start", day).group_by(["window_start", "origin"]) \
+        .aggregate([("delay", "count"), ("delay", "mean")])
+    got = result.table
+    return (got.num_rows == expected.num_rows
+            and pc.sum(got["flights"]).as_py() == pc.sum(expected["delay_count"]).as_py()
+            and abs(pc.sum(got["mean_delay"]).as_py() - pc.sum(expected["delay_mean"]).as_py())
+            < 1e-6)
 
 
 def _sector_chart(table: pa.Table, path: Path) -> None:
@@ -121,6 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows.append(_row("enrichment: flights + airports", flights_result,
                      _pyarrow_flights_check(flights_result)))
 
+    daily = flight_delays(sl.Stream.from_table(flights()), window="1d").run()
+    rows.append(_row("analytics: daily flight delays", daily, _delays_check(daily)))
+
     execution = None
     if not args.local_only:
         from sabot_lab.runtime.dask import DaskRunner
@@ -136,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("sabot_lab demo: the patterns end to end\n")
     _print_table(rows)
     print("(times include generating the synthetic quotes batch by batch inside the source;\n"
-          " check: local runs against hand-written pyarrow, Dask runs against the local rows)")
+          " check: local runs against hand-written pyarrow, Dask runs against the local rows;\n"
+          " windows do not run on Dask yet: they need a keyed exchange between stages)")
 
     print("\nUnmatched quotes by reason (side output 'unmatched'):")
     reasons = market_result.side_outputs["unmatched"].group_by("reason").aggregate(
@@ -154,6 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for state, mean, count in zip(*(delays[c].to_pylist() for c in
                                     ("origin_state", "delay_mean", "delay_count")), strict=True):
         print(f"  {state:<4} {mean:7.1f} min over {count:,} flights")
+
+    print("\nBusiest origin-days and their p95 departure delay (analytics, 1-day windows):")
+    busiest = daily.table.sort_by([("flights", "descending"), ("origin", "ascending")]).slice(
+        0, 5)
+    for row in busiest.select(["window_start", "origin", "flights", "p95_delay"]).to_pylist():
+        print(f"  {row['window_start']:%Y-%m-%d} {row['origin']:<4} {row['flights']:>4} flights,"
+              f" p95 delay {row['p95_delay']:6.1f} min")
 
     chart = args.out / "enrichment_notional_by_sector.png"
     _sector_chart(market_result.table, chart)

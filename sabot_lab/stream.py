@@ -52,12 +52,13 @@ from sabot_lab.plan.nodes import (
     Sink,
     SinkTarget,
     Source,
+    TopN,
     Union,
     Watermark,
     WindowAggregate,
 )
 from sabot_lab.plan.optimizer import PlanOptimizer
-from sabot_lab.plan.windows import AggSpec, Hopping, Tumbling
+from sabot_lab.plan.windows import AggSpec, Hopping, Tumbling, parse_duration
 from sabot_lab.reference import Table
 from sabot_lab.result import Result
 
@@ -332,6 +333,23 @@ class Stream:
         """Group rows into event-time windows; finish with ``.agg(...)`` or
         ``.group_by(keys).agg(...)``. Needs :meth:`with_watermark` upstream."""
         return WindowedStream(self, window, ())
+
+    def top_n(self, n: int, by: str, per: str = "window") -> Stream:
+        """Keep the ``n`` groups with the largest ``by`` in every window, with their ``rank``.
+
+        Applies to a windowed aggregation without allowed lateness (an update would change a
+        ranking already emitted).
+        """
+        if per != "window":
+            raise PlanError(f"top_n ranks per window; per={per!r} is not supported")
+        window = self.node
+        if not isinstance(window, WindowAggregate):
+            raise PlanError("top_n() ranks the groups of a window: call it right after "
+                            "window(...).group_by(...).agg(...)")
+        if parse_duration(window.allowed_lateness):
+            raise PlanError("top_n() with allowed lateness is not supported yet: updates "
+                            "would change rankings already emitted")
+        return Stream(TopN(self.node, n, by))
 
     def union(self, *others: Stream) -> Stream:
         """Concatenate streams with the same columns and types.

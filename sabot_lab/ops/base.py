@@ -29,7 +29,8 @@ import pyarrow as pa
 
 from sabot_lab.plan.nodes import Node
 
-__all__ = ["COUNTERS", "Operator", "OperatorMetrics", "SideOutputs", "run_chain"]
+__all__ = ["COUNTERS", "Operator", "OperatorMetrics", "SideOutputs", "finish_counted",
+           "run_chain"]
 
 COUNTERS = (
     "rows_in",
@@ -177,3 +178,12 @@ def run_chain(ops: Sequence[Operator], batches: list[pa.RecordBatch]) -> list[pa
             out.extend(b for b in produced if b.num_rows)
         batches = out
     return batches
+
+
+def finish_counted(op: Operator) -> list[pa.RecordBatch]:
+    """``op.finish()``, with the rows it flushes counted as its output."""
+    start = time.perf_counter()
+    produced = [b for b in op.finish() if b.num_rows]
+    op.metrics.add(rows_out=sum(b.num_rows for b in produced), batches_out=len(produced),
+                   seconds=time.perf_counter() - start)
+    return produced

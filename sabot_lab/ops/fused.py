@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from sabot_lab.ops.base import Operator, OperatorMetrics, SideOutputs, run_chain
+from sabot_lab.ops.base import Operator, OperatorMetrics, SideOutputs, finish_counted, run_chain
 from sabot_lab.plan.nodes import Fused
 
 __all__ = ["FusedOp"]
@@ -43,5 +43,5 @@ class FusedOp(Operator):
     def finish(self) -> list[pa.RecordBatch]:
         out: list[pa.RecordBatch] = []
         for i, op in enumerate(self.stages):
-            out.extend(run_chain(self.stages[i + 1:], op.finish()))
+            out.extend(run_chain(self.stages[i + 1:], finish_counted(op)))
         return out

@@ -46,6 +46,7 @@ __all__ = [
     "Sink",
     "SinkTarget",
     "Source",
+    "TopN",
     "Union",
     "Watermark",
     "WindowAggregate",
@@ -517,3 +518,26 @@ class WindowAggregate(_Unary):
             names.append(name)
         fields += [pa.field("revision", pa.int32()), pa.field("is_update", pa.bool_())]
         return pa.schema(fields)
+
+
+@dataclass(frozen=True, eq=False)
+class TopN(_Unary):
+    """The ``n`` rows with the largest ``by`` of every window (ties: smaller keys first),
+    with their ``rank`` (1 = largest). Sits on a :class:`WindowAggregate`."""
+
+    n: int
+    by: str
+    window_keys: tuple[str, ...] = ("window_start",)
+
+    @property
+    def label(self) -> str:
+        return f"TopN[{self.n} by {self.by} per window]"
+
+    def _infer_schema(self) -> pa.Schema:
+        schema = self.child.schema
+        if self.by not in schema.names:
+            raise KeyError(f"top_n column {self.by!r} not found; available columns: "
+                           f"{schema.names}")
+        if self.n < 1:
+            raise ExprError(f"top_n needs n >= 1, got {self.n}")
+        return schema.append(pa.field("rank", pa.int32()))

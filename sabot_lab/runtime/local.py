@@ -25,12 +25,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pyarrow as pa
 
-from sabot_lab.ops.base import Operator, OperatorMetrics, SideOutputs, run_chain
+from sabot_lab.ops.base import (
+    Operator,
+    OperatorMetrics,
+    SideOutputs,
+    finish_counted,
+    run_chain,
+)
 from sabot_lab.ops.enrich import EnrichOp, fuse_scan_filter_into_enrich
 from sabot_lab.ops.fused import FusedOp
 from sabot_lab.ops.sources import ScanFilterOp, pushes_down, read_source
 from sabot_lab.ops.stateless import FilterOp, MapBatchesOp, ProjectOp
-from sabot_lab.ops.windows import WatermarkOp, WindowAggregateOp
+from sabot_lab.ops.windows import TopNOp, WatermarkOp, WindowAggregateOp
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import (
     Enrich,
@@ -41,6 +47,7 @@ from sabot_lab.plan.nodes import (
     Project,
     Sink,
     Source,
+    TopN,
     Union,
     Watermark,
     WindowAggregate,
@@ -58,6 +65,7 @@ _OPERATORS: dict[type[Node], type[Operator]] = {
     Enrich: EnrichOp,
     Watermark: WatermarkOp,
     WindowAggregate: WindowAggregateOp,
+    TopN: TopNOp,
 }
 
 
@@ -158,7 +166,7 @@ class _Execution:
             for batch in base:
                 yield from one_batch(batch)
         for i, op in enumerate(chain):
-            yield from run_chain(chain[i + 1:], op.finish())
+            yield from run_chain(chain[i + 1:], finish_counted(op))
 
 
 class LocalRunner:

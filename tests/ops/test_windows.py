@@ -183,3 +183,18 @@ def test_event_time_errors_are_explained():
     with pytest.raises(sl.PlanError, match=r"sum\('s'\) needs a numeric column"):
         sl.Stream.from_table(events).with_watermark("t", unit="s").window(
             sl.tumbling("1min")).agg(total=sl.sum("s"))
+
+
+def test_top_n_per_window_equals_sql():
+    events = _events(seed=5, keys=30)
+    result = (sl.Stream.from_table(events, batch_size=512)
+              .with_watermark("t", unit="s").window(sl.tumbling("10min"))
+              .group_by("k").agg(n=sl.count(), total=sl.sum("v")).top_n(3, by="total").run())
+    expected = duck(
+        "SELECT * FROM (SELECT window_start, k, n, total, CAST(row_number() OVER (PARTITION BY "
+        "window_start ORDER BY total DESC NULLS LAST, k) AS INTEGER) AS rank FROM ("
+        "SELECT (t // 600) * 600 AS window_start, k, count(*) AS n, sum(v) AS total FROM e "
+        "GROUP BY ALL)) WHERE rank <= 3", e=events)
+    got = result.table.drop_columns(["window_end", "revision", "is_update"])
+    assert_same_rows(got, expected)
+    assert_balanced(result.operator_metrics)
