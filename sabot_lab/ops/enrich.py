@@ -30,7 +30,6 @@ from collections import OrderedDict
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from sabot_lab.ops.base import Operator, OperatorMetrics, SideOutputs
 from sabot_lab.ops.fused import FusedOp
@@ -135,7 +134,8 @@ class EnrichOp(Operator):
         self._leave(batch, matched)
         if matched.all():
             return [self._assemble(batch, found)]
-        return [self._assemble(batch.filter(pa.array(matched)), found[matched])]
+        positions = np.flatnonzero(matched)
+        return [self._assemble(batch.take(positions), found[positions])]
 
     def _expand(self, batch: pa.RecordBatch, groups: np.ndarray, matched: np.ndarray
                 ) -> pa.RecordBatch:
@@ -185,21 +185,20 @@ class FilterEnrichOp(Operator):
     def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
         start = time.perf_counter()
         narrowed = batch.select(self.needed)
-        mask = self.source.predicate.evaluate(narrowed).fill_null(False)
+        mask = self.source.predicate.evaluate(narrowed)
+        if isinstance(mask, pa.Scalar):  # a constant predicate
+            mask = pa.array(np.full(batch.num_rows, bool(mask.as_py())))
+        if mask.null_count:
+            mask = mask.fill_null(False)
         passed = mask.true_count
         keys = [narrowed.column(k) for k in self.enrich.keys]
-        found, _ = self.enrich.lookup.rows(keys)
+        positions, found, null_keys = self.enrich.lookup.select(keys, mask)
         middle = time.perf_counter()
-        keep = np.logical_and(mask.to_numpy(zero_copy_only=False), found >= 0)
-        kept = int(np.count_nonzero(keep))
-        null_keys = 0
-        for k in keys:
-            if k.null_count:
-                null_keys += pc.sum(pc.and_(pc.is_null(k), mask)).as_py() or 0
-        out = narrowed.filter(pa.array(keep))
+        kept = len(positions)
+        out = narrowed if kept == batch.num_rows else narrowed.take(positions)
         if self.source.columns is not None:
             out = out.select(list(self.source.columns))
-        out = self.enrich._assemble(out, found[keep])
+        out = self.enrich._assemble(out, found)
         end = time.perf_counter()
         self.source_metrics.add(rows_in=batch.num_rows, rows_out=passed,
                                 rows_filtered=batch.num_rows - passed, batches_in=1,

@@ -59,6 +59,36 @@ def _dense_probe(values, bitmap, bit_offset, check_valid, lo, table, out):  # pr
         out[i] = table[k] if 0 <= k < span else -1
 
 
+@numba.njit(nogil=True, cache=True)
+def _dense_select(values, bitmap, bit_offset, check_valid, mask, mask_offset, lo, table,
+                  positions, rows):  # pragma: no cover - numba
+    """Among rows whose ``mask`` bit is set: write the positions of rows with a match and their
+    reference rows (compacted); return how many, and how many selected rows had a null key.
+
+    One pass over the batch for a filter and a lookup together, writing only what is kept.
+    """
+    span = table.shape[0]
+    kept = 0
+    nulls = 0
+    for i in range(values.shape[0]):
+        m = i + mask_offset
+        if not (mask[m >> 3] >> (m & 7)) & 1:
+            continue
+        if check_valid:
+            j = i + bit_offset
+            if not (bitmap[j >> 3] >> (j & 7)) & 1:
+                nulls += 1
+                continue
+        k = values[i] - lo
+        if 0 <= k < span:
+            r = table[k]
+            if r >= 0:
+                positions[kept] = i
+                rows[kept] = r
+                kept += 1
+    return kept, nulls
+
+
 _NO_BITMAP = np.frombuffer(b"", dtype=np.uint8)
 
 
@@ -71,8 +101,11 @@ def _warm_up() -> None:
     values = np.frombuffer(np.zeros(1, dtype=np.int64).tobytes(), dtype=np.int64)
     bitmap = np.frombuffer(b"\x01", dtype=np.uint8)
     out = np.empty(1, dtype=np.int64)
-    _dense_probe(values, bitmap, 0, True, 0, np.zeros(1, dtype=np.int64), out)
-    _dense_probe(values, _NO_BITMAP, 0, False, 0, np.zeros(1, dtype=np.int64), out)
+    table = np.zeros(1, dtype=np.int32)
+    _dense_probe(values, bitmap, 0, True, 0, table, out)
+    _dense_probe(values, _NO_BITMAP, 0, False, 0, table, out)
+    _dense_select(values, bitmap, 0, True, bitmap, 0, 0, table, out, out.copy())
+    _dense_select(values, _NO_BITMAP, 0, False, bitmap, 0, 0, table, out, out.copy())
 
 
 def _normalize(array: pa.Array) -> pa.Array:
@@ -103,7 +136,10 @@ class _DenseEncoder:
     def __init__(self, keys: np.ndarray, payload: np.ndarray) -> None:
         self.lo = int(keys.min()) if len(keys) else 0
         span = int(keys.max()) - self.lo + 1 if len(keys) else 0
-        self.table = np.full(span, -1, dtype=np.int64)
+        if len(payload) and payload.max() >= 2**31:
+            raise ValueError("a reference table for a lookup holds at most 2**31 rows")
+        # int32 entries: half the cache footprint of int64 for the random probes.
+        self.table = np.full(span, -1, dtype=np.int32)
         self.table[keys - self.lo] = payload
         _warm_up()
 
@@ -120,6 +156,18 @@ class _DenseEncoder:
         bitmap = np.frombuffer(array.buffers()[0], dtype=np.uint8) if check else _NO_BITMAP
         _dense_probe(_int_values(array), bitmap, array.offset, check, self.lo, self.table, out)
         return out
+
+    def select(self, array: pa.Array, mask: pa.BooleanArray) -> tuple[np.ndarray, np.ndarray,
+                                                                       int]:
+        n = len(array)
+        positions = np.empty(n, dtype=np.int64)
+        rows = np.empty(n, dtype=np.int64)
+        check = array.null_count > 0
+        bitmap = np.frombuffer(array.buffers()[0], dtype=np.uint8) if check else _NO_BITMAP
+        mask_bits = np.frombuffer(mask.buffers()[1], dtype=np.uint8)
+        kept, nulls = _dense_select(_int_values(array), bitmap, array.offset, check, mask_bits,
+                                    mask.offset, self.lo, self.table, positions, rows)
+        return positions[:kept], rows[:kept], nulls
 
 
 class _SetEncoder:
@@ -282,3 +330,28 @@ class Lookup:
         if isinstance(self.encoder, _MultiEncoder):
             return self.encoder.encode(arrays), nulls
         return _encode_column(arrays[0], self.encoder.encode), nulls
+
+    def select(self, arrays: list[pa.Array], mask: pa.BooleanArray
+               ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Among the rows where ``mask`` (no nulls) is true: the positions of those with a
+        match, their reference rows, and how many had a null key.
+
+        >>> ref = pa.table({"id": [10, 11]})
+        >>> lookup = Lookup.build(ref, ["id"])
+        >>> positions, rows, nulls = lookup.select([pa.array([11, None, 10, 10])],
+        ...                                        pa.array([True, True, False, True]))
+        >>> positions.tolist(), rows.tolist(), nulls
+        ([0, 3], [1, 0], 1)
+        """
+        arrays = [_normalize(a) for a in arrays]
+        if isinstance(self.encoder, _DenseEncoder) and not pa.types.is_dictionary(
+                arrays[0].type) and self.unique:
+            return self.encoder.select(arrays[0], mask)
+        found, _ = self.rows(arrays)
+        selected = mask.to_numpy(zero_copy_only=False)
+        valid = np.ones(len(selected), dtype=np.bool_)
+        for a in arrays:
+            if a.null_count:
+                valid &= _validity(a)
+        positions = np.flatnonzero(selected & (found >= 0))
+        return positions, found[positions], int(np.count_nonzero(selected & ~valid))
