@@ -12,16 +12,26 @@ Examples
 (1000, 100)
 """
 
+from sabot_lab.datasets.clicks import click_batches, clicks, clicks_batch
+from sabot_lab.datasets.logs import apache_log_lines, apache_logs, parse_combined_log
 from sabot_lab.datasets.market import quote_batches, quotes, quotes_batch, securities
 from sabot_lab.datasets.public import airports, data_dir, flights, sp500_constituents
+from sabot_lab.datasets.taxi import taxi_trips
 
 __all__ = [
     "airports",
+    "apache_log_lines",
+    "apache_logs",
+    "click_batches",
+    "clicks",
+    "clicks_batch",
     "data_dir",
     "flights",
+    "parse_combined_log",
     "quote_batches",
     "quotes",
     "quotes_batch",
     "securities",
     "sp500_constituents",
+    "taxi_trips",
 ]
