@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import sabot_lab as sl
-from sabot_lab.datasets import airports, flights, securities
-from sabot_lab.patterns.analytics import flight_delays
+from sabot_lab.datasets import airports, apache_logs, flights, securities
+from sabot_lab.patterns.analytics import flight_delays, request_stats
 from sabot_lab.patterns.enrichment import enrich_flights, enrich_quotes, quote_stream
 
 
@@ -52,6 +52,17 @@ def _delays_check(result: sl.Result) -> bool:
             and pc.sum(got["flights"]).as_py() == pc.sum(expected["delay_count"]).as_py()
             and abs(pc.sum(got["mean_delay"]).as_py() - pc.sum(expected["delay_mean"]).as_py())
             < 1e-6)
+
+
+def _requests_check(result: sl.Result, logs: pa.Table) -> bool:
+    """Requests and bytes per hour, from a plain pyarrow group-by."""
+    hour = pc.floor_temporal(logs["time"], unit="hour")
+    expected = logs.append_column("window_start", hour).group_by("window_start").aggregate(
+        [([], "count_all"), ("bytes", "sum")])
+    got = result.table
+    return (got.num_rows == expected.num_rows
+            and pc.sum(got["requests"]).as_py() == pc.sum(expected["count_all"]).as_py()
+            and pc.sum(got["bytes"]).as_py() == pc.sum(expected["bytes_sum"]).as_py())
 
 
 def _sector_chart(table: pa.Table, path: Path) -> None:
@@ -137,6 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     daily = flight_delays(sl.Stream.from_table(flights()), window="1d").run()
     rows.append(_row("analytics: daily flight delays", daily, _delays_check(daily)))
+    logs = apache_logs()
+    hourly = request_stats(sl.Stream.from_table(logs), window="1h",
+                           out_of_orderness="1min").run()
+    rows.append(_row("analytics: hourly web requests", hourly, _requests_check(hourly, logs)))
 
     execution = None
     if not args.local_only:
@@ -179,6 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for row in busiest.select(["window_start", "origin", "flights", "p95_delay"]).to_pylist():
         print(f"  {row['window_start']:%Y-%m-%d} {row['origin']:<4} {row['flights']:>4} flights,"
               f" p95 delay {row['p95_delay']:6.1f} min")
+
+    print("\nBusiest hours of the web server (analytics, 1-hour windows over the access log):")
+    top_hours = hourly.table.sort_by([("requests", "descending")]).slice(0, 3)
+    for row in top_hours.to_pylist():
+        print(f"  {row['window_start']:%Y-%m-%d %H:%M} {row['requests']:>5} requests, "
+              f"p95 {row['p95_bytes'] / 1e3:8.1f} kB, p99 {row['p99_bytes'] / 1e3:8.1f} kB")
 
     chart = args.out / "enrichment_notional_by_sector.png"
     _sector_chart(market_result.table, chart)

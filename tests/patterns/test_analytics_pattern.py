@@ -6,7 +6,7 @@ import pyarrow as pa
 
 import sabot_lab as sl
 from sabot_lab.datasets import flights
-from sabot_lab.patterns.analytics import flight_delays, main
+from sabot_lab.patterns.analytics import flight_delays, main, request_stats, top_paths
 from tests.oracle import assert_balanced, assert_same_rows, duck
 
 
@@ -28,3 +28,37 @@ def test_cli_prints_the_worst_windows(capsys):
     main(["--window", "1d", "--top", "3"])
     out = capsys.readouterr().out
     assert "Highest p95 departure delay" in out and "Window[tumbling('1d')" in out
+
+
+def test_request_stats_on_the_apache_log_equal_sql():
+    from sabot_lab.datasets import apache_logs
+
+    logs = apache_logs()
+    result = request_stats(sl.Stream.from_table(logs, batch_size=1_000), window="1h",
+                           out_of_orderness="1min").run()
+    expected = duck(
+        "SELECT time_bucket(INTERVAL 1 hour, time) AS window_start, count(*) AS requests, "
+        "sum(bytes) AS bytes, avg(bytes) AS mean_bytes, quantile_cont(bytes, 0.95) AS p95_bytes,"
+        " quantile_cont(bytes, 0.99) AS p99_bytes FROM l GROUP BY ALL", l=logs)
+    expected = expected.set_column(0, "window_start",
+                                   expected["window_start"].cast(logs.schema.field("time").type))
+    assert_same_rows(result.table.drop_columns(["window_end", "revision", "is_update"]),
+                     expected)
+    assert "late" not in result.side_outputs  # the log is out of order by under a minute
+
+
+def test_top_paths_equal_sql():
+    from sabot_lab.datasets import apache_logs
+
+    logs = apache_logs()
+    result = top_paths(sl.Stream.from_table(logs, batch_size=2_000), n=5, window="1d",
+                       out_of_orderness="1min").run()
+    expected = duck(
+        "SELECT * FROM (SELECT window_start, path, hits, bytes, CAST(row_number() OVER ("
+        "PARTITION BY window_start ORDER BY hits DESC, path) AS INTEGER) AS rank FROM ("
+        "SELECT time_bucket(INTERVAL 1 day, time) AS window_start, path, count(*) AS hits, "
+        "sum(bytes) AS bytes FROM l GROUP BY ALL)) WHERE rank <= 5", l=logs)
+    expected = expected.set_column(0, "window_start",
+                                   expected["window_start"].cast(logs.schema.field("time").type))
+    assert_same_rows(result.table.drop_columns(["window_end", "revision", "is_update"]),
+                     expected)
