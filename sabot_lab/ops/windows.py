@@ -169,6 +169,7 @@ class WindowAggregateOp(Operator):
         self.columns = list(dict.fromkeys(
             [*self.node.keys, *(a.column for _, a in self.node.aggs if a.column)]))
         self.open: list[pd.DataFrame] = []      # rows of windows not yet emitted
+        self.open_first_end = np.iinfo(np.int64).max  # earliest end among open windows
         self.emitted: list[pd.DataFrame] = []   # rows of emitted windows still within lateness
         self.revisions: dict[tuple, int] = {}
         self.watermark = _NO_WATERMARK
@@ -203,7 +204,10 @@ class WindowAggregateOp(Operator):
         self.metrics.add(rows_aggregated=int(normal.sum() + update.sum()))
         if late.any():
             self._side_output_late(batch, frame[late], wm[late] - end[late])
-        self.open.append(frame[normal])
+        if normal.any():
+            self.open.append(frame[normal])
+            first_end = int(frame["window_start"].to_numpy()[normal].min()) + self.size
+            self.open_first_end = builtins.min(self.open_first_end, first_end)
         ts = event_times(batch.column(self.node.time_col))
         if len(ts):
             self.watermark = builtins.max(self.watermark, int(ts.max()) - self.bound)
@@ -221,13 +225,14 @@ class WindowAggregateOp(Operator):
         return [b for b in self._fire(np.iinfo(np.int64).max) if b.num_rows]
 
     def _fire(self, watermark: int) -> list[pa.RecordBatch]:
-        if not self.open:
-            return []
+        if not self.open or watermark < self.open_first_end:
+            return []  # nothing can fire: leave the buffered rows alone
         rows = pd.concat(self.open, ignore_index=True)
-        ready = (rows["window_start"].to_numpy() + self.size) <= watermark
+        ends = rows["window_start"].to_numpy() + self.size
+        ready = ends <= watermark
         self.open = [rows[~ready]] if (~ready).any() else []
-        if not ready.any():
-            return []
+        self.open_first_end = int(ends[~ready].min()) if (~ready).any() else np.iinfo(
+            np.int64).max
         firing = rows[ready]
         self.emitted.append(firing)
         return [self._to_batch(_aggregate(firing, self.node), revision=0)]
@@ -257,6 +262,10 @@ class WindowAggregateOp(Operator):
         """Forget windows past their allowed lateness."""
         if not self.emitted:
             return
+        first_expiry = builtins.min(int(f["window_start"].min()) for f in self.emitted if len(f))\
+            if any(len(f) for f in self.emitted) else np.iinfo(np.int64).max
+        if watermark < first_expiry + self.size + self.lateness:
+            return  # no emitted window is past its allowed lateness yet
         rows = pd.concat(self.emitted, ignore_index=True)
         keep = (rows["window_start"].to_numpy() + self.size + self.lateness) > watermark
         self.emitted = [rows[keep]] if keep.any() else []
