@@ -79,6 +79,7 @@ class Result:
         """Per-operator counters as a DataFrame (one row per operator, plan order)."""
         rows = [m.as_dict() for m in self.operator_metrics]
         frame = pd.DataFrame(rows)
+        frame["watermark"] = frame["watermark"].astype("Int64")  # nullable: no float rounding
         return frame.rename(columns={"label": "operator"})
 
     @property

@@ -32,7 +32,7 @@ def _table(value: object) -> pa.Table:
     return pa.table(columns) if columns else table
 
 
-def assert_same_results(left: object, right: object) -> None:
+def assert_same_results(left: object, right: object, rtol: float = 1e-12) -> None:
     """Assert that two results hold the same multiset of rows, in any order.
 
     Parameters
@@ -40,6 +40,9 @@ def assert_same_results(left: object, right: object) -> None:
     left, right
         :class:`~sabot_lab.result.Result` objects (their ``.table`` is compared) or tables.
         Dictionary-encoded columns compare by value.
+    rtol
+        Relative tolerance for floating-point columns (two engines may round an interpolated
+        quantile differently in the last bit); other columns must be equal.
 
     Raises
     ------
@@ -60,7 +63,14 @@ def assert_same_results(left: object, right: object) -> None:
     a, b = a.sort_by(keys), b.sort_by(keys)
     for name in a.column_names:
         x, y = a.column(name), b.column(name)
-        same = pc.fill_null(pc.equal(x, y), False)
+        if pa.types.is_floating(x.type):
+            scale = pc.max_element_wise(pc.abs(x), pc.abs(y))
+            same = pc.less_equal(pc.abs(pc.subtract(x, y)), pc.multiply(scale, rtol))
+            both_nan = pc.fill_null(pc.and_(pc.is_nan(x), pc.is_nan(y)), False)
+            same = pc.or_(pc.or_(pc.fill_null(same, False), both_nan),
+                          pc.fill_null(pc.equal(x, y), False))
+        else:
+            same = pc.fill_null(pc.equal(x, y), False)
         both_null = pc.and_(pc.is_null(x), pc.is_null(y))
         differs = pc.invert(pc.or_(same, both_null))
         if pc.any(differs).as_py():

@@ -29,3 +29,11 @@ def test_differences_are_explained(right, message):
     left = pa.table({"k": [2, 1], "s": ["b", "a"]})
     with pytest.raises(AssertionError, match=message):
         sl.assert_same_results(left, right)
+
+
+def test_floats_within_a_relative_tolerance_are_equal():
+    a = pa.table({"q": [87336.39999999997, float("nan"), None]})
+    b = pa.table({"q": [87336.39999999995, float("nan"), None]})
+    sl.assert_same_results(a, b)
+    with pytest.raises(AssertionError, match="column 'q'"):
+        sl.assert_same_results(a, pa.table({"q": [87336.5, float("nan"), None]}))

@@ -104,7 +104,14 @@ class SideOutputs:
 
     def __init__(self) -> None:
         self._batches: dict[str, list[pa.RecordBatch]] = defaultdict(list)
+        self._schemas: dict[str, pa.Schema] = {}
         self._lock = threading.Lock()
+
+    def declare(self, name: str, schema: pa.Schema) -> None:
+        """Announce a side output an operator may write, so that it shows up (empty) even
+        when no row went to it."""
+        with self._lock:
+            self._schemas.setdefault(name, schema)
 
     def emit(self, name: str, batch: pa.RecordBatch) -> None:
         """Append rows to side output ``name``."""
@@ -114,10 +121,10 @@ class SideOutputs:
 
     def tables(self) -> dict[str, pa.Table]:
         """Every side output as one table."""
-        return {
-            name: pa.Table.from_batches(batches)
-            for name, batches in sorted(self._batches.items())
-        }
+        names = sorted(set(self._batches) | set(self._schemas))
+        return {name: pa.Table.from_batches(self._batches[name], schema=self._schemas.get(name))
+                if self._batches.get(name) else self._schemas[name].empty_table()
+                for name in names}
 
 
 class Operator:

@@ -51,18 +51,25 @@ def event_times(array: pa.Array) -> np.ndarray:
 
 
 @numba.njit(nogil=True, cache=True)
-def _assign(ts, valid, running_max, bound, skew, check_skew, watermark, accepted, reason
+def _assign(ts, valid, state, bound, skew, check_skew, watermark, accepted, reason
             ):  # pragma: no cover - numba
     """Per row: the watermark before it; reject null and too-far-future event times.
 
-    reason: 0 accepted, 1 null event time, 2 too far ahead. Returns the new running maximum.
+    ``state`` holds [running maximum of accepted rows, event time of the previous row]. A row
+    is too far ahead when it is more than ``skew`` ahead of both: an isolated bad clock is
+    rejected, while a genuine jump is confirmed by the next row (only its first row is
+    rejected). reason: 0 accepted, 1 null event time, 2 too far ahead.
     """
+    running_max = state[0]
+    previous = state[1]
     for i in range(ts.shape[0]):
         watermark[i] = running_max - bound if running_max != _NO_WATERMARK else _NO_WATERMARK
         if not valid[i]:
             accepted[i] = False
             reason[i] = 1
-        elif check_skew and running_max != _NO_WATERMARK and ts[i] > running_max + skew:
+            continue
+        if (check_skew and running_max != _NO_WATERMARK and ts[i] > running_max + skew
+                and (previous == _NO_WATERMARK or ts[i] > previous + skew)):
             accepted[i] = False
             reason[i] = 2
         else:
@@ -70,14 +77,17 @@ def _assign(ts, valid, running_max, bound, skew, check_skew, watermark, accepted
             reason[i] = 0
             if ts[i] > running_max:
                 running_max = ts[i]
-    return running_max
+        previous = ts[i]
+    state[0] = running_max
+    state[1] = previous
 
 
 def _warm_up() -> None:
     """Load (or compile) the kernel before the first batch, so its one-off cost is not
     counted as the operator's work."""
     for ts in (np.zeros(1, dtype=np.int64), event_times(pa.array([0], pa.int64()))):
-        _assign(ts, np.ones(1, dtype=np.bool_), _NO_WATERMARK, 0, 0, False,
+        state = np.full(2, _NO_WATERMARK, dtype=np.int64)
+        _assign(ts, np.ones(1, dtype=np.bool_), state, 0, 0, False,
                 np.empty(1, dtype=np.int64), np.empty(1, dtype=np.bool_),
                 np.empty(1, dtype=np.int8))
 
@@ -94,14 +104,16 @@ class WatermarkOp(Operator):
         self.bound = to_unit(parse_duration(self.node.out_of_orderness), unit)
         skew = self.node.max_future_skew
         self.skew = to_unit(parse_duration(skew), unit) if skew is not None else 0
-        self.running_max = _NO_WATERMARK
+        self.state = np.full(2, _NO_WATERMARK, dtype=np.int64)  # running max, previous row
+        self.side_outputs.declare("rejected", self.node.child.schema.append(
+            pa.field("reason", pa.string())))
         _warm_up()
 
     @property
     def watermark(self) -> int:
         """The current watermark (after every row seen so far)."""
-        return self.running_max - self.bound if self.running_max != _NO_WATERMARK else (
-            _NO_WATERMARK)
+        running_max = int(self.state[0])
+        return running_max - self.bound if running_max != _NO_WATERMARK else _NO_WATERMARK
 
     def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
         column = batch.column(self.node.time_col)
@@ -111,15 +123,14 @@ class WatermarkOp(Operator):
         watermark = np.empty(n, dtype=np.int64)
         accepted = np.empty(n, dtype=np.bool_)
         reason = np.empty(n, dtype=np.int8)
-        self.running_max = _assign(ts, valid, self.running_max, self.bound, self.skew,
-                                   self.node.max_future_skew is not None, watermark, accepted,
-                                   reason)
+        _assign(ts, valid, self.state, self.bound, self.skew,
+                self.node.max_future_skew is not None, watermark, accepted, reason)
         self.metrics.watermark = self.watermark
         rejected = n - int(accepted.sum())
         if rejected:
             why = np.array(["", "null event time",
-                            f"more than {self.node.max_future_skew} ahead of every earlier row"],
-                           dtype=object)[reason[~accepted]]
+                            f"more than {self.node.max_future_skew} ahead of every earlier row "
+                            f"and of the row before it"], dtype=object)[reason[~accepted]]
             self.side_outputs.emit("rejected", batch.filter(pa.array(~accepted)).append_column(
                 "reason", pa.array(why, pa.string())))
             self.metrics.add(rows_side_output=rejected)
@@ -165,7 +176,14 @@ class WindowAggregateOp(Operator):
         self.slide = to_unit(self.node.window.slide_ns, unit)
         self.lateness = to_unit(parse_duration(self.node.allowed_lateness), unit)
         self.bound = to_unit(parse_duration(self.node.out_of_orderness), unit)
+        self.schema = self.node.schema
+        self.time_type = self.schema.field("window_start").type
         self.metrics.aggregates = True
+        late_type = pa.duration(unit) if pa.types.is_timestamp(self.time_type) else pa.int64()
+        self.side_outputs.declare("late", pa.schema(
+            [f for f in self.node.child.schema if f.name != WATERMARK_COLUMN]
+            + [pa.field("window_start", self.time_type), pa.field("window_end", self.time_type),
+               pa.field("late_by", late_type)]))
         self.columns = list(dict.fromkeys(
             [*self.node.keys, *(a.column for _, a in self.node.aggs if a.column)]))
         self.open: list[pd.DataFrame] = []      # rows of windows not yet emitted
@@ -173,8 +191,6 @@ class WindowAggregateOp(Operator):
         self.emitted: list[pd.DataFrame] = []   # rows of emitted windows still within lateness
         self.revisions: dict[tuple, int] = {}
         self.watermark = _NO_WATERMARK
-        self.schema = self.node.schema
-        self.time_type = self.schema.field("window_start").type
 
     def _expand(self, batch: pa.RecordBatch) -> pd.DataFrame:
         """One row per (row, window it belongs to), with window_start and the row watermark."""
@@ -235,7 +251,12 @@ class WindowAggregateOp(Operator):
             np.int64).max
         firing = rows[ready]
         self.emitted.append(firing)
-        return [self._to_batch(_aggregate(firing, self.node), revision=0)]
+        result = _aggregate(firing, self.node)
+        if self.lateness:  # updates can follow: remember which groups were emitted
+            group_cols = ["window_start", *self.node.keys]
+            for key in result[group_cols].itertuples(index=False, name=None):
+                self.revisions[key] = 0
+        return [self._to_batch(result, revision=0)]
 
     def _updates(self, rows: pd.DataFrame) -> pa.RecordBatch:
         """One updated result per late-but-allowed row, in arrival order."""
@@ -251,7 +272,8 @@ class WindowAggregateOp(Operator):
                 same &= (history[c] == value).to_numpy() if not pd.isna(value) else (
                     history[c].isna().to_numpy())
             key = tuple(row[c].iloc[0] for c in group_cols)
-            self.revisions[key] = self.revisions.get(key, 0) + 1
+            # A group first seen through a late-but-allowed row gets its first result (0).
+            self.revisions[key] = self.revisions.get(key, -1) + 1
             result = _aggregate(history[same], self.node)
             result["revision"] = self.revisions[key]
             out.append(result)
@@ -295,7 +317,9 @@ class WindowAggregateOp(Operator):
         late = late.append_column("window_start", pa.array(start).cast(self.time_type))
         late = late.append_column("window_end",
                                   pa.array(start + self.size).cast(self.time_type))
-        late = late.append_column("late_by", pa.array(late_by.astype(np.int64)))
+        late_type = pa.duration(self.node.time_unit) if pa.types.is_timestamp(
+            self.time_type) else pa.int64()
+        late = late.append_column("late_by", pa.array(late_by.astype(np.int64)).cast(late_type))
         self.side_outputs.emit("late", late)
         self.metrics.add(rows_side_output=len(rows))
 

@@ -36,7 +36,18 @@ from sabot_lab.ops.base import COUNTERS, OperatorMetrics
 from sabot_lab.ops.sinks import CollectSink
 from sabot_lab.ops.sources import BatchesScan, CsvScan, TableScan
 from sabot_lab.plan.graph import JobGraph
-from sabot_lab.plan.nodes import STATELESS, Enrich, Fused, Node, Sink, Source, Union
+from sabot_lab.plan.nodes import (
+    STATELESS,
+    Enrich,
+    Fused,
+    Node,
+    Sink,
+    Source,
+    TopN,
+    Union,
+    Watermark,
+    WindowAggregate,
+)
 from sabot_lab.reference import Table
 from sabot_lab.result import Result
 from sabot_lab.runtime.local import LocalRunner
@@ -252,6 +263,11 @@ class JobManager:
         """Split sources into partitions; return the plan, the task template, the partition
         scans (one list per source) and the reference tables to broadcast."""
         for node in graph.operators():
+            if isinstance(node, Watermark | WindowAggregate | TopN):
+                raise NotImplementedError(
+                    f"event-time windows do not run on the DaskRunner yet: {node.label} needs "
+                    f"one global watermark and a hash exchange by key between stages. Run this "
+                    f"job with LocalRunner (the default) for now.")
             if not isinstance(node, (*STATELESS, Source, Union, Sink)):
                 raise NotImplementedError(
                     f"the DaskRunner runs stateless plans; {node.label} needs a keyed exchange")
