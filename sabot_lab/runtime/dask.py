@@ -321,7 +321,8 @@ class JobManager:
                 index_of[future.key] = task_index
                 window.add(future)
             for future in window:
-                outputs[index_of.pop(future.key)] = future.result()
+                # Fetch straight from the worker that holds it, not relayed by the scheduler.
+                outputs[index_of.pop(future.key)] = self.client.gather(future, direct=True)
                 # Hand finished partitions to the sink in partition order, as soon as they
                 # are contiguous, and let go of their tables (bounded memory for file sinks).
                 while written in outputs:

@@ -213,3 +213,13 @@ def test_parquet_sink_written_in_partition_order(runner, tmp_path):
     # Parquet has no seconds unit: timestamp[s] comes back as timestamp[ms].
     written = pq.read_table(out).cast(expected.schema)
     assert written.combine_chunks().equals(expected.combine_chunks())  # same rows, same order
+
+
+def test_scattered_slices_do_not_carry_their_parent_buffers():
+    from distributed.protocol import serialize
+
+    big = pa.table({"a": np.arange(2_000_000), "s": pa.array(["x" * 20] * 2_000_000)})
+    part = sl.ops.sources.TableScan(big).partitions(1_000)[500].table  # what the client scatters
+    _, frames = serialize(part)
+    shipped = sum(len(memoryview(f)) for f in frames)
+    assert shipped < 3 * part.nbytes < big.nbytes / 100
