@@ -25,6 +25,8 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/enrichment.py
+	$(BIN)/python benchmarks/optimizer.py
+	$(BIN)/python benchmarks/distributed.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check sabot_lab tests benchmarks

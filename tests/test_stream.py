@@ -163,3 +163,33 @@ def test_empty_stream_gives_empty_result_with_schema(trades):
     assert out.num_rows == 0
     assert out.schema == stream.schema
     assert sl.Stream.from_batches([], trades.schema).to_table().schema == trades.schema
+
+
+def test_parquet_memory_does_not_grow_with_the_file(tmp_path):
+    import threading
+
+    from sabot_lab.ops.sources import ParquetScan
+
+    def peak_while_reading(rows: int) -> int:
+        path = tmp_path / f"t{rows}.parquet"
+        pq.write_table(pa.table({"a": pa.array(range(rows)), "b": pa.array(["x" * 30] * rows)}),
+                       path, row_group_size=50_000)
+        base = peak = pa.total_allocated_bytes()
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.wait(0.001):
+                peak = max(peak, pa.total_allocated_bytes())
+
+        watcher = threading.Thread(target=sample)
+        watcher.start()
+        for _batch in ParquetScan(path, batch_size=50_000).batches():
+            done.wait(0.005)  # a slow consumer: the reader must not run ahead
+        done.set()
+        watcher.join()
+        return peak - base
+
+    # Read-ahead is bounded (a few batches), so 4x the file is far from 4x the memory.
+    small, large = peak_while_reading(1_000_000), peak_while_reading(4_000_000)
+    assert large < 1.5 * small

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -43,6 +45,8 @@ __all__ = [
 
 #: Rows per batch when the user does not say: large enough that per-batch overhead vanishes.
 DEFAULT_BATCH_SIZE = 131_072
+#: Parquet row groups decoded at once (and read ahead): memory is bounded by these.
+PARQUET_READERS = 2
 
 
 class SchemaMismatchError(ValueError):
@@ -307,14 +311,35 @@ class ParquetScan:
         predicate: Expr | None = None,
         side_outputs: SideOutputs | None = None,
     ) -> Iterator[pa.RecordBatch]:
-        scanner = self.dataset.scanner(
-            columns=list(columns) if columns is not None else None,
-            filter=predicate.to_pyarrow() if predicate is not None else None,
-            batch_size=self.batch_size,
-        )
-        for batch in scanner.to_batches():
-            if batch.num_rows:
-                yield batch
+        # Arrow's dataset scanner reads ahead without bound when the consumer is slower than
+        # the disk (memory grows with the file), so row groups are read here instead: those
+        # whose statistics pass the filter, a few at a time in parallel, in file order.
+        expr = predicate.to_pyarrow() if predicate is not None else None
+        names = list(columns) if columns is not None else None
+        groups = (rg for fragment in self.dataset.get_fragments(filter=expr)
+                  for rg in fragment.split_by_row_group(filter=expr))
+
+        def read(group: ds.Fragment) -> pa.Table:
+            return group.to_table(columns=names, filter=expr)
+
+        pending: deque[Future] = deque()
+        with ThreadPoolExecutor(PARQUET_READERS) as pool:
+            try:
+                for group in groups:
+                    pending.append(pool.submit(read, group))
+                    if len(pending) > PARQUET_READERS:
+                        yield from _batches_of(pending.popleft().result(), self.batch_size)
+                while pending:
+                    yield from _batches_of(pending.popleft().result(), self.batch_size)
+            finally:
+                for future in pending:
+                    future.cancel()
+
+
+def _batches_of(table: pa.Table, batch_size: int) -> Iterator[pa.RecordBatch]:
+    for batch in table.to_batches(max_chunksize=batch_size):
+        if batch.num_rows:
+            yield batch
 
 
 class CsvParseError(ValueError):
