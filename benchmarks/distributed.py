@@ -1,0 +1,588 @@
+"""Benchmark: 12M-quote enrichment from Parquet, LocalRunner vs DaskRunner on a LocalCluster.
+
+The job is the enrichment pattern read from Parquet::
+
+    enrich_quotes(sl.Stream.from_parquet(path), sl.Table(securities(), key="instrument_id"))
+
+(quotes with ``price > 100`` inner-joined to the securities master on ``instrument_id``, keeping
+the quote columns plus ``symbol``, ``sector``, ``currency`` and ``notional``). It runs, in one
+process and one run of this script, on
+
+* ``local``: ``sl.LocalRunner()`` (this process, a thread pool of 2), and
+* ``dask``: ``sl.DaskRunner()``, which starts a ``LocalCluster`` of 2 workers x 1 thread; each
+  worker reads its own Parquet row groups and the output tables come back to this process.
+
+The quotes (``datasets.quote_batches(n)``, the same rows as ``datasets.quotes(n)``) are written
+once to a temporary Parquet file with fixed-size row groups (not timed; its size is reported);
+the file is deleted at the end unless ``--keep``. Both runners are warmed up once (workers
+JIT-compile the numba lookup and import pyarrow on first use) and their outputs checked to hold
+the same rows (``sl.assert_same_results``); then ``--repeats`` interleaved rounds are timed
+(``time.perf_counter`` around ``stream.run(runner)``) and medians reported.
+
+Printed: (1) throughput: rows in and out, median seconds, input rows/s, ratio to local; (2) the
+Dask phases from ``result.execution.timings`` (cluster start, planning, execution, gather) and
+``DaskRunner.startup_ms``; (3) per agent (worker): partition tasks, rows, busy seconds; (4)
+unless ``--no-diagnostics``, what limits Dask: partitions per worker (``--sweep``); the same
+cluster through a client that fetches results directly from the workers instead of through the
+scheduler (``Client(direct_to_workers=True)``); the job with its output dropped on the workers
+(nothing to move back); CPU seconds used per run by this process (client and scheduler) and by
+the workers; per-operator seconds; the cost of moving the output table alone, relayed or
+direct; memory; (5) a machine line and the verdict on the target (Dask >= 0.7x local rows/s).
+
+Run it from the repository root (machine otherwise idle: check ``uptime``)::
+
+    .venv/bin/python benchmarks/distributed.py
+    .venv/bin/python benchmarks/distributed.py --repeats 5 --markdown
+    .venv/bin/python benchmarks/distributed.py --partitions-per-worker 1 --no-diagnostics
+
+(The file is named like the ``distributed`` package; run as a script, its directory would come
+first on ``sys.path`` and shadow the package, so :func:`main` removes it first.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import itertools
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numba
+import pandas as pd
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import sabot_lab as sl
+from sabot_lab.datasets import quote_batches, securities
+from sabot_lab.datasets.market import QUOTES_SCHEMA
+from sabot_lab.patterns.enrichment import enrich_quotes
+
+KEY = "instrument_id"
+ROWS = 12_000_000
+#: Row groups of this many rows: 48 groups for 12M rows, 12 per partition with the runner's
+#: default of 4 partitions (2 per worker), 6 with 8; both sizes measured in 250k-500k.
+ROW_GROUP_ROWS = 250_000
+#: The goal from the issue: the DaskRunner at least this fraction of local rows/s.
+TARGET_RATIO = 0.7
+SWEEP = (1, 2, 4)
+
+
+# --- environment ----------------------------------------------------------------------------
+
+
+def _unshadow_distributed() -> None:
+    """Drop this script's directory from ``sys.path``: it holds this ``distributed.py``, which
+    would otherwise be imported instead of Dask's ``distributed`` package (here, and in the
+    worker processes, which are spawned with this process's ``sys.path``)."""
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != here]
+    mod = sys.modules.get("distributed")
+    if mod is not None and Path(getattr(mod, "__file__", "") or "").resolve().parent == here:
+        del sys.modules["distributed"]
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_revision() -> str:
+    """The sabot_lab commit benchmarked, with ``+dirty`` when sabot_lab has changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no", "--", "sabot_lab"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")
+
+
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+
+
+class CpuClock:
+    """CPU seconds (user + system) of this process and of its descendants (the LocalCluster's
+    nannies and workers), and of the whole machine from ``/proc/stat``."""
+
+    def __init__(self) -> None:
+        self.me = psutil.Process()
+
+    def sample(self) -> tuple[float, float, float, float]:
+        own = sum(self.me.cpu_times()[:2])
+        kids = 0.0
+        for child in self.me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):  # a process that just ended
+                kids += sum(child.cpu_times()[:2])
+        times = psutil.cpu_times()
+        machine = sum(getattr(times, n, 0.0) for n in
+                      ("user", "nice", "system", "irq", "softirq", "steal"))
+        return own, kids, machine, time.perf_counter()
+
+
+@dataclass
+class CpuUse:
+    """CPU seconds over one timed region."""
+
+    wall: float
+    client: float  # this process: the client, and the scheduler of a LocalCluster
+    workers: float  # the worker (and nanny) processes
+    other: float  # everything else on the machine
+
+    @classmethod
+    def between(cls, a: tuple[float, ...], b: tuple[float, ...]) -> CpuUse:
+        own, kids, machine, wall = (y - x for x, y in zip(a, b, strict=True))
+        return cls(wall, own, kids, max(machine - own - kids, 0.0))
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+def write_quotes(path: Path, rows: int, row_group_rows: int) -> tuple[float, int, int]:
+    """Stream ``rows`` quotes into one Parquet file with row groups of ``row_group_rows``.
+
+    Generator batches (100k rows, the :func:`quotes` default, so the data equals
+    ``quotes(rows)``) are buffered and cut at exact row-group boundaries: ``ParquetWriter``
+    closes a row group at the end of every ``write_*`` call. Returns (seconds, bytes, groups).
+    """
+    start = time.perf_counter()
+    pending: list[pa.RecordBatch] = []
+    buffered = 0
+    with pq.ParquetWriter(path, QUOTES_SCHEMA) as writer:
+        for batch in quote_batches(rows):
+            pending.append(batch)
+            buffered += batch.num_rows
+            while buffered >= row_group_rows:
+                table = pa.Table.from_batches(pending, QUOTES_SCHEMA)
+                writer.write_table(table.slice(0, row_group_rows), row_group_size=row_group_rows)
+                rest = table.slice(row_group_rows)
+                pending, buffered = rest.to_batches(), rest.num_rows
+        if buffered:
+            writer.write_table(pa.Table.from_batches(pending, QUOTES_SCHEMA),
+                               row_group_size=row_group_rows)
+    groups = pq.ParquetFile(path).metadata.num_row_groups
+    return time.perf_counter() - start, path.stat().st_size, groups
+
+
+def _drop_rows(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Keeps no rows: the job's work without moving its output (diagnostics only)."""
+    return batch.slice(0, 0)
+
+
+# --- timing ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Timing:
+    """The timed runs of one configuration."""
+
+    name: str
+    rows: int
+    seconds: list[float] = field(default_factory=list)
+    cpu: list[CpuUse] = field(default_factory=list)
+    phases: list[dict[str, float]] = field(default_factory=list)
+    rows_out: int = 0
+    last: sl.Result | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.median
+
+    def cpu_median(self, name: str) -> float:
+        return statistics.median(getattr(c, name) for c in self.cpu)
+
+    def phase_stats(self, key: str) -> tuple[float, float, float]:
+        values = [p[key] for p in self.phases]
+        return statistics.median(values), min(values), max(values)
+
+
+def run_once(job: sl.Stream, runner: object, clock: CpuClock, timing: Timing | None = None,
+             keep: bool = False) -> tuple[float, sl.Result]:
+    """One run of ``job`` on ``runner`` (timed if ``timing``); the output table is dropped
+    unless ``keep``, so that it is not alive during the next run."""
+    gc.collect()
+    before = clock.sample()
+    start = time.perf_counter()
+    result = job.run(runner)
+    seconds = time.perf_counter() - start
+    after = clock.sample()
+    if timing is not None:
+        timing.seconds.append(seconds)
+        timing.cpu.append(CpuUse.between(before, after))
+        timing.rows_out = result.rows_out
+        if result.execution is not None:
+            timing.phases.append({**result.execution.timings,
+                                  "total_ms": result.execution_time_ms,
+                                  "wall_ms": seconds * 1000})
+    if not keep:
+        result.table = None
+    if timing is not None:
+        timing.last = result
+    return seconds, result
+
+
+def interleaved(configs: dict[str, tuple[sl.Stream, Callable[[], object]]], rows: int,
+                repeats: int, clock: CpuClock, label: str) -> dict[str, Timing]:
+    """``repeats`` rounds over every configuration (drift hits them all alike).
+
+    ``configs`` maps a name to (job, a function preparing the runner and returning it).
+    """
+    timings = {name: Timing(name, rows) for name in configs}
+    for r in range(repeats):
+        for name, (job, runner) in configs.items():
+            run_once(job, runner(), clock, timings[name])
+        print(f"   {label} round {r + 1}/{repeats}: " + ", ".join(
+            f"{n} {t.seconds[-1]:.3f} s" for n, t in timings.items()), flush=True)
+    return timings
+
+
+def _partitioned(dask: object, n: int, direct: bool | None = None) -> Callable[[], object]:
+    """A function that sets the runner's partitions per worker to ``n`` and its client's
+    ``direct_to_workers`` (``None``, the default: results are relayed by the scheduler; ``True``:
+    fetched from the workers), and returns the runner."""
+    def prepare() -> object:
+        dask.partitions_per_worker = n
+        dask.client.direct_to_workers = direct
+        return dask
+
+    return prepare
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool,
+                 left: Sequence[int] = (0,)) -> str:
+    """A plain-text table (numbers right-aligned), or Markdown."""
+    if markdown:
+        align = ["---" if i in left else "---:" for i in range(len(headers))]
+        lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(align) + " |"]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths),
+                      *(line(r) for r in rows)])
+
+
+def throughput_rows(timings: Sequence[Timing], local: Timing) -> list[list[str]]:
+    return [[t.name, f"{t.rows:,}", f"{t.rows_out:,}", f"{t.median:.3f}",
+             f"{min(t.seconds):.3f}", f"{t.rows_per_second / 1e6:.2f}",
+             f"{t.rows_per_second / local.rows_per_second:.2f}x"] for t in timings]
+
+
+THROUGHPUT_HEADERS = ("runner", "input rows", "output rows", "median s", "min s",
+                      "rows/s (M)", "ratio vs local")
+
+
+def phase_rows(dask: Timing, startup_ms: float) -> list[list[str]]:
+    notes = {
+        "cluster start": "DaskRunner.startup_ms: LocalCluster + Client, once per runner",
+        "cluster_start_ms": "timings['cluster_start_ms'] (the same, copied into each run)",
+        "planning_ms": "split the sources into partitions (client)",
+        "execution_ms": "scatter, submit, run, and fetch every partition's output",
+        "gather_ms": "concat the fetched outputs, merge metrics (client)",
+        "total_ms": "Result.execution_time_ms (planning + execution + gather)",
+        "wall_ms": "perf_counter around stream.run: + optimizer, Result",
+    }
+    out = [["cluster start", f"{startup_ms:,.1f}", "", "", notes["cluster start"]]]
+    for key in ("cluster_start_ms", "planning_ms", "execution_ms", "gather_ms", "total_ms",
+                "wall_ms"):
+        med, lo, hi = dask.phase_stats(key)
+        out.append([key, f"{med:,.1f}", f"{lo:,.1f}", f"{hi:,.1f}", notes[key]])
+    return out
+
+
+def agent_rows(result: sl.Result, wall_s: float) -> list[list[str]]:
+    agents = result.execution.agents()
+    out = []
+    for row in agents.itertuples(index=False):
+        out.append([row.worker, f"{row.tasks}", f"{row.rows_in:,}", f"{row.rows_out:,}",
+                    f"{row.seconds:.3f}", f"{row.rows_in / row.seconds / 1e6:.2f}",
+                    f"{row.seconds / wall_s:.0%}"])
+    return out
+
+
+def operator_rows(local: sl.Result, dask: sl.Result) -> list[list[str]]:
+    a, b = local.metrics, dask.metrics
+    out = []
+    for op, ls, ds in zip(a["operator"], a["seconds"], b["seconds"], strict=True):
+        name = op.split("[")[0]
+        out.append([name, f"{ls:.3f}", f"{ds:.3f}", f"{ds / ls:.2f}x" if ls else "n/a"])
+    return out
+
+
+# --- diagnostics ----------------------------------------------------------------------------
+
+
+def transfer_cost(client: object, table: pa.Table, parts: int, repeats: int, direct: bool
+                  ) -> tuple[float, float]:
+    """Seconds to fetch ``table``, held on the workers as ``parts`` slices, into this process
+    (what a run pays to bring its output back), median of ``repeats``; and the MB moved.
+    ``direct``: from the workers, or (False) relayed by the scheduler."""
+    workers = sorted(client.scheduler_info()["workers"])
+    slices = [table.slice(start, stop - start) for start, stop in
+              _bounds(table.num_rows, parts)]
+    futures = [client.scatter(s, workers=[workers[i % len(workers)]], hash=False)
+               for i, s in enumerate(slices)]
+    seconds = []
+    for _ in range(repeats):
+        gc.collect()
+        start = time.perf_counter()
+        fetched = client.gather(futures, direct=direct)
+        seconds.append(time.perf_counter() - start)
+        del fetched
+    client.cancel(futures)
+    return statistics.median(seconds), table.nbytes / 1e6
+
+
+def _bounds(total: int, n: int) -> list[tuple[int, int]]:
+    edges = [total * i // n for i in range(n + 1)]
+    return list(itertools.pairwise(edges))
+
+
+def _rss() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def worker_memory(client: object) -> dict[str, int]:
+    return client.run(_rss)
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    _unshadow_distributed()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=ROWS, help="quotes in the Parquet file")
+    parser.add_argument("--row-group-rows", type=int, default=ROW_GROUP_ROWS,
+                        help="rows per Parquet row group (the unit of partitioning)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed runs per configuration; medians are reported")
+    parser.add_argument("--partitions-per-worker", type=int, default=None,
+                        help="DaskRunner partitions per worker thread (default: the runner's)")
+    parser.add_argument("--sweep", type=int, nargs="+", default=list(SWEEP),
+                        help="partitions per worker to compare in the diagnostics")
+    parser.add_argument("--no-diagnostics", action="store_true",
+                        help="only the throughput, phase and agent tables")
+    parser.add_argument("--markdown", action="store_true", help="print tables as Markdown")
+    parser.add_argument("--keep", action="store_true", help="keep the Parquet file")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+
+    md = args.markdown
+    clock = CpuClock()
+    cores = _cores()
+    print(f"distributed benchmark: enrich_quotes over {args.rows:,} quotes from Parquet, "
+          f"LocalRunner vs DaskRunner; median of {args.repeats} after 1 warm-up", flush=True)
+    print(f"   before start: {_load()}", flush=True)
+
+    tmp = Path(tempfile.mkdtemp(prefix="sabot_distributed_"))
+    try:
+        path = tmp / "quotes.parquet"
+        seconds, size, groups = write_quotes(path, args.rows, args.row_group_rows)
+        print(f"   wrote {path} in {seconds:.1f} s (not timed): {size / 1e6:,.0f} MB, "
+              f"{groups} row groups of {args.row_group_rows:,} rows, 20 columns "
+              f"(the job reads 5)", flush=True)
+        reference = sl.Table(securities(), key=KEY)
+        job = enrich_quotes(sl.Stream.from_parquet(path), reference)
+        local = sl.LocalRunner()
+
+        runner_kwargs = {}
+        if args.partitions_per_worker is not None:
+            runner_kwargs["partitions_per_worker"] = args.partitions_per_worker
+        with sl.DaskRunner(**runner_kwargs) as dask:
+            ppw = dask.partitions_per_worker
+            threads = sum(dask.client.nthreads().values())
+            print(f"   DaskRunner started in {dask.startup_ms:,.0f} ms: {threads} worker "
+                  f"threads, {ppw} partitions per worker -> {ppw * threads} partitions",
+                  flush=True)
+
+            # Warm-up, and the check that both runners produce the same rows.
+            t_local, warm_local = run_once(job, local, clock, keep=True)
+            t_dask, warm_dask = run_once(job, dask, clock, keep=True)
+            print(f"   warm-up: local {t_local:.3f} s, dask {t_dask:.3f} s (first run: workers "
+                  f"JIT-compile the lookup)", flush=True)
+            sl.assert_same_results(warm_local, warm_dask)
+            output = warm_local.table
+            print(f"   results agree: {output.num_rows:,} rows, {output.num_columns} columns, "
+                  f"{output.nbytes / 1e6:,.0f} MB of output", flush=True)
+            del warm_local, warm_dask
+
+            print(f"   timing: {_load()}", flush=True)
+            main_timings = interleaved(
+                {"local": (job, lambda: local), "dask": (job, _partitioned(dask, ppw))},
+                args.rows, args.repeats, clock, "main")
+            t_local, t_dask = main_timings["local"], main_timings["dask"]
+
+            extra: list[str] = []
+            if not args.no_diagnostics:
+                extra = diagnostics(args, job, local, dask, output, t_local, t_dask, clock,
+                                    ppw, md)
+
+        print()
+        print(f"== throughput ({args.rows:,} quotes from Parquet, median of {args.repeats})")
+        print(format_table(THROUGHPUT_HEADERS, throughput_rows([t_local, t_dask], t_local), md))
+        print()
+        print(f"== Dask phases, ms (median, min, max of {args.repeats} runs)")
+        print(format_table(("phase", "median", "min", "max", "what"),
+                           phase_rows(t_dask, dask.startup_ms), md, left=(0, 4)))
+        print()
+        print(f"== Dask agents (last timed run, {t_dask.seconds[-1]:.3f} s wall)")
+        print(format_table(("worker", "tasks", "rows in", "rows out", "busy s",
+                            "rows/s (M)", "busy / wall"),
+                           agent_rows(t_dask.last, t_dask.seconds[-1]), md))
+        for block in extra:
+            print()
+            print(block)
+        print()
+        print(f"machine: {cores} cores ({_cpu_model()}), "
+              f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
+              f"Python {platform.python_version()}, pyarrow {pa.__version__}, "
+              f"dask/distributed {_dask_version()}, numba {numba.__version__}, "
+              f"pandas {pd.__version__}, sabot_lab {sl.__version__} (git {_git_revision()}); "
+              f"LocalRunner threads {local.threads}, LocalCluster {threads} workers x 1 thread; "
+              f"Parquet {size / 1e6:,.0f} MB, {groups} row groups; {_load()} at the end")
+        ratio = t_dask.rows_per_second / t_local.rows_per_second
+        verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
+        print(f"target DaskRunner >= {TARGET_RATIO}x LocalRunner rows/s: {verdict} "
+              f"({ratio:.2f}x on medians)")
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _dask_version() -> str:
+    import dask
+    import distributed
+
+    return f"{dask.__version__}/{distributed.__version__}"
+
+
+def diagnostics(args: argparse.Namespace, job: sl.Stream, local: sl.LocalRunner,
+                dask: object, output: pa.Table, t_local: Timing, t_dask: Timing,
+                clock: CpuClock, ppw: int, md: bool) -> list[str]:
+    """What limits the DaskRunner: partitions, how outputs travel back, CPU, per-operator
+    time, memory. Returns the printed blocks."""
+    blocks = []
+    client = dask.client
+    threads = sum(client.nthreads().values())
+    # "direct fetch": the runner's client with ``direct_to_workers=True`` (read at every gather
+    # and scatter), so partition outputs come from the workers, not relayed by the scheduler.
+    # (Not a second Client on the same cluster: runs through two clients stalled for seconds.)
+    try:
+        # 1. Partitions per worker, direct fetching, and the job with its output dropped on
+        # the workers (nothing to move), interleaved with local runs.
+        drop_job = job.map_batches(_drop_rows, name="drop_rows")
+        configs: dict[str, tuple[sl.Stream, Callable[[], object]]] = {
+            "local": (job, lambda: local)}
+        for n in args.sweep:
+            configs[f"dask ppw={n}"] = (job, _partitioned(dask, n))
+        for n in sorted({1, ppw}):
+            configs[f"dask ppw={n}, direct fetch"] = (job, _partitioned(dask, n, True))
+        configs["local, output dropped"] = (drop_job, lambda: local)
+        configs[f"dask ppw={ppw}, output dropped"] = (drop_job, _partitioned(dask, ppw))
+        for stream, prepare in configs.values():  # warm every configuration once
+            run_once(stream, prepare(), clock)
+        sweep = interleaved(configs, args.rows, args.repeats, clock, "diagnostics")
+        _partitioned(dask, ppw)()
+
+        # 2. Moving the output back: via the scheduler (what runs do) or from the workers.
+        parts = ppw * threads
+        relay_s, mb = transfer_cost(client, output, parts, args.repeats, direct=False)
+        direct_s, _ = transfer_cost(client, output, parts, args.repeats, direct=True)
+    finally:
+        _partitioned(dask, ppw)()
+
+    base = sweep["local"]
+    rows = []
+    for name, t in sweep.items():
+        parts_used = busy = execution = ""
+        if t.last is not None and t.last.execution is not None:
+            parts_used = f"{len(t.last.execution.tasks)}"
+            busy = f"{t.last.execution.agents()['seconds'].max():.3f}"
+            execution = f"{t.phase_stats('execution_ms')[0]:,.0f}"
+        rows.append([name, parts_used, f"{t.median:.3f}", f"{t.rows_per_second / 1e6:.2f}",
+                     f"{t.rows_per_second / base.rows_per_second:.2f}x", execution, busy])
+    blocks.append(
+        f"== what limits Dask: partitions per worker (ppw), results fetched directly from the "
+        f"workers, output dropped on the workers\n   (median of {args.repeats}, interleaved; "
+        f"ratio vs this block's local; busy = the busiest worker's task seconds, last run)\n"
+        + format_table(("config", "partitions", "median s", "rows/s (M)", "ratio vs local",
+                        "execution ms", "max worker busy s"), rows, md))
+
+    # 3. CPU seconds per run: who uses the 2 cores.
+    rows = []
+    for t in (t_local, t_dask, *sweep.values()):
+        wall = t.cpu_median("wall")
+        client_s, workers_s, other = (t.cpu_median(n) for n in ("client", "workers", "other"))
+        rows.append([t.name, f"{wall:.3f}", f"{client_s:.3f}", f"{workers_s:.3f}",
+                     f"{other:.3f}", f"{(client_s + workers_s) / wall:.2f}"])
+    blocks.append("== CPU seconds per run (median; client = this process, incl. the "
+                  "LocalCluster scheduler; other = rest of the machine)\n" + format_table(
+                      ("run", "wall s", "client CPU s", "workers CPU s", "other CPU s",
+                       "cores used"), rows, md))
+
+    # 4. Per-operator seconds, summed over threads (local) or partition tasks (dask).
+    blocks.append("== per-operator seconds (last timed run; summed over threads / tasks)\n"
+                  + format_table(("operator", "local s", "dask s", "dask / local"),
+                                 operator_rows(t_local.last, t_dask.last), md))
+
+    # 5. Output transfer and memory.
+    mem = worker_memory(client)
+    exec_ms = t_dask.phase_stats("execution_ms")[0]
+    blocks.append(
+        "== output transfer and memory\n"
+        f"fetch the {output.num_rows:,}-row output ({mb:,.0f} MB Arrow, {parts} slices held "
+        f"on the workers) into this process, median of {args.repeats}:\n"
+        f"   relayed by the scheduler (Client default, what DaskRunner runs do): "
+        f"{relay_s * 1000:,.0f} ms ({mb / relay_s:,.0f} MB/s) = {relay_s * 1000 / exec_ms:.0%} "
+        f"of the Dask execution phase ({exec_ms:,.0f} ms)\n"
+        f"   directly from the workers (direct=True): {direct_s * 1000:,.0f} ms "
+        f"({mb / direct_s:,.0f} MB/s)\n"
+        f"memory after the runs: this process {_rss() / 2**20:,.0f} MiB RSS; workers "
+        + ", ".join(f"{v / 2**20:,.0f} MiB" for v in mem.values()) + " RSS")
+    return blocks
+
+
+if __name__ == "__main__":
+    main()
