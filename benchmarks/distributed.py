@@ -44,12 +44,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib.util
 import itertools
 import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -67,6 +67,20 @@ import sabot_lab as sl
 from sabot_lab.datasets import quote_batches, securities
 from sabot_lab.datasets.market import QUOTES_SCHEMA
 from sabot_lab.patterns.enrichment import enrich_quotes
+
+
+def _load_common() -> object:
+    """``benchmarks/common.py`` by path: this script takes its own folder off ``sys.path``
+    (its name would shadow the ``distributed`` package), also in spawned worker processes."""
+    spec = importlib.util.spec_from_file_location("common", Path(__file__).with_name("common.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_common = _load_common()
+cores, cpu_model = _common.cores, _common.cpu_model
+git_revision, load_average = _common.git_revision, _common.load_average
 
 KEY = "instrument_id"
 ROWS = 12_000_000
@@ -90,43 +104,6 @@ def _unshadow_distributed() -> None:
     mod = sys.modules.get("distributed")
     if mod is not None and Path(getattr(mod, "__file__", "") or "").resolve().parent == here:
         del sys.modules["distributed"]
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git_revision() -> str:
-    """The sabot_lab commit benchmarked, with ``+dirty`` when sabot_lab has changes."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
-                                "--untracked-files=no", "--", "sabot_lab"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return rev + ("+dirty" if dirty else "")
-
-
-def _load() -> str:
-    one, five, _ = os.getloadavg()
-    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
 
 
 class CpuClock:
@@ -409,10 +386,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     md = args.markdown
     clock = CpuClock()
-    cores = _cores()
+    n_cores = cores()
     print(f"distributed benchmark: enrich_quotes over {args.rows:,} quotes from Parquet, "
           f"LocalRunner vs DaskRunner; median of {args.repeats} after 1 warm-up", flush=True)
-    print(f"   before start: {_load()}", flush=True)
+    print(f"   before start: load average {load_average()}", flush=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="sabot_distributed_"))
     try:
@@ -446,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                   f"{output.nbytes / 1e6:,.0f} MB of output", flush=True)
             del warm_local, warm_dask
 
-            print(f"   timing: {_load()}", flush=True)
+            print(f"   timing: load average {load_average()}", flush=True)
             main_timings = interleaved(
                 {"local": (job, lambda: local), "dask": (job, _partitioned(dask, ppw))},
                 args.rows, args.repeats, clock, "main")
@@ -473,13 +450,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             print()
             print(block)
         print()
-        print(f"machine: {cores} cores ({_cpu_model()}), "
+        print(f"machine: {n_cores} cores ({cpu_model()}), "
               f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
               f"Python {platform.python_version()}, pyarrow {pa.__version__}, "
               f"dask/distributed {_dask_version()}, numba {numba.__version__}, "
-              f"pandas {pd.__version__}, sabot_lab {sl.__version__} (git {_git_revision()}); "
+              f"pandas {pd.__version__}, sabot_lab {sl.__version__} (git {git_revision()}); "
               f"LocalRunner threads {local.threads}, LocalCluster {threads} workers x 1 thread; "
-              f"Parquet {size / 1e6:,.0f} MB, {groups} row groups; {_load()} at the end")
+              f"Parquet {size / 1e6:,.0f} MB, {groups} row groups; "
+              f"load average {load_average()} at the end")
         ratio = t_dask.rows_per_second / t_local.rows_per_second
         verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
         print(f"target DaskRunner >= {TARGET_RATIO}x LocalRunner rows/s: {verdict} "

@@ -36,7 +36,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +46,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from common import CpuMonitor, cores, cpu_model, git_revision
 
 import sabot_lab as sl
 from sabot_lab.datasets import quotes, securities
@@ -63,68 +63,6 @@ ENGINES = ("sabot_lab", "pyarrow", "duckdb", "pandas")
 SUM_REL_TOL = 1e-9
 #: The goal from the issue: sabot_lab at least this many times DuckDB's rows/s at 12M quotes.
 TARGET_ROWS, TARGET_RATIO = 12_000_000, 1.5
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def _git_revision() -> str:
-    """The sabot_lab commit benchmarked, with ``+dirty`` when the working tree has changes."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        rev = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain",
-                                "--untracked-files=no", "--", "sabot_lab"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return rev + ("+dirty" if dirty else "")
-
-
-class CpuMonitor:
-    """CPU used by other processes (and stolen by the hypervisor) while we time: on a shared
-    2-core machine a busy neighbour skews every number, most of all for the parallel engines."""
-
-    def __init__(self) -> None:
-        self.start = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float, float] | None:
-        try:
-            with open("/proc/stat", encoding="utf-8") as f:
-                fields = [int(x) for x in f.readline().split()[1:9]]
-        except (OSError, ValueError):
-            return None
-        tick = os.sysconf("SC_CLK_TCK")
-        user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-        own = os.times()
-        return ((user + nice + system + irq + softirq) / tick, steal / tick,
-                own.user + own.system, time.perf_counter())
-
-    def report(self) -> str:
-        end = self._sample()
-        if self.start is None or end is None:
-            return "background CPU: unknown (no /proc/stat)"
-        busy, steal, own, wall = (b - a for a, b in zip(self.start, end, strict=True))
-        other = max(busy - own, 0.0) / wall
-        return (f"background CPU during timing: {other:.2f} cores busy outside this process, "
-                f"{steal / wall:.2f} cores stolen by the hypervisor")
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --- the four implementations -----------------------------------------------------------
@@ -361,11 +299,11 @@ def format_markdown(rows: list[tuple[str, ...]]) -> str:
 def machine_line(cores: int, info: dict[str, object]) -> str:
     extra = "".join(f", {k} {v}" for k, v in info.items())
     return (
-        f"machine: {cores} cores ({_cpu_model()}), "
+        f"machine: {cores} cores ({cpu_model()}), "
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, "
         f"Python {platform.python_version()}, pyarrow {pa.__version__}, "
         f"duckdb {duckdb.__version__}, pandas {pd.__version__}, numpy {np.__version__}, "
-        f"sabot_lab {sl.__version__} (git {_git_revision()}){extra}"
+        f"sabot_lab {sl.__version__} (git {git_revision()}){extra}"
     )
 
 
@@ -384,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--repeats must be at least 1")
     engines = [e for e in ENGINES if e in args.engines]
 
-    cores = _cores()
+    n_cores = cores()
     info: dict[str, object] = {
         "sabot_lab threads": sl.LocalRunner().threads,
         "pyarrow cpu_count": pa.cpu_count(),
@@ -397,14 +335,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     timings: list[Timing] = []
     breakdowns: list[tuple[int, tuple[pd.DataFrame, str]]] = []
     for n in args.sizes:
-        size_timings, metrics = bench_size(n, s, engines, args.repeats, cores, info)
+        size_timings, metrics = bench_size(n, s, engines, args.repeats, n_cores, info)
         timings += size_timings
         if metrics is not None:
             breakdowns.append((n, metrics))
 
     rows = table_rows(timings)
     print()
-    print(machine_line(cores, info))
+    print(machine_line(n_cores, info))
     print()
     print(format_plain(rows))
     for n, (metrics, _) in breakdowns:

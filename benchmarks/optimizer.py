@@ -56,10 +56,8 @@ from __future__ import annotations
 import argparse
 import gc
 import math
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -73,6 +71,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from common import CpuMonitor, cores, git_revision, load_average
 
 import sabot_lab as sl
 from sabot_lab.datasets import quotes, securities
@@ -97,35 +96,6 @@ MB = 1 << 20
 
 
 # --- machine -------------------------------------------------------------------------------
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def _git_revision() -> str:
-    """The sabot_lab commit benchmarked, with ``+dirty`` when ``sabot_lab/`` has changes."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
-                                "--untracked-files=no", "--", "sabot_lab"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return rev + ("+dirty" if dirty else "")
-
-
-def _load() -> str:
-    try:
-        one, five, _ = os.getloadavg()
-    except OSError:
-        return "unknown"
-    return f"{one:.2f} (1 min), {five:.2f} (5 min) on {_cores()} cores"
 
 
 def _available_bytes() -> int | None:
@@ -180,35 +150,6 @@ class PeakArrow:
     def above(self) -> int:
         """Peak allocation above the allocation before the block, in bytes."""
         return self.peak - self.before
-
-
-class CpuMonitor:
-    """CPU used by other processes (and stolen by the hypervisor) while we time."""
-
-    def __init__(self) -> None:
-        self.start = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float, float] | None:
-        try:
-            with open("/proc/stat", encoding="utf-8") as f:
-                fields = [int(x) for x in f.readline().split()[1:9]]
-        except (OSError, ValueError):
-            return None
-        tick = os.sysconf("SC_CLK_TCK")
-        user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-        own = os.times()
-        return ((user + nice + system + irq + softirq) / tick, steal / tick,
-                own.user + own.system, time.perf_counter())
-
-    def report(self) -> str:
-        end = self._sample()
-        if self.start is None or end is None:
-            return "background CPU: unknown (no /proc/stat)"
-        busy, steal, own, wall = (b - a for a, b in zip(self.start, end, strict=True))
-        other = max(busy - own, 0.0) / wall
-        return (f"background CPU while timing: {other:.2f} cores busy outside this process, "
-                f"{steal / wall:.2f} stolen")
 
 
 # --- the job -------------------------------------------------------------------------------
@@ -522,7 +463,7 @@ def run_size(state: State, n: int) -> None:
     """Generate ``n`` quotes, run every (input, predicate) both ways, free the data."""
     args, md = state.args, state.args.markdown
     available = _available_bytes()
-    print(_heading(f"{n:,} quotes (load average {_load()}, available memory "
+    print(_heading(f"{n:,} quotes (load average {load_average()}, available memory "
                    f"{'?' if available is None else f'{available / GB:.1f} GB'})", md))
     run_unoptimized = memory_plan(state, n)
     if run_unoptimized is None:
@@ -589,9 +530,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     md = args.markdown
     runner = sl.LocalRunner(threads=args.threads)
     print(("# " if md else "") + "sabot_lab optimizer benchmark: optimize=False vs optimize=True")
-    print(f"sabot_lab {_git_revision()}, python {platform.python_version()}, "
-          f"pyarrow {pa.__version__}, {_cores()} cores, "
-          f"{runner!r}, repeats={args.repeats} (median), load average {_load()}")
+    print(f"sabot_lab {git_revision()}, python {platform.python_version()}, "
+          f"pyarrow {pa.__version__}, {cores()} cores, "
+          f"{runner!r}, repeats={args.repeats} (median), load average {load_average()}")
     print(f"job: from_{{table,parquet}}(quotes).enrich(Table(securities, key={KEY!r}))"
           f".filter(<predicate>).select{SELECTED}")
     print(f"predicates: window = ts in [ts@45%, ts@55%); price = price > {PRICE_MIN:g}; "
