@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from sabot_lab.datasets.batching import batch_bounds
+
 __all__ = [
     "CLICKS_SCHEMA",
     "PATHS",
@@ -279,12 +281,7 @@ def click_batches(
     >>> [b.num_rows for b in click_batches(250, batch_rows=100)]
     [100, 100, 50]
     """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    if batch_rows < 1:
-        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
-    for b, first in enumerate(range(0, n, batch_rows)):
-        rows = min(batch_rows, n - first)
+    for b, first, rows in batch_bounds(n, batch_rows):
         yield clicks_batch(b, rows, seed=seed, start_id=first, **options)
 
 

@@ -32,6 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sabot_lab.datasets.batching import batch_bounds
+
 __all__ = [
     "ID_BASE",
     "ID_STEP",
@@ -506,12 +508,7 @@ def quote_batches(
     >>> [b.num_rows for b in quote_batches(250, batch_rows=100)]
     [100, 100, 50]
     """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    if batch_rows < 1:
-        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
-    for b, start in enumerate(range(0, n, batch_rows)):
-        rows = min(batch_rows, n - start)
+    for b, start, rows in batch_bounds(n, batch_rows):
         yield quotes_batch(b, rows, seed=seed, securities_n=securities_n, start_id=start)
 
 
