@@ -530,10 +530,12 @@ def diagnostics(args: argparse.Namespace, job: sl.Stream, local: sl.LocalRunner,
 
     # 3. CPU seconds per run: who uses the 2 cores.
     rows = []
-    for t in (t_local, t_dask, *sweep.values()):
+    runs = [("main: local", t_local), ("main: dask", t_dask),
+            *((f"diagnostics: {name}", t) for name, t in sweep.items())]
+    for name, t in runs:
         wall = t.cpu_median("wall")
         client_s, workers_s, other = (t.cpu_median(n) for n in ("client", "workers", "other"))
-        rows.append([t.name, f"{wall:.3f}", f"{client_s:.3f}", f"{workers_s:.3f}",
+        rows.append([name, f"{wall:.3f}", f"{client_s:.3f}", f"{workers_s:.3f}",
                      f"{other:.3f}", f"{(client_s + workers_s) / wall:.2f}"])
     blocks.append("== CPU seconds per run (median; client = this process, incl. the "
                   "LocalCluster scheduler; other = rest of the machine)\n" + format_table(

@@ -379,12 +379,20 @@ class JobManager:
         return merged
 
 
-def _warm_worker() -> None:
+def _warm_worker(arrow_threads: int | None = None) -> None:
     """Import the engine and load its compiled kernels on a worker, once, at cluster start,
-    so that the first job's timings are those of the job."""
+    so that the first job's timings are those of the job.
+
+    ``arrow_threads`` caps Arrow's thread pool in the worker process: on a LocalCluster the
+    workers share this machine's cores, and each pool sized for all of them oversubscribes it.
+    """
     from sabot_lab.ops import lookup, windows  # noqa: F401 - imported for their side effect
 
     lookup._warm_up()
+    if arrow_threads is not None:
+        import pyarrow as pa
+
+        pa.set_cpu_count(arrow_threads)
 
 
 def _take(iterator: Iterator, n: int) -> list:
@@ -430,6 +438,7 @@ class DaskRunner:
 
         self._owned: list = []
         start = time.perf_counter()
+        arrow_threads = None  # a cluster we did not start keeps its own settings
         if isinstance(client_or_address, Client):
             self.client = client_or_address
         elif isinstance(client_or_address, str):
@@ -447,10 +456,11 @@ class DaskRunner:
                                    silence_logs=logging.WARNING)
             self.client = Client(cluster)
             self._owned += [self.client, cluster]
+            arrow_threads = max(1, threads_per_worker)
         else:
             raise TypeError("client_or_address must be a distributed.Client, an address "
                             f"string or None, got {type(client_or_address).__name__}")
-        self.client.run(_warm_worker)
+        self.client.run(_warm_worker, arrow_threads)
         self.startup_ms = (time.perf_counter() - start) * 1000
         self.partitions_per_worker = partitions_per_worker
 
