@@ -173,6 +173,10 @@ class Stream:
         >>> s.filter(col("a") > 2).to_table()["a"].to_pylist()
         [5]
         """
+        if isinstance(predicate, str):
+            raise PlanError(
+                f"filter() takes an expression, not a string: write e.g. "
+                f"filter(sl.col('qty') >= 100) instead of filter({predicate!r})")
         return Stream(Filter(self.node, _as_expr(predicate)))
 
     def select(self, *columns: str, **renamed_or_computed: str | Expr) -> Stream:
@@ -329,6 +333,12 @@ class Stream:
         return Stream(Watermark(self.node, time_col, bound, allowed_lateness, max_future_skew,
                                 unit))
 
+    def group_by(self, *keys: str) -> WindowedStream:
+        """Grouping needs windows on a stream: use ``window(...).group_by(...)``."""
+        raise PlanError(
+            "a stream never ends, so groups need windows: write "
+            "with_watermark(time_column).window(sl.tumbling('5min')).group_by(...).agg(...)")
+
     def window(self, window: Tumbling | Hopping) -> WindowedStream:
         """Group rows into event-time windows; finish with ``.agg(...)`` or
         ``.group_by(keys).agg(...)``. Needs :meth:`with_watermark` upstream."""
@@ -348,7 +358,8 @@ class Stream:
                             "window(...).group_by(...).agg(...)")
         if parse_duration(window.allowed_lateness):
             raise PlanError("top_n() with allowed lateness is not supported yet: updates "
-                            "would change rankings already emitted")
+                            "would change rankings already emitted. Use with_watermark(..., "
+                            "allowed_lateness='0s') for the ranked job")
         return Stream(TopN(self.node, n, by))
 
     def union(self, *others: Stream) -> Stream:

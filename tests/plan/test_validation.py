@@ -74,3 +74,10 @@ def test_nodes_compare_structurally(stream):
     b = stream.filter(sl.col("px") > 1).node
     c = stream.filter(sl.col("px") > 2).node
     assert a == b and a != c
+
+
+def test_common_newcomer_mistakes_are_explained(stream):
+    with pytest.raises(sl.PlanError, match=r"not a string: write e.g. filter\(sl.col"):
+        stream.filter("px >= 1")
+    with pytest.raises(sl.PlanError, match="groups need windows"):
+        stream.group_by("sym")

@@ -1,0 +1,125 @@
+"""Benchmark: event-time windows through the public API against DuckDB SQL, in one process.
+
+Events: ``--events`` rows (default 10M) over one hour of event time, ``--keys`` keys (1,000),
+values drawn from an exponential distribution, in time order. The job: 5-minute tumbling
+windows per key with count, sum, mean, exact p95 and p99, fed in 64K-row batches
+(``sl.Stream.from_table(events, batch_size=65_536)``), plus top-10 keys by count per window.
+DuckDB computes the same over the whole Arrow table (``quantile_cont``, ``row_number``). The
+two results are checked to agree before timing. Reports events/s and the ratio to DuckDB.
+
+Run it from the repository root on an otherwise idle machine::
+
+    .venv/bin/python benchmarks/windows.py
+    .venv/bin/python benchmarks/windows.py --events 2000000 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from common import CpuMonitor, cores, cpu_model, git_revision
+
+import sabot_lab as sl
+
+AGGS_SQL = ("count(*) AS n, sum(v) AS total, avg(v) AS mean, quantile_cont(v, 0.95) AS p95, "
+            "quantile_cont(v, 0.99) AS p99")
+
+
+def events(n: int, keys: int, seed: int = 0) -> pa.Table:
+    """``n`` events over one hour (ms), ``keys`` keys, exponential values, in time order."""
+    rng = np.random.default_rng(seed)
+    t = np.sort(rng.integers(0, 3_600_000, n))
+    return pa.table({"ts": pa.array(t).cast(pa.timestamp("ms")),
+                     "key": pa.array(rng.integers(0, keys, n)),
+                     "v": pa.array(rng.exponential(100.0, n))})
+
+
+def sabot_windows(table: pa.Table) -> pa.Table:
+    return (sl.Stream.from_table(table, batch_size=65_536).with_watermark("ts")
+            .window(sl.tumbling("5min")).group_by("key")
+            .agg(n=sl.count(), total=sl.sum("v"), mean=sl.mean("v"),
+                 p95=sl.quantile("v", 0.95), p99=sl.quantile("v", 0.99))
+            .to_table())
+
+
+def sabot_top10(table: pa.Table) -> pa.Table:
+    return (sl.Stream.from_table(table, batch_size=65_536).with_watermark("ts")
+            .window(sl.tumbling("5min")).group_by("key").agg(n=sl.count())
+            .top_n(10, by="n").to_table())
+
+
+def duckdb_windows(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    return con.sql(f"SELECT time_bucket(INTERVAL 5 minute, ts) AS window_start, key, {AGGS_SQL} "
+                   "FROM events GROUP BY ALL").to_arrow_table()
+
+
+def duckdb_top10(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    return con.sql(
+        "SELECT * FROM (SELECT window_start, key, n, row_number() OVER (PARTITION BY "
+        "window_start ORDER BY n DESC, key) AS rank FROM (SELECT time_bucket(INTERVAL 5 minute,"
+        " ts) AS window_start, key, count(*) AS n FROM events GROUP BY ALL)) WHERE rank <= 10"
+    ).to_arrow_table()
+
+
+def _check(ours: pa.Table, theirs: pa.Table, columns: Sequence[str]) -> None:
+    ours = ours.select(list(columns)).cast(theirs.select(list(columns)).schema)
+    sl.assert_same_results(ours, theirs.select(list(columns)), rtol=1e-9)
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--keys", type=int, default=1_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    table = events(args.events, args.keys)
+    con = duckdb.connect()
+    con.execute(f"SET threads = {cores()}")
+    con.register("events", table)
+    print(f"windows benchmark: {args.events:,} events, {args.keys:,} keys, 1 h of event time, "
+          f"5-min tumbling windows, 64K-row batches; median of {args.repeats} after a warm-up")
+    _check(sabot_windows(table), duckdb_windows(con),
+           ["window_start", "key", "n", "total", "mean", "p95", "p99"])
+    _check(sabot_top10(table), duckdb_top10(con), ["window_start", "key", "n"])
+    print("   results agree with DuckDB (aggregates and top-10 per window)")
+
+    monitor = CpuMonitor()
+    rows = []
+    for name, ours, theirs in (("count/sum/mean/p95/p99", lambda: sabot_windows(table),
+                                lambda: duckdb_windows(con)),
+                               ("top-10 keys by count", lambda: sabot_top10(table),
+                                lambda: duckdb_top10(con))):
+        ours_s = _median_seconds(ours, args.repeats)
+        theirs_s = _median_seconds(theirs, args.repeats)
+        rows.append((name, ours_s, theirs_s))
+    print(f"   {monitor.report()}\n")
+    print("| job | sabot_lab s | sabot_lab events/s (M) | DuckDB s | DuckDB events/s (M) | "
+          "ratio |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, ours_s, theirs_s in rows:
+        print(f"| {name} | {ours_s:.3f} | {args.events / ours_s / 1e6:.1f} | {theirs_s:.3f} | "
+              f"{args.events / theirs_s / 1e6:.1f} | {theirs_s / ours_s:.2f}x |")
+    print(f"\nmachine: {cores()} cores ({cpu_model()}), pyarrow {pa.__version__}, duckdb "
+          f"{duckdb.__version__}, sabot_lab {sl.__version__} (git {git_revision()}); "
+          f"window results per run: {pc.count(duckdb_windows(con)['n']).as_py():,}")
+
+
+if __name__ == "__main__":
+    main()
