@@ -62,6 +62,9 @@ class Result:
     execution
         For distributed runs, the :class:`~sabot_lab.runtime.dask.ExecutionPlan`: partitions,
         the worker that ran each, rows and times.
+    setup_ms
+        Part of ``execution_time_ms`` spent building operators before the first batch (lookup
+        indexes; in a fresh process, loading compiled numba kernels).
     """
 
     table: pa.Table | None
@@ -73,6 +76,7 @@ class Result:
     logical_plan: JobGraph | None = None
     optimizer_stats: OptimizerStats | None = None
     execution: object | None = None
+    setup_ms: float = 0.0
 
     @property
     def metrics(self) -> pd.DataFrame:
@@ -136,6 +140,7 @@ class Result:
             "rows_out": self.rows_out,
             **{f"side_output.{k}": v.num_rows for k, v in self.side_outputs.items()},
             "execution_time_ms": round(self.execution_time_ms, 1),
+            "setup_ms": round(self.setup_ms, 1),
             "rows_per_second": round(self.rows_per_second),
         }
 

@@ -199,6 +199,7 @@ class LocalRunner:
         pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         try:
             execution = _Execution(graph, pool, self.threads)
+            setup_ms = (time.perf_counter() - start) * 1000
             table = self._drain(execution, sink)
         finally:
             if pool is not None:
@@ -212,6 +213,7 @@ class LocalRunner:
             execution_time_ms=elapsed_ms,
             executed_plan=graph,
             runner=self.name,
+            setup_ms=setup_ms,
         )
 
     def _drain(self, execution: _Execution, sink: Sink) -> pa.Table | None:
