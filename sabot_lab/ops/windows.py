@@ -250,7 +250,8 @@ class WindowAggregateOp(Operator):
         self.open_first_end = int(ends[~ready].min()) if (~ready).any() else np.iinfo(
             np.int64).max
         firing = rows[ready]
-        self.emitted.append(firing)
+        if self.lateness:  # only windows that late rows may still update keep their rows
+            self.emitted.append(firing)
         result = _aggregate(firing, self.node)
         if self.lateness:  # updates can follow: remember which groups were emitted
             group_cols = ["window_start", *self.node.keys]
