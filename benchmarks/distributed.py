@@ -53,7 +53,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -242,7 +242,17 @@ def interleaved(configs: dict[str, tuple[sl.Stream, Callable[[], object]]], rows
             run_once(job, runner(), clock, timings[name])
         print(f"   {label} round {r + 1}/{repeats}: " + ", ".join(
             f"{n} {t.seconds[-1]:.3f} s" for n, t in timings.items()), flush=True)
+    print(f"   {label}: {background(timings.values())}", flush=True)
     return timings
+
+
+def background(timings: Iterable[Timing]) -> str:
+    """CPU used outside this process and its workers while ``timings`` ran, in cores."""
+    uses = [c for t in timings for c in t.cpu]
+    other = sum(c.other for c in uses) / max(sum(c.wall for c in uses), 1e-9)
+    worst = max((c.other / c.wall for c in uses), default=0.0)
+    return (f"background CPU while timing {other:.2f} cores on average (worst run {worst:.2f}) "
+            f"outside this process and its workers")
 
 
 def _partitioned(dask: object, n: int, direct: bool | None = None) -> Callable[[], object]:
@@ -435,7 +445,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                     ppw, md)
 
         print()
-        print(f"== throughput ({args.rows:,} quotes from Parquet, median of {args.repeats})")
+        print(f"== throughput ({args.rows:,} quotes from Parquet, median of {args.repeats}; "
+              f"{background([t_local, t_dask])})")
         print(format_table(THROUGHPUT_HEADERS, throughput_rows([t_local, t_dask], t_local), md))
         print()
         print(f"== Dask phases, ms (median, min, max of {args.repeats} runs)")
@@ -524,7 +535,8 @@ def diagnostics(args: argparse.Namespace, job: sl.Stream, local: sl.LocalRunner,
     blocks.append(
         f"== what limits Dask: partitions per worker (ppw), results fetched directly from the "
         f"workers, output dropped on the workers\n   (median of {args.repeats}, interleaved; "
-        f"ratio vs this block's local; busy = the busiest worker's task seconds, last run)\n"
+        f"ratio vs this block's local; busy = the busiest worker's task seconds, last run;\n"
+        f"   {background(sweep.values())})\n"
         + format_table(("config", "partitions", "median s", "rows/s (M)", "ratio vs local",
                         "execution ms", "max worker busy s"), rows, md))
 
