@@ -22,12 +22,13 @@ the same rows (``sl.assert_same_results``); then ``--repeats`` interleaved round
 Printed: (1) throughput: rows in and out, median seconds, input rows/s, ratio to local; (2) the
 Dask phases from ``result.execution.timings`` (cluster start, planning, execution, gather) and
 ``DaskRunner.startup_ms``; (3) per agent (worker): partition tasks, rows, busy seconds; (4)
-unless ``--no-diagnostics``, what limits Dask: partitions per worker (``--sweep``); the same
-cluster through a client that fetches results directly from the workers instead of through the
-scheduler (``Client(direct_to_workers=True)``); the job with its output dropped on the workers
-(nothing to move back); CPU seconds used per run by this process (client and scheduler) and by
-the workers; per-operator seconds; the cost of moving the output table alone, relayed or
-direct; memory; (5) a machine line and the verdict on the target (Dask >= 0.7x local rows/s).
+unless ``--no-diagnostics``, what limits Dask: partitions per worker (``--sweep``) and the job
+with its output dropped on the workers (nothing to move back), interleaved with local runs; a
+second LocalCluster whose workers run without Dask's statistical profiler, against the first;
+CPU seconds used per run by this process (client and scheduler) and by the workers;
+per-operator seconds; the cost of moving the output table alone, from the workers or relayed by
+the scheduler; memory; (5) a machine line and the verdict on the target (Dask >= 0.7x local
+rows/s).
 
 Run it from the repository root (machine otherwise idle: check ``uptime``)::
 
@@ -210,9 +211,13 @@ def run_once(job: sl.Stream, runner: object, clock: CpuClock, timing: Timing | N
     """One run of ``job`` on ``runner`` (timed if ``timing``); the output table is dropped
     unless ``keep``, so that it is not alive during the next run."""
     gc.collect()
+    # With two clusters alive (diagnostics), make the runner's client the current one: the
+    # JobManager's ``as_completed()`` takes its event loop from Dask's *default* client.
+    current = runner.client.as_current() if hasattr(runner, "client") else contextlib.nullcontext()
     before = clock.sample()
     start = time.perf_counter()
-    result = job.run(runner)
+    with current:
+        result = job.run(runner)
     seconds = time.perf_counter() - start
     after = clock.sample()
     if timing is not None:
@@ -255,13 +260,10 @@ def background(timings: Iterable[Timing]) -> str:
             f"outside this process and its workers")
 
 
-def _partitioned(dask: object, n: int, direct: bool | None = None) -> Callable[[], object]:
-    """A function that sets the runner's partitions per worker to ``n`` and its client's
-    ``direct_to_workers`` (``None``, the default: results are relayed by the scheduler; ``True``:
-    fetched from the workers), and returns the runner."""
+def _partitioned(dask: object, n: int) -> Callable[[], object]:
+    """A function that sets the runner's partitions per worker to ``n`` and returns it."""
     def prepare() -> object:
         dask.partitions_per_worker = n
-        dask.client.direct_to_workers = direct
         return dask
 
     return prepare
@@ -303,7 +305,7 @@ def phase_rows(dask: Timing, startup_ms: float) -> list[list[str]]:
         "cluster_start_ms": "timings['cluster_start_ms'] (the same, copied into each run)",
         "planning_ms": "split the sources into partitions (client)",
         "execution_ms": "scatter, submit, run, and fetch every partition's output",
-        "gather_ms": "concat the fetched outputs, merge metrics (client)",
+        "gather_ms": "close the sink, merge metrics (client; fetching is in execution)",
         "total_ms": "Result.execution_time_ms (planning + execution + gather)",
         "wall_ms": "perf_counter around stream.run: + optimizer, Result",
     }
@@ -425,8 +427,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             # Warm-up, and the check that both runners produce the same rows.
             t_local, warm_local = run_once(job, local, clock, keep=True)
             t_dask, warm_dask = run_once(job, dask, clock, keep=True)
-            print(f"   warm-up: local {t_local:.3f} s, dask {t_dask:.3f} s (first run: workers "
-                  f"JIT-compile the lookup)", flush=True)
+            print(f"   warm-up (not timed): local {t_local:.3f} s, dask {t_dask:.3f} s (first "
+                  f"runs: imports, kernels, page cache)", flush=True)
             sl.assert_same_results(warm_local, warm_dask)
             output = warm_local.table
             print(f"   results agree: {output.num_rows:,} rows, {output.num_columns} columns, "
@@ -492,65 +494,86 @@ def diagnostics(args: argparse.Namespace, job: sl.Stream, local: sl.LocalRunner,
                 clock: CpuClock, ppw: int, md: bool) -> list[str]:
     """What limits the DaskRunner: partitions, how outputs travel back, CPU, per-operator
     time, memory. Returns the printed blocks."""
+    import dask as dask_config
+
     blocks = []
     client = dask.client
     threads = sum(client.nthreads().values())
-    # "direct fetch": the runner's client with ``direct_to_workers=True`` (read at every gather
-    # and scatter), so partition outputs come from the workers, not relayed by the scheduler.
-    # (Not a second Client on the same cluster: runs through two clients stalled for seconds.)
+    # 1. Partitions per worker, and the job with its output dropped on the workers (nothing to
+    # move back), interleaved with local runs.
+    drop_job = job.map_batches(_drop_rows, name="drop_rows")
+    configs: dict[str, tuple[sl.Stream, Callable[[], object]]] = {"local": (job, lambda: local)}
+    for n in args.sweep:
+        configs[f"dask ppw={n}"] = (job, _partitioned(dask, n))
+    configs["local, output dropped"] = (drop_job, lambda: local)
+    configs[f"dask ppw={ppw}, output dropped"] = (drop_job, _partitioned(dask, ppw))
     try:
-        # 1. Partitions per worker, direct fetching, and the job with its output dropped on
-        # the workers (nothing to move), interleaved with local runs.
-        drop_job = job.map_batches(_drop_rows, name="drop_rows")
-        configs: dict[str, tuple[sl.Stream, Callable[[], object]]] = {
-            "local": (job, lambda: local)}
-        for n in args.sweep:
-            configs[f"dask ppw={n}"] = (job, _partitioned(dask, n))
-        for n in sorted({1, ppw}):
-            configs[f"dask ppw={n}, direct fetch"] = (job, _partitioned(dask, n, True))
-        configs["local, output dropped"] = (drop_job, lambda: local)
-        configs[f"dask ppw={ppw}, output dropped"] = (drop_job, _partitioned(dask, ppw))
         for stream, prepare in configs.values():  # warm every configuration once
             run_once(stream, prepare(), clock)
         sweep = interleaved(configs, args.rows, args.repeats, clock, "diagnostics")
-        _partitioned(dask, ppw)()
-
-        # 2. Moving the output back: via the scheduler (what runs do) or from the workers.
-        parts = ppw * threads
-        relay_s, mb = transfer_cost(client, output, parts, args.repeats, direct=False)
-        direct_s, _ = transfer_cost(client, output, parts, args.repeats, direct=True)
     finally:
-        _partitioned(dask, ppw)()
+        dask.partitions_per_worker = ppw
 
-    base = sweep["local"]
-    rows = []
-    for name, t in sweep.items():
-        parts_used = busy = execution = ""
-        if t.last is not None and t.last.execution is not None:
-            parts_used = f"{len(t.last.execution.tasks)}"
-            busy = f"{t.last.execution.agents()['seconds'].max():.3f}"
-            execution = f"{t.phase_stats('execution_ms')[0]:,.0f}"
-        rows.append([name, parts_used, f"{t.median:.3f}", f"{t.rows_per_second / 1e6:.2f}",
-                     f"{t.rows_per_second / base.rows_per_second:.2f}x", execution, busy])
+    # 2. Dask's statistical profiler (a thread in every worker sampling its task thread's stack
+    # every 10 ms): a second LocalCluster of the same shape without it, both alive, interleaved
+    # (not mixed into block 1: an idle cluster alive costs this 2-core machine CPU too).
+    with dask_config.config.set({"distributed.worker.profile.enabled": False}):
+        quiet = sl.DaskRunner(n_workers=threads, partitions_per_worker=ppw)
+    try:
+        run_once(job, quiet, clock)
+        profiler = interleaved(
+            {f"dask ppw={ppw}, profiler on (default)": (job, _partitioned(dask, ppw)),
+             f"dask ppw={ppw}, profiler off": (job, lambda: quiet)},
+            args.rows, args.repeats, clock, "profiler")
+    finally:
+        quiet.close()
+
+    # 3. Moving the output back alone: relayed by the scheduler (a Client's default) or
+    # straight from the workers (what the JobManager asks for).
+    parts = ppw * threads
+    relay_s, mb = transfer_cost(client, output, parts, args.repeats, direct=False)
+    direct_s, _ = transfer_cost(client, output, parts, args.repeats, direct=True)
+
+    def sweep_rows(timings: dict[str, Timing], base: Timing) -> list[list[str]]:
+        rows = []
+        for name, t in timings.items():
+            parts_used = busy = execution = ""
+            if t.last is not None and t.last.execution is not None:
+                parts_used = f"{len(t.last.execution.tasks)}"
+                busy = f"{t.last.execution.agents()['seconds'].max():.3f}"
+                execution = f"{t.phase_stats('execution_ms')[0]:,.0f}"
+            rows.append([name, parts_used, f"{t.median:.3f}", f"{t.rows_per_second / 1e6:.2f}",
+                         f"{t.rows_per_second / base.rows_per_second:.2f}x", execution, busy])
+        return rows
+
+    headers = ("config", "partitions", "median s", "rows/s (M)", "ratio", "execution ms",
+               "max worker busy s")
     blocks.append(
-        f"== what limits Dask: partitions per worker (ppw), results fetched directly from the "
-        f"workers, output dropped on the workers\n   (median of {args.repeats}, interleaved; "
-        f"ratio vs this block's local; busy = the busiest worker's task seconds, last run;\n"
-        f"   {background(sweep.values())})\n"
-        + format_table(("config", "partitions", "median s", "rows/s (M)", "ratio vs local",
-                        "execution ms", "max worker busy s"), rows, md))
+        f"== what limits Dask (1): partitions per worker (ppw), output dropped on the workers\n"
+        f"   (median of {args.repeats}, interleaved; ratio vs this block's local; busy = the "
+        f"busiest worker's task seconds, last run;\n   {background(sweep.values())})\n"
+        + format_table(headers, sweep_rows(sweep, sweep["local"]), md))
+    default = next(iter(profiler.values()))
+    blocks.append(
+        f"== what limits Dask (2): the workers' statistical profiler, on a second LocalCluster "
+        f"alive at the same time\n   (median of {args.repeats}, interleaved; ratio vs profiler "
+        f"on; {background(profiler.values())})\n"
+        + format_table(headers, sweep_rows(profiler, default), md))
 
     # 3. CPU seconds per run: who uses the 2 cores.
     rows = []
     runs = [("main: local", t_local), ("main: dask", t_dask),
-            *((f"diagnostics: {name}", t) for name, t in sweep.items())]
+            *((f"(1) {name}", t) for name, t in sweep.items()),
+            *((f"(2) {name}", t) for name, t in profiler.items())]
     for name, t in runs:
         wall = t.cpu_median("wall")
         client_s, workers_s, other = (t.cpu_median(n) for n in ("client", "workers", "other"))
         rows.append([name, f"{wall:.3f}", f"{client_s:.3f}", f"{workers_s:.3f}",
                      f"{other:.3f}", f"{(client_s + workers_s) / wall:.2f}"])
     blocks.append("== CPU seconds per run (median; client = this process, incl. the "
-                  "LocalCluster scheduler; other = rest of the machine)\n" + format_table(
+                  "LocalCluster scheduler; workers = all worker and nanny processes;\n"
+                  "   other = rest of the machine; cores used = (client + workers) / wall)\n"
+                  + format_table(
                       ("run", "wall s", "client CPU s", "workers CPU s", "other CPU s",
                        "cores used"), rows, md))
 
@@ -566,11 +589,11 @@ def diagnostics(args: argparse.Namespace, job: sl.Stream, local: sl.LocalRunner,
         "== output transfer and memory\n"
         f"fetch the {output.num_rows:,}-row output ({mb:,.0f} MB Arrow, {parts} slices held "
         f"on the workers) into this process, median of {args.repeats}:\n"
-        f"   relayed by the scheduler (Client default, what DaskRunner runs do): "
-        f"{relay_s * 1000:,.0f} ms ({mb / relay_s:,.0f} MB/s) = {relay_s * 1000 / exec_ms:.0%} "
-        f"of the Dask execution phase ({exec_ms:,.0f} ms)\n"
-        f"   directly from the workers (direct=True): {direct_s * 1000:,.0f} ms "
-        f"({mb / direct_s:,.0f} MB/s)\n"
+        f"   directly from the workers (gather(direct=True), as the JobManager fetches): "
+        f"{direct_s * 1000:,.0f} ms ({mb / direct_s:,.0f} MB/s) = "
+        f"{direct_s * 1000 / exec_ms:.0%} of the Dask execution phase ({exec_ms:,.0f} ms)\n"
+        f"   relayed by the scheduler (a Client's default): {relay_s * 1000:,.0f} ms "
+        f"({mb / relay_s:,.0f} MB/s)\n"
         f"memory after the runs: this process {_rss() / 2**20:,.0f} MiB RSS; workers "
         + ", ".join(f"{v / 2**20:,.0f} MiB" for v in mem.values()) + " RSS")
     return blocks
