@@ -27,14 +27,18 @@ Examples
 from __future__ import annotations
 
 import builtins
+import dataclasses
+from dataclasses import dataclass
 
 import numba
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sabot_lab.ops import aggregates
+from sabot_lab.ops.aggregates import PartialAggregates
 from sabot_lab.ops.base import Operator
+from sabot_lab.ops.keys import KeyDictionary
 from sabot_lab.plan.nodes import WATERMARK_COLUMN, TopN, Watermark, WindowAggregate
 from sabot_lab.plan.windows import parse_duration, to_unit
 
@@ -47,7 +51,32 @@ def event_times(array: pa.Array) -> np.ndarray:
     """Event times as int64 in the column's own unit (null slots hold 0)."""
     if pa.types.is_timestamp(array.type):
         array = array.cast(pa.int64())
-    return array.fill_null(0).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    if array.null_count:
+        array = array.fill_null(0)
+    return array.cast(pa.int64()).to_numpy(zero_copy_only=False)
+
+
+@numba.njit(nogil=True, cache=True)
+def _classify(ts, wm, slide, size, lateness, j, start, kind):  # pragma: no cover - numba
+    """For window ``j`` of each row (0 = the latest window holding it): its start, and
+    whether the row is normal (0), an update of an emitted window (1) or late (2).
+    Returns the counts of each kind and the smallest and largest start of normal rows."""
+    counts = np.zeros(3, dtype=np.int64)
+    low, high = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    for i in range(ts.shape[0]):
+        s = (ts[i] // slide - j) * slide
+        start[i] = s
+        end = s + size
+        if end + lateness <= wm[i]:
+            kind[i] = 2
+        elif end <= wm[i]:
+            kind[i] = 1
+        else:
+            kind[i] = 0
+            low = min(low, s)
+            high = max(high, s)
+        counts[kind[i]] += 1
+    return counts, low, high
 
 
 @numba.njit(nogil=True, cache=True)
@@ -83,8 +112,10 @@ def _assign(ts, valid, state, bound, skew, check_skew, watermark, accepted, reas
 
 
 def _warm_up() -> None:
-    """Load (or compile) the kernel before the first batch, so its one-off cost is not
+    """Load (or compile) the kernels before the first batch, so their one-off cost is not
     counted as the operator's work."""
+    one = np.zeros(1, dtype=np.int64)
+    _classify(one, one, 1, 1, 0, 0, one.copy(), np.zeros(1, dtype=np.int8))
     for ts in (np.zeros(1, dtype=np.int64), event_times(pa.array([0], pa.int64()))):
         state = np.full(2, _NO_WATERMARK, dtype=np.int64)
         _assign(ts, np.ones(1, dtype=np.bool_), state, 0, 0, False,
@@ -118,7 +149,8 @@ class WatermarkOp(Operator):
     def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
         column = batch.column(self.node.time_col)
         ts = event_times(column)
-        valid = pc.is_valid(column).to_numpy(zero_copy_only=False)
+        valid = pc.is_valid(column).to_numpy(zero_copy_only=False) if column.null_count \
+            else np.ones(len(column), dtype=np.bool_)
         n = batch.num_rows
         watermark = np.empty(n, dtype=np.int64)
         accepted = np.empty(n, dtype=np.bool_)
@@ -139,31 +171,35 @@ class WatermarkOp(Operator):
         return [batch.append_column(WATERMARK_COLUMN, pa.array(watermark))]
 
 
-def _aggregate(frame: pd.DataFrame, node: WindowAggregate) -> pd.DataFrame:
-    """Aggregates per (window_start, keys), sorted by them."""
-    groups = frame.groupby(["window_start", *node.keys], dropna=False, sort=True, observed=True)
-    out = {}
-    for name, agg in node.aggs:
-        if agg.function == "count":
-            out[name] = groups.size()
-        elif agg.function == "quantile":
-            out[name] = groups[agg.column].quantile(agg.q, interpolation="linear")
-        elif agg.function == "sum":
-            out[name] = groups[agg.column].sum(min_count=1)
-        else:
-            out[name] = getattr(groups[agg.column], agg.function)()
-    if not out:
-        return groups.size().to_frame("n").drop(columns="n").reset_index()
-    return pd.DataFrame(out).reset_index()
+@dataclass
+class _OpenWindow:
+    """A window with state: its row of slots, whether it has fired, and the revision last
+    emitted per key id (-1: none yet; only kept while updates are possible)."""
+
+    row: int
+    fired: bool = False
+    revisions: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.zeros(0, dtype=np.int32))
+
+    def revision(self, key: int) -> int:
+        return int(self.revisions[key]) if key < len(self.revisions) else -1
+
+    def set_revision(self, keys: np.ndarray, revision: int) -> None:
+        if len(keys) and keys.max() >= len(self.revisions):
+            grown = np.full(int(keys.max()) + 1, -1, dtype=np.int32)
+            grown[:len(self.revisions)] = self.revisions
+            self.revisions = grown
+        self.revisions[keys] = revision
 
 
 class WindowAggregateOp(Operator):
-    """Keeps the rows of open windows, aggregates a window when the watermark passes its end.
+    """Incremental window aggregation: partial aggregates per (window, key), updated per batch.
 
-    State is bounded by the open windows: a window's rows are dropped once the watermark is
-    past its end plus the allowed lateness. Aggregation at firing time is vectorized
-    (pandas group-by); rows that update an emitted window are rare by construction and are
-    handled one by one.
+    Each batch is classified per row (and per window the row belongs to): rows the watermark
+    had not passed go into their window's slots with one numba kernel call per column; rows
+    within the allowed lateness update an emitted window and re-emit it; later rows go to the
+    ``late`` side output. Windows fire when the watermark passes their end, and their state is
+    freed once no update can reach them, so memory is bounded by the open windows.
     """
 
     node: WindowAggregate
@@ -179,148 +215,170 @@ class WindowAggregateOp(Operator):
         self.schema = self.node.schema
         self.time_type = self.schema.field("window_start").type
         self.metrics.aggregates = True
-        late_type = pa.duration(unit) if pa.types.is_timestamp(self.time_type) else pa.int64()
+        child = self.node.child.schema
+        self.late_type = pa.duration(unit) if pa.types.is_timestamp(self.time_type) \
+            else pa.int64()
         self.side_outputs.declare("late", pa.schema(
-            [f for f in self.node.child.schema if f.name != WATERMARK_COLUMN]
+            [f for f in child if f.name != WATERMARK_COLUMN]
             + [pa.field("window_start", self.time_type), pa.field("window_end", self.time_type),
-               pa.field("late_by", late_type)]))
-        self.columns = list(dict.fromkeys(
-            [*self.node.keys, *(a.column for _, a in self.node.aggs if a.column)]))
-        self.open: list[pd.DataFrame] = []      # rows of windows not yet emitted
-        self.open_first_end = np.iinfo(np.int64).max  # earliest end among open windows
-        self.emitted: list[pd.DataFrame] = []   # rows of emitted windows still within lateness
-        self.revisions: dict[tuple, int] = {}
+               pa.field("late_by", self.late_type)]))
+        self.keys = KeyDictionary(pa.schema([child.field(k) for k in self.node.keys]))
+        self.partials = PartialAggregates(self.node.aggs, child)
+        self.open: dict[int, _OpenWindow] = {}  # by window start
         self.watermark = _NO_WATERMARK
+        _warm_up()
+        aggregates.warm_up()
 
-    def _expand(self, batch: pa.RecordBatch) -> pd.DataFrame:
-        """One row per (row, window it belongs to), with window_start and the row watermark."""
-        ts = event_times(batch.column(self.node.time_col))
-        first = np.floor_divide(ts, self.slide) * self.slide
-        k = self.size // self.slide
-        frame = batch.select(self.columns).to_pandas() if self.columns else pd.DataFrame(
-            index=range(batch.num_rows))
-        frame["_row"] = np.arange(batch.num_rows)
-        frame["_wm"] = batch.column(WATERMARK_COLUMN).to_numpy()
-        if k == 1:
-            frame["window_start"] = first
-            return frame
-        expanded = frame.loc[np.repeat(frame.index.to_numpy(), k)].reset_index(drop=True)
-        expanded["window_start"] = np.repeat(first, k) - np.tile(np.arange(k), len(first)) * (
-            self.slide)
-        return expanded
+    # --- per batch -------------------------------------------------------------------------
 
     def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
-        frame = self._expand(batch)
-        self.metrics.add(rows_expanded=len(frame) - batch.num_rows)
-        end = frame["window_start"].to_numpy() + self.size
-        wm = frame["_wm"].to_numpy()
-        late = end + self.lateness <= wm
-        update = (end <= wm) & ~late
-        normal = ~(late | update)
-        self.metrics.add(rows_aggregated=int(normal.sum() + update.sum()))
-        if late.any():
-            self._side_output_late(batch, frame[late], wm[late] - end[late])
-        if normal.any():
-            self.open.append(frame[normal])
-            first_end = int(frame["window_start"].to_numpy()[normal].min()) + self.size
-            self.open_first_end = builtins.min(self.open_first_end, first_end)
+        n = batch.num_rows
+        if not n:
+            return []
         ts = event_times(batch.column(self.node.time_col))
-        if len(ts):
-            self.watermark = builtins.max(self.watermark, int(ts.max()) - self.bound)
+        wm = batch.column(WATERMARK_COLUMN).to_numpy()
+        key_ids = self.keys.encode(batch.select(list(self.node.keys)))
+        self.partials.ensure_keys(len(self.keys))
+        per_row = self.size // self.slide
+        self.metrics.add(rows_expanded=n * (per_row - 1))
+        late: list[tuple[np.ndarray, np.ndarray]] = []
+        updates: list[tuple[np.ndarray, np.ndarray]] = []
+        aggregated = 0
+        start = np.empty(n, dtype=np.int64)
+        kind = np.empty(n, dtype=np.int8)
+        for j in range(per_row):  # the windows a row belongs to: one for tumbling
+            counts, low, high = _classify(ts, wm, self.slide, self.size, self.lateness, j,
+                                          start, kind)
+            if counts[0] == n:
+                self._accumulate(start, low, high, key_ids, batch, None)
+            elif counts[0]:
+                self._accumulate(start, low, high, key_ids, batch, kind == 0)
+            aggregated += int(counts[0] + counts[1])
+            for code, out in ((2, late), (1, updates)):
+                if counts[code]:
+                    rows = np.flatnonzero(kind == code)
+                    out.append((rows + j * n, start[rows]))  # sortable: row, then window
+        self.metrics.add(rows_aggregated=aggregated)
+        if late:
+            self._side_output_late(batch, *self._in_arrival_order(late, n), wm)
+        self.watermark = builtins.max(self.watermark, int(ts.max()) - self.bound,
+                                      int(wm.max()))
         out = self._fire(self.watermark)
-        if update.any():
-            out.append(self._updates(frame[update]))
+        if updates:
+            out.append(self._updates(batch, key_ids, *self._in_arrival_order(updates, n)))
         self._free(self.watermark)
-        return [b for b in out if b.num_rows]
+        return out
+
+    @staticmethod
+    def _in_arrival_order(parts: list[tuple[np.ndarray, np.ndarray]], n: int
+                          ) -> tuple[np.ndarray, np.ndarray]:
+        """(row, window start) pairs ordered by row, then by window."""
+        order_key = np.concatenate([p for p, _ in parts])
+        starts = np.concatenate([s for _, s in parts])
+        order = np.lexsort((order_key // n, order_key % n))
+        return order_key[order] % n, starts[order]
+
+    def _window(self, start: int) -> _OpenWindow:
+        window = self.open.get(start)
+        if window is None:
+            window = self.open[start] = _OpenWindow(self.partials.new_row())
+        return window
+
+    def _accumulate(self, start: np.ndarray, low: int, high: int, key_ids: np.ndarray,
+                    batch: pa.RecordBatch, take: np.ndarray | None) -> None:
+        if low == high:  # the usual case: the whole batch is in one window
+            self.partials.accumulate(self._window(low).row, key_ids, batch, take)
+            return
+        index = (start - low) // self.slide
+        if take is not None:
+            index[~take] = 0
+        if (high - low) // self.slide < 4 * len(index):
+            present = np.flatnonzero(np.bincount(index if take is None else index[take]))
+            rows = np.zeros(int(present.max()) + 1, dtype=np.int64)
+            rows[present] = [self._window(low + int(i) * self.slide).row for i in present]
+        else:  # windows far apart (a bad clock without a skew guard): no table that large
+            present, index = np.unique(index, return_inverse=True)
+            rows = np.array([self._window(low + int(i) * self.slide).row for i in present])
+        self.partials.accumulate(rows[index], key_ids, batch, take)
 
     def on_watermark(self, timestamp: int) -> list[pa.RecordBatch]:
         return self._fire(timestamp)
 
     def finish(self) -> list[pa.RecordBatch]:
         """End of a bounded input: every open window fires."""
-        return [b for b in self._fire(np.iinfo(np.int64).max) if b.num_rows]
+        out = self._fire(np.iinfo(np.int64).max)
+        self._free(np.iinfo(np.int64).max)
+        return out
+
+    # --- firing, updates, freeing -------------------------------------------------------------
 
     def _fire(self, watermark: int) -> list[pa.RecordBatch]:
-        if not self.open or watermark < self.open_first_end:
-            return []  # nothing can fire: leave the buffered rows alone
-        rows = pd.concat(self.open, ignore_index=True)
-        ends = rows["window_start"].to_numpy() + self.size
-        ready = ends <= watermark
-        self.open = [rows[~ready]] if (~ready).any() else []
-        self.open_first_end = int(ends[~ready].min()) if (~ready).any() else np.iinfo(
-            np.int64).max
-        firing = rows[ready]
-        if self.lateness:  # only windows that late rows may still update keep their rows
-            self.emitted.append(firing)
-        result = _aggregate(firing, self.node)
-        if self.lateness:  # updates can follow: remember which groups were emitted
-            group_cols = ["window_start", *self.node.keys]
-            for key in result[group_cols].itertuples(index=False, name=None):
-                self.revisions[key] = 0
-        return [self._to_batch(result, revision=0)]
+        ready = sorted(s for s, w in self.open.items()
+                       if not w.fired and s + self.size <= watermark)
+        parts = []
+        for start in ready:
+            window = self.open[start]
+            keys = self.partials.present(window.row)
+            parts.append(self._batch(np.full(len(keys), start), keys,
+                                     self.partials.arrays(window.row, keys),
+                                     np.zeros(len(keys), dtype=np.int32)))
+            window.fired = True
+            if self.lateness:
+                window.set_revision(keys, 0)
+            else:
+                self.partials.release(window.row)
+                del self.open[start]
+        if not parts:
+            return []
+        table = pa.Table.from_batches(parts)
+        if self.node.keys:
+            table = table.sort_by([("window_start", "ascending")] + [
+                (k, "ascending") for k in self.node.keys])
+        return table.combine_chunks().to_batches()
 
-    def _updates(self, rows: pd.DataFrame) -> pa.RecordBatch:
-        """One updated result per late-but-allowed row, in arrival order."""
-        history = pd.concat(self.emitted, ignore_index=True) if self.emitted else rows.iloc[:0]
+    def _updates(self, batch: pa.RecordBatch, key_ids: np.ndarray, rows: np.ndarray,
+                 starts: np.ndarray) -> pa.RecordBatch:
+        """One updated result per row inside the allowed lateness, in arrival order."""
         out = []
-        group_cols = ["window_start", *self.node.keys]
-        for i in range(len(rows)):  # rare: rows inside the allowed lateness only
-            row = rows.iloc[[i]]
-            history = pd.concat([history, row], ignore_index=True)
-            same = np.ones(len(history), dtype=bool)
-            for c in group_cols:
-                value = row[c].iloc[0]
-                same &= (history[c] == value).to_numpy() if not pd.isna(value) else (
-                    history[c].isna().to_numpy())
-            key = tuple(row[c].iloc[0] for c in group_cols)
+        for row, start in zip(rows.tolist(), starts.tolist(), strict=True):
+            # Rare by construction (rows behind the watermark but within the lateness).
+            window = self._window(start)
+            window.fired = True
+            key = key_ids[row:row + 1]
+            self.partials.accumulate(window.row, key, batch.slice(row, 1))
             # A group first seen through a late-but-allowed row gets its first result (0).
-            self.revisions[key] = self.revisions.get(key, -1) + 1
-            result = _aggregate(history[same], self.node)
-            result["revision"] = self.revisions[key]
-            out.append(result)
-        self.emitted = [history]
-        return self._to_batch(pd.concat(out, ignore_index=True), revision=None)
+            revision = window.revision(int(key[0])) + 1
+            window.set_revision(key, revision)
+            out.append(self._batch(np.array([start]), key,
+                                   self.partials.arrays(window.row, key),
+                                   np.array([revision], dtype=np.int32)))
+        return pa.Table.from_batches(out).combine_chunks().to_batches()[0]
 
     def _free(self, watermark: int) -> None:
-        """Forget windows past their allowed lateness."""
-        if not self.emitted:
-            return
-        first_expiry = builtins.min(int(f["window_start"].min()) for f in self.emitted if len(f))\
-            if any(len(f) for f in self.emitted) else np.iinfo(np.int64).max
-        if watermark < first_expiry + self.size + self.lateness:
-            return  # no emitted window is past its allowed lateness yet
-        rows = pd.concat(self.emitted, ignore_index=True)
-        keep = (rows["window_start"].to_numpy() + self.size + self.lateness) > watermark
-        self.emitted = [rows[keep]] if keep.any() else []
-        if not keep.all():
-            gone = set(rows.loc[~keep, "window_start"])
-            self.revisions = {k: v for k, v in self.revisions.items() if k[0] not in gone}
+        """Forget windows that no row can reach any more (past end + allowed lateness)."""
+        for start in [s for s, w in self.open.items()
+                      if w.fired and s + self.size + self.lateness <= watermark]:
+            self.partials.release(self.open.pop(start).row)
 
-    def _to_batch(self, frame: pd.DataFrame, revision: int | None) -> pa.RecordBatch:
-        if revision is not None:
-            frame["revision"] = revision
-        frame["is_update"] = frame["revision"] > 0
-        frame["window_end"] = frame["window_start"] + self.size
-        arrays = []
-        for field in self.schema:
-            values = frame[field.name]
-            if field.name in ("window_start", "window_end"):
-                arrays.append(pa.array(values.to_numpy(np.int64)).cast(self.time_type))
-            else:
-                arrays.append(pa.Array.from_pandas(values).cast(field.type))
-        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+    def _batch(self, starts: np.ndarray, keys: np.ndarray, aggs: dict[str, pa.Array],
+               revisions: np.ndarray) -> pa.RecordBatch:
+        starts = starts.astype(np.int64)
+        columns = {"window_start": pa.array(starts).cast(self.time_type),
+                   "window_end": pa.array(starts + self.size).cast(self.time_type),
+                   **dict(zip(self.node.keys, self.keys.values(keys), strict=True)),
+                   **aggs,
+                   "revision": pa.array(revisions, pa.int32()),
+                   "is_update": pa.array(revisions > 0)}
+        return pa.RecordBatch.from_arrays(
+            [columns[f.name].cast(f.type) for f in self.schema], schema=self.schema)
 
-    def _side_output_late(self, batch: pa.RecordBatch, rows: pd.DataFrame, late_by: np.ndarray
-                          ) -> None:
-        source_rows = pa.array(rows["_row"].to_numpy())
-        late = batch.take(source_rows).drop_columns([WATERMARK_COLUMN])
-        start = rows["window_start"].to_numpy(np.int64)
-        late = late.append_column("window_start", pa.array(start).cast(self.time_type))
-        late = late.append_column("window_end",
-                                  pa.array(start + self.size).cast(self.time_type))
-        late_type = pa.duration(self.node.time_unit) if pa.types.is_timestamp(
-            self.time_type) else pa.int64()
-        late = late.append_column("late_by", pa.array(late_by.astype(np.int64)).cast(late_type))
+    def _side_output_late(self, batch: pa.RecordBatch, rows: np.ndarray, starts: np.ndarray,
+                          wm: np.ndarray) -> None:
+        late = batch.take(pa.array(rows)).drop_columns([WATERMARK_COLUMN])
+        ends = starts + self.size
+        late = late.append_column("window_start", pa.array(starts).cast(self.time_type))
+        late = late.append_column("window_end", pa.array(ends).cast(self.time_type))
+        late = late.append_column("late_by", pa.array(wm[rows] - ends).cast(self.late_type))
         self.side_outputs.emit("late", late)
         self.metrics.add(rows_side_output=len(rows))
 
