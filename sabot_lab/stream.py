@@ -360,7 +360,7 @@ class Stream:
             raise PlanError("top_n() with allowed lateness is not supported yet: updates "
                             "would change rankings already emitted. Use with_watermark(..., "
                             "allowed_lateness='0s') for the ranked job")
-        return Stream(TopN(self.node, n, by))
+        return Stream(TopN(self.node, n, by, group_keys=window.keys))
 
     def union(self, *others: Stream) -> Stream:
         """Concatenate streams with the same columns and types.

@@ -19,8 +19,10 @@ Examples
 ...                               ("p50", quantile("v", 0.5))), schema)
 >>> row = partials.new_row()
 >>> partials.accumulate(row, np.array([0, 1, 0]), pa.record_batch({"v": [1.0, 5.0, 3.0]}))
->>> partials.results(row, np.array([0, 1]))
+>>> {name: a.to_pylist() for name, a in partials.arrays(row, np.array([0, 1])).items()}
 {'n': [2, 1], 'avg': [2.0, 5.0], 'p50': [2.0, 5.0]}
+>>> partials.results(row, 0)
+{'n': 2, 'avg': 2.0, 'p50': 2.0}
 """
 
 from __future__ import annotations
@@ -221,6 +223,7 @@ class PartialAggregates:
         self.counts = np.zeros(0, np.int64)
         # Exact quantiles: per row, per column, the (key ids, values) chunks seen so far.
         self.kept: dict[int, dict[str, list[tuple[np.ndarray, np.ndarray]]]] = {}
+        self.sorted_kept: set[tuple[int, str]] = set()  # (row, column) whose chunk 0 is sorted
 
     @property
     def nbytes(self) -> int:
@@ -275,22 +278,95 @@ class PartialAggregates:
         for owner, name in self._arrays():
             getattr(owner, name)[window] = self._fresh(owner, name, 1)[0]
         self.kept.pop(row, None)
+        self.sorted_kept -= {(row, c) for c in self.quantile_columns}
         self.free_rows.append(row)
 
-    def accumulate(self, row: int | np.ndarray, keys: np.ndarray, batch: pa.RecordBatch,
+    def merge_keys(self, row: int, into: np.ndarray, source: np.ndarray) -> None:
+        """Add the slots ``(row, source)`` to ``(row, into)`` pairwise and clear the sources
+        (e.g. two sessions joined by a row between them). A source must not also be a target.
+
+        >>> from sabot_lab.plan.windows import count, max
+        >>> partials = PartialAggregates((("n", count()), ("hi", max("v"))),
+        ...                              pa.schema([("v", pa.int64())]))
+        >>> row = partials.new_row()
+        >>> partials.ensure_keys(3)
+        >>> partials.accumulate(row, np.array([0, 1, 2]), pa.record_batch({"v": [4, 9, 1]}))
+        >>> partials.merge_keys(row, np.array([0, 0]), np.array([1, 2]))
+        >>> {name: a.to_pylist() for name, a in partials.arrays(row, np.array([0])).items()}
+        {'n': [3], 'hi': [9]}
+        >>> partials.present(row).tolist()
+        [0]
+        """
+        base = row * self.key_capacity
+        target, origin = base + np.asarray(into), base + np.asarray(source)
+        np.add.at(self.counts, target, self.counts[origin])
+        for state in self.columns.values():
+            np.add.at(state.sums, target, state.sums[origin])
+            np.add.at(state.nonnull, target, state.nonnull[origin])
+            np.minimum.at(state.mins, target, state.mins[origin])
+            np.maximum.at(state.maxs, target, state.maxs[origin])
+        self._reset(origin)
+        if self.quantile_columns and len(origin):
+            relabel = np.arange(self.key_capacity)
+            relabel[source] = into
+            for column in self.quantile_columns:
+                chunks = self.kept[row][column]
+                chunks[:] = [(relabel[k], v) for k, v in chunks]
+                self.sorted_kept.discard((row, column))
+
+    def clear_keys(self, row: int, keys: np.ndarray) -> None:
+        """Reset the slots ``(row, keys)`` (and forget their values kept for quantiles),
+        leaving the rest of the row as it is.
+
+        >>> from sabot_lab.plan.windows import quantile
+        >>> partials = PartialAggregates((("p50", quantile("v", 0.5)),),
+        ...                              pa.schema([("v", pa.float64())]))
+        >>> row = partials.new_row()
+        >>> partials.ensure_keys(2)
+        >>> partials.accumulate(row, np.array([0, 1, 1]), pa.record_batch({"v": [1.0, 2., 4.]}))
+        >>> partials.clear_keys(row, np.array([0]))
+        >>> partials.present(row).tolist()
+        [1]
+        >>> partials.arrays(row, np.array([0, 1]))["p50"].to_pylist()
+        [None, 3.0]
+        """
+        self._reset(row * self.key_capacity + np.asarray(keys))
+        if self.quantile_columns and len(keys):
+            drop = np.zeros(self.key_capacity, dtype=np.bool_)
+            drop[keys] = True
+            for column in self.quantile_columns:
+                chunks = self.kept[row][column]
+                for i, (k, v) in enumerate(chunks):
+                    keep = ~drop[k]
+                    chunks[i] = (k[keep], v[keep])
+
+    def _reset(self, slots: np.ndarray) -> None:
+        for owner, name in self._arrays():
+            getattr(owner, name)[slots] = self._fresh(owner, name, 1)[0]
+
+    def prepare(self, batch: pa.RecordBatch) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The aggregated columns of ``batch`` as (values, validity) numpy arrays."""
+        return {name: _numeric(batch.column(name))
+                for name in [*self.columns, *self.quantile_columns]}
+
+    def accumulate(self, row: int | np.ndarray, keys: np.ndarray,
+                   data: pa.RecordBatch | dict[str, tuple[np.ndarray, np.ndarray]],
                    take: np.ndarray | None = None) -> None:
-        """Add the rows of ``batch`` selected by ``take`` (all when ``None``) to the slots of
-        ``(row, keys)``; ``row`` may be one row for all or one per input row."""
+        """Add the rows selected by ``take`` (all when ``None``) to the slots of
+        ``(row, keys)``; ``row`` may be one row for all or one per input row. ``data`` is a
+        batch or its :meth:`prepare`-d columns."""
+        if isinstance(data, pa.RecordBatch):
+            data = self.prepare(data)
         slots = np.asarray(row, dtype=np.int64) * self.key_capacity + keys
         if take is not None:
             slots = np.where(take, slots, -1)
         _count(slots, self.counts)
         for name, state in self.columns.items():
-            values, valid = _numeric(batch.column(name))
+            values, valid = data[name]
             _accumulate(slots, values.astype(state.dtype, copy=False), valid, state.sums,
                         state.nonnull, state.mins, state.maxs)
         for name in self.quantile_columns:
-            values, valid = _numeric(batch.column(name))
+            values, valid = data[name]
             values = values.astype(np.float64, copy=False)
             keep = valid & ~np.isnan(values)
             if take is not None:
@@ -311,10 +387,42 @@ class PartialAggregates:
         counts = self.counts[row * self.key_capacity:(row + 1) * self.key_capacity]
         return np.flatnonzero(counts)
 
-    def results(self, row: int, keys: np.ndarray) -> dict[str, list]:
-        """Aggregates of ``(row, keys)`` as Python lists (small: used by doctests and
-        updates); :meth:`arrays` gives the Arrow arrays."""
-        return {name: array.to_pylist() for name, array in self.arrays(row, keys).items()}
+    def results(self, row: int, key: int) -> dict[str, object]:
+        """Aggregates of one slot as Python values (None for no values), without building
+        Arrow arrays: the per-row path of updates."""
+        slot = row * self.key_capacity + key
+        out: dict[str, object] = {}
+        for name, agg in self.aggs:
+            if agg.function == "count":
+                out[name] = int(self.counts[slot])
+            elif agg.function == "quantile":
+                values = self._values_of(row, agg.column, key)
+                out[name] = float(np.quantile(values, agg.q)) if len(values) else None
+            else:
+                state = self.columns[agg.column]
+                n = int(state.nonnull[slot])
+                if not n:
+                    out[name] = None
+                elif agg.function == "mean":
+                    out[name] = float(state.sums[slot] / n)
+                else:
+                    attribute = {"sum": "sums", "min": "mins", "max": "maxs"}[agg.function]
+                    out[name] = getattr(state, attribute)[slot].item()
+        return out
+
+    def _values_of(self, row: int, column: str, key: int) -> np.ndarray:
+        """The kept values of one slot. The row's values are sorted by key once (and again
+        after every 64 single-row additions), so each look-up is a binary search."""
+        chunks = self.kept[row][column]
+        if (row, column) not in self.sorted_kept or len(chunks) > 64:
+            ids = np.concatenate([k for k, _ in chunks] or [np.zeros(0, np.int64)])
+            values = np.concatenate([v for _, v in chunks] or [np.zeros(0)])
+            order = np.argsort(ids, kind="stable")
+            chunks[:] = [(ids[order], values[order])]
+            self.sorted_kept.add((row, column))
+        ids, values = chunks[0]
+        low, high = np.searchsorted(ids, key, "left"), np.searchsorted(ids, key, "right")
+        return np.concatenate([values[low:high], *(v[k == key] for k, v in chunks[1:])])
 
     def arrays(self, row: int, keys: np.ndarray) -> dict[str, pa.Array]:
         """Aggregates of the slots ``(row, keys)``, one Arrow array per output column."""
@@ -352,6 +460,7 @@ class PartialAggregates:
             values = np.concatenate([v for _, v in chunks]) if chunks else np.zeros(0)
             if len(chunks) > 1:  # keep one chunk: updates re-read the window
                 self.kept[row][column] = [(ids, values)]
+            self.sorted_kept.discard((row, column))
             result = np.empty((len(keys), len(qs)))
             _group_quantiles(ids, values, np.asarray(keys, dtype=np.int64), np.array(qs),
                              result)

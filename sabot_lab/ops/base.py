@@ -68,6 +68,9 @@ class OperatorMetrics:
     aggregates: bool = False
     #: The operator's current event-time watermark, in the time column's unit.
     watermark: int | None = None
+    #: Keyed state held (keyed operators; summed over agents): keys and bytes.
+    state_keys: int | None = None
+    state_bytes: int | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: float) -> None:
@@ -159,6 +162,14 @@ class Operator:
     def finish(self) -> list[pa.RecordBatch]:
         """Flush at the end of a bounded input."""
         return []
+
+    def snapshot(self) -> bytes | None:
+        """The operator's state as bytes (``None``: stateless)."""
+        return None
+
+    def restore(self, state: bytes) -> None:
+        """Continue from a :meth:`snapshot`."""
+        raise TypeError(f"{self.metrics.label} is stateless: there is nothing to restore")
 
 
 def run_chain(ops: Sequence[Operator], batches: list[pa.RecordBatch]) -> list[pa.RecordBatch]:

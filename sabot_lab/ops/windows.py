@@ -140,6 +140,14 @@ class WatermarkOp(Operator):
             pa.field("reason", pa.string())))
         _warm_up()
 
+    def snapshot(self) -> bytes:
+        """The running maximum and the previous row's event time."""
+        return self.state.tobytes()
+
+    def restore(self, state: bytes) -> None:
+        self.state[:] = np.frombuffer(state, dtype=np.int64)
+        self.metrics.watermark = self.watermark
+
     @property
     def watermark(self) -> int:
         """The current watermark (after every row seen so far)."""
@@ -239,6 +247,7 @@ class WindowAggregateOp(Operator):
         wm = batch.column(WATERMARK_COLUMN).to_numpy()
         key_ids = self.keys.encode(batch.select(list(self.node.keys)))
         self.partials.ensure_keys(len(self.keys))
+        data = self.partials.prepare(batch)
         per_row = self.size // self.slide
         self.metrics.add(rows_expanded=n * (per_row - 1))
         late: list[tuple[np.ndarray, np.ndarray]] = []
@@ -250,9 +259,9 @@ class WindowAggregateOp(Operator):
             counts, low, high = _classify(ts, wm, self.slide, self.size, self.lateness, j,
                                           start, kind)
             if counts[0] == n:
-                self._accumulate(start, low, high, key_ids, batch, None)
+                self._accumulate(start, low, high, key_ids, data, None)
             elif counts[0]:
-                self._accumulate(start, low, high, key_ids, batch, kind == 0)
+                self._accumulate(start, low, high, key_ids, data, kind == 0)
             aggregated += int(counts[0] + counts[1])
             for code, out in ((2, late), (1, updates)):
                 if counts[code]:
@@ -285,9 +294,9 @@ class WindowAggregateOp(Operator):
         return window
 
     def _accumulate(self, start: np.ndarray, low: int, high: int, key_ids: np.ndarray,
-                    batch: pa.RecordBatch, take: np.ndarray | None) -> None:
+                    data: dict, take: np.ndarray | None) -> None:
         if low == high:  # the usual case: the whole batch is in one window
-            self.partials.accumulate(self._window(low).row, key_ids, batch, take)
+            self.partials.accumulate(self._window(low).row, key_ids, data, take)
             return
         index = (start - low) // self.slide
         if take is not None:
@@ -299,7 +308,7 @@ class WindowAggregateOp(Operator):
         else:  # windows far apart (a bad clock without a skew guard): no table that large
             present, index = np.unique(index, return_inverse=True)
             rows = np.array([self._window(low + int(i) * self.slide).row for i in present])
-        self.partials.accumulate(rows[index], key_ids, batch, take)
+        self.partials.accumulate(rows[index], key_ids, data, take)
 
     def on_watermark(self, timestamp: int) -> list[pa.RecordBatch]:
         return self._fire(timestamp)
@@ -339,20 +348,25 @@ class WindowAggregateOp(Operator):
     def _updates(self, batch: pa.RecordBatch, key_ids: np.ndarray, rows: np.ndarray,
                  starts: np.ndarray) -> pa.RecordBatch:
         """One updated result per row inside the allowed lateness, in arrival order."""
-        out = []
+        data = self.partials.prepare(batch)
+        results: list[dict[str, object]] = []
+        revisions = []
         for row, start in zip(rows.tolist(), starts.tolist(), strict=True):
             # Rare by construction (rows behind the watermark but within the lateness).
             window = self._window(start)
             window.fired = True
             key = key_ids[row:row + 1]
-            self.partials.accumulate(window.row, key, batch.slice(row, 1))
+            self.partials.accumulate(window.row, key, {
+                name: (values[row:row + 1], valid[row:row + 1])
+                for name, (values, valid) in data.items()})
             # A group first seen through a late-but-allowed row gets its first result (0).
             revision = window.revision(int(key[0])) + 1
             window.set_revision(key, revision)
-            out.append(self._batch(np.array([start]), key,
-                                   self.partials.arrays(window.row, key),
-                                   np.array([revision], dtype=np.int32)))
-        return pa.Table.from_batches(out).combine_chunks().to_batches()[0]
+            revisions.append(revision)
+            results.append(self.partials.results(window.row, int(key[0])))
+        aggs = {name: pa.array([r[name] for r in results], self.schema.field(name).type)
+                for name, _ in self.node.aggs}
+        return self._batch(starts, key_ids[rows], aggs, np.array(revisions, dtype=np.int32))
 
     def _free(self, watermark: int) -> None:
         """Forget windows that no row can reach any more (past end + allowed lateness)."""
@@ -395,7 +409,7 @@ class TopNOp(Operator):
 
     def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
         frame = batch.to_pandas()
-        keys = [k for k in self.node.child.keys if k != self.node.by]
+        keys = [k for k in self.node.group_keys if k != self.node.by]
         order = [*self.node.window_keys, self.node.by, *keys]
         ascending = [True] * len(self.node.window_keys) + [False] + [True] * len(keys)
         frame = frame.sort_values(order, ascending=ascending, kind="stable",

@@ -182,6 +182,8 @@ class ExecutionPlan:
     broadcast: list[str]
     workers: list[str]
     timings: dict[str, float] = field(default_factory=dict)
+    #: For windowed jobs, the stages around the exchange by key (None: one stage).
+    event_time: object = None
 
     def frame(self) -> pd.DataFrame:
         """One row per partition task."""
@@ -197,7 +199,10 @@ class ExecutionPlan:
             rows_out=("rows_out", "sum"), seconds=("seconds", "sum"))
 
     def __repr__(self) -> str:
-        lines = [f"ExecutionPlan: 1 stage, {len(self.tasks)} partition tasks on "
+        stages = "1 stage" if self.event_time is None else (
+            "5 stages (pipeline, watermark, exchange by "
+            f"{list(self.event_time.keys) or 'nothing: one key range'}, window, client)")
+        lines = [f"ExecutionPlan: {stages}, {len(self.tasks)} partition tasks on "
                  f"{len(self.workers)} workers; broadcast: {', '.join(self.broadcast) or '-'}"]
         for t in self.tasks:
             lines.append(f"  source {t.source} partition {t.partition:>3} on {t.worker or '?'}: "
@@ -262,16 +267,19 @@ class JobManager:
     def plan(self, graph: JobGraph) -> tuple[ExecutionPlan, Node, list, list[Table]]:
         """Split sources into partitions; return the plan, the task template, the partition
         scans (one list per source) and the reference tables to broadcast."""
-        for node in graph.operators():
+        from sabot_lab.runtime.event_time import event_time_stages
+
+        stages = event_time_stages(graph)
+        scan_graph = JobGraph(Sink(stages.below, CollectSink())) if stages else graph
+        for node in scan_graph.operators():
             if isinstance(node, Watermark | WindowAggregate | TopN):
                 raise NotImplementedError(
-                    f"event-time windows do not run on the DaskRunner yet: {node.label} needs "
-                    f"one global watermark and a hash exchange by key between stages. Run this "
-                    f"job with LocalRunner (the default) for now.")
+                    f"the DaskRunner runs event-time operators on the job's main chain only "
+                    f"(one watermark, one window); {node.label} is below a union")
             if not isinstance(node, (*STATELESS, Source, Union, Sink)):
                 raise NotImplementedError(
                     f"the DaskRunner runs stateless plans; {node.label} needs a keyed exchange")
-        template, references, sources = _template(graph)
+        template, references, sources = _template(scan_graph)
         scans = []
         tasks = []
         for i, source in enumerate(sources):
@@ -284,7 +292,8 @@ class JobManager:
             tasks += [PartitionTask(i, p, part.describe()) for p, part in enumerate(parts)]
         workers = sorted(self.client.scheduler_info()["workers"])
         broadcast = [f"reference {list(r.key)} ({r.num_rows:,} rows)" for r in references]
-        return ExecutionPlan(graph, tasks, broadcast, workers), template, scans, references
+        execution = ExecutionPlan(graph, tasks, broadcast, workers, event_time=stages)
+        return execution, template, scans, references
 
     def submit_job(self, graph: JobGraph) -> Result:
         """Run ``graph`` on the cluster and return its :class:`~sabot_lab.result.Result`."""
@@ -294,6 +303,18 @@ class JobManager:
         sink = graph.root
         execution, template, scans, references = self.plan(graph)
         planned = time.perf_counter()
+        if execution.event_time is not None:
+            from sabot_lab.runtime.event_time import submit_event_time_job
+
+            table, side, metrics = submit_event_time_job(
+                self, graph, execution.event_time, scans, template, references, execution,
+                _run_partition)
+            done = time.perf_counter()
+            execution.timings.update(planning_ms=(planned - start) * 1000,
+                                     execution_ms=(done - planned) * 1000)
+            return Result(table=table, side_outputs={k: pa.concat_tables(v) for k, v in sorted(
+                side.items())}, operator_metrics=metrics, execution_time_ms=(done - start) * 1000,
+                executed_plan=graph, runner="dask", execution=execution)
         ref_futures = [self.client.scatter(r.data, broadcast=True, hash=True)
                        for r in references]
 
@@ -313,7 +334,7 @@ class JobManager:
         outputs: dict[int, dict] = {}
         pending = submissions()
         index_of = {}
-        window = as_completed()
+        window = as_completed(loop=self.client.loop)
         writer = sink.target.open(sink.schema)
         written = 0
         try:

@@ -116,6 +116,14 @@ class _Execution:
             elif not isinstance(n, Source | Union | Sink):
                 self.operators[id(n)] = self._operator(n)
 
+    def by_id(self) -> dict[str, Operator]:
+        """Every operator (fused stages too) by its operator id."""
+        out = {}
+        for op in self.operators.values():
+            for one in op.stages if isinstance(op, FusedOp) else (op,):
+                out[one.metrics.op_id] = one
+        return out
+
     def _operator(self, node: Node) -> Operator:
         return make_operator(node, self.metrics[id(node)], self.side_outputs)
 
@@ -190,8 +198,11 @@ class LocalRunner:
     def __repr__(self) -> str:
         return f"LocalRunner(threads={self.threads})"
 
-    def run(self, graph: JobGraph) -> Result:
-        """Execute ``graph`` (whose root is a Sink) and return its :class:`Result`."""
+    def run(self, graph: JobGraph, restore: dict[str, bytes] | None = None) -> Result:
+        """Execute ``graph`` (whose root is a Sink) and return its :class:`Result`.
+
+        ``restore`` maps operator ids (``graph.node_ids()`` values) to states from their
+        ``snapshot()``, to continue where an earlier run stopped."""
         sink = graph.root
         if not isinstance(sink, Sink):
             raise TypeError(f"a job must end in a Sink, this one ends in {sink.label}")
@@ -199,6 +210,9 @@ class LocalRunner:
         pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         try:
             execution = _Execution(graph, pool, self.threads)
+            operators = execution.by_id()
+            for op_id, state in (restore or {}).items():
+                operators[op_id].restore(state)
             setup_ms = (time.perf_counter() - start) * 1000
             table = self._drain(execution, sink)
         finally:

@@ -27,12 +27,6 @@ from tests.oracle import assert_balanced, assert_same_rows
 distributed = pytest.importorskip("distributed")
 
 
-@pytest.fixture(scope="module")
-def runner():
-    with DaskRunner(n_workers=2, threads_per_worker=1) as r:
-        yield r
-
-
 def _routes() -> pa.Table:
     f = flights()
     pairs = f.select(["origin", "destination"]).group_by(["origin", "destination"]).aggregate(

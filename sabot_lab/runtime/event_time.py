@@ -1,0 +1,243 @@
+"""Event-time windows on Dask: the plan cut into stages around a hash exchange.
+
+A windowed job ``source … → with_watermark → … → window → … → [top_n → …] → sink`` runs as:
+
+1. **pipeline** (one task per source partition, in parallel): everything below the
+   watermark, exactly as a stateless job.
+2. **watermark** (one tiny task per partition, in partition order): the watermark state
+   (running maximum, previous row) after each partition, so that
+3. **exchange** (one task per partition, in parallel) assigns every row the same per-row
+   watermark as a local run that reads the partitions in order, sends bad clocks to
+   ``rejected``, and splits the rows by a hash of the window's group keys.
+4. **window** (one task per key range): the window operator over its keys' rows, in the
+   original arrival order, and the stateless operators after it. Lateness is decided per
+   row from the row's watermark, so each key range emits exactly the rows a local run emits
+   for those keys.
+5. **client**: ``top_n`` (which ranks across all keys) and what follows it, into the sink.
+
+So the merged watermark is the global one (the minimum over inputs is never needed: the
+inputs are ordered), and the output equals the local run's rows. A lost task is recomputed
+from its inputs (stages 1-4 are pure functions of the partition), which is how a killed
+worker is survived.
+"""
+
+from __future__ import annotations
+
+import operator
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from sabot_lab.ops.base import COUNTERS, OperatorMetrics, SideOutputs
+from sabot_lab.ops.sinks import CollectSink
+from sabot_lab.ops.sources import TableScan
+from sabot_lab.ops.windows import WatermarkOp
+from sabot_lab.plan.graph import JobGraph
+from sabot_lab.plan.nodes import (
+    STATELESS,
+    Fused,
+    Node,
+    Sink,
+    Source,
+    TopN,
+    Union,
+    Watermark,
+    WindowAggregate,
+)
+from sabot_lab.runtime.local import LocalRunner
+from sabot_lab.runtime.partitioning import partition_ids, split_by_partition
+
+__all__ = ["EventTimeStages", "event_time_stages"]
+
+
+@dataclass(frozen=True)
+class EventTimeStages:
+    """A windowed plan cut at its watermark and its window (chains listed top to bottom)."""
+
+    below: Node
+    watermark: Watermark
+    middle: tuple[Node, ...]
+    reducer: tuple[Node, ...]
+    client: tuple[Node, ...]
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The group keys rows are exchanged by (none: one key range)."""
+        windows = [n for n in self.reducer if isinstance(n, WindowAggregate)]
+        return windows[0].keys if windows else ()
+
+
+def event_time_stages(graph: JobGraph) -> EventTimeStages | None:
+    """Cut ``graph`` for the DaskRunner, or ``None`` when it has no watermark on its main
+    chain (a stateless job). Shapes the runner cannot distribute raise
+    ``NotImplementedError`` naming the node."""
+    chain: list[Node] = []
+    node = graph.root.children[0]
+    while not isinstance(node, Watermark):
+        if isinstance(node, Source | Union):
+            return None
+        chain.append(node)
+        node = node.children[0]
+    watermark = node
+    allowed = (*STATELESS, Fused, WindowAggregate, TopN)
+    for n in [*chain, *JobGraph(Sink(watermark.child, CollectSink())).operators()]:
+        if not isinstance(n, (*allowed, Source, Union, Sink)) or (
+                n in chain and isinstance(n, Source | Union)):
+            raise NotImplementedError(f"the DaskRunner cannot distribute {n.label} yet")
+    below_ops = JobGraph(Sink(watermark.child, CollectSink())).operators()
+    if any(isinstance(n, Watermark | WindowAggregate | TopN) for n in below_ops):
+        raise NotImplementedError(
+            "the DaskRunner runs one watermark per job, on the main chain; this plan has "
+            "event-time operators below a union or a second watermark")
+    windows = [i for i, n in enumerate(chain) if isinstance(n, WindowAggregate)]
+    if len(windows) > 1:
+        raise NotImplementedError("the DaskRunner runs one window per job")
+    tops = [i for i, n in enumerate(chain) if isinstance(n, TopN)]
+    cut_client = max(tops) + 1 if tops else 0
+    cut_middle = windows[0] + 1 if windows else len(chain)
+    return EventTimeStages(
+        below=watermark.child, watermark=watermark,
+        middle=tuple(chain[cut_middle:]), reducer=tuple(chain[cut_client:cut_middle]),
+        client=tuple(chain[:cut_client]))
+
+
+def rebase(chain: tuple[Node, ...], bottom: Node) -> Node:
+    """The chain (listed top to bottom) rebuilt on a new bottom input."""
+    current = bottom
+    for node in reversed(chain):
+        current = node.with_children((current,))
+    return current
+
+
+def _source(table: pa.Table) -> Source:
+    return Source(TableScan(table))
+
+
+def _stage_output(result: object) -> dict:
+    """What a stage task returns: table, side outputs and its operators' metrics (without
+    the stage's own source and sink)."""
+    return {"table": result.table, "side_outputs": result.side_outputs,
+            "metrics": [m.as_dict() for m in result.operator_metrics[1:-1]]}
+
+
+# --- tasks (run on workers) ------------------------------------------------------------------
+
+def watermark_carry(stage1: dict, state: bytes | None, watermark: Watermark) -> bytes:
+    """The watermark state after this partition, given the state before it."""
+    table = stage1["table"]
+    node = watermark.with_children((_source(table.select([watermark.time_col]).slice(0, 0)),))
+    op = WatermarkOp(node, OperatorMetrics("", ""), SideOutputs())
+    if state is not None:
+        op.restore(state)
+    for batch in table.select([watermark.time_col]).to_batches():
+        op.process(batch)
+    return op.snapshot()
+
+
+def exchange(stage1: dict, state: bytes | None, watermark: Watermark,
+             middle: tuple[Node, ...], keys: tuple[str, ...], n_ranges: int) -> dict:
+    """Watermarks for this partition's rows (continuing from ``state``), the stateless
+    operators up to the window, and the rows split by key range."""
+    top = rebase(middle, watermark.with_children((_source(stage1["table"]),)))
+    restore = {"1:watermark": state} if state is not None else None
+    result = LocalRunner(threads=1).run(JobGraph(Sink(top, CollectSink())), restore=restore)
+    out = _stage_output(result)
+    table = out.pop("table").combine_chunks()
+    ranges = partition_ids(table, keys, n_ranges) if keys else np.zeros(table.num_rows,
+                                                                           dtype=np.int64)
+    batch = table.to_batches()[0] if table.num_rows else None
+    out["pieces"] = ([pa.Table.from_batches([b]) for b in split_by_partition(
+        batch, ranges, n_ranges)] if batch is not None else [table] * n_ranges)
+    return out
+
+
+def window_range(reducer: tuple[Node, ...], *pieces: pa.Table) -> dict:
+    """The window (and what follows it before ``top_n``) over one key range's rows."""
+    table = pa.concat_tables(pieces)
+    graph = JobGraph(Sink(rebase(reducer, _source(table)), CollectSink()))
+    return _stage_output(LocalRunner(threads=1).run(graph))
+
+
+# --- the job ---------------------------------------------------------------------------------
+
+def submit_event_time_job(manager: object, graph: JobGraph, stages: EventTimeStages,
+                          scans: list, template: Node, references: list, execution: object,
+                          run_partition: object) -> tuple[pa.Table, dict, list]:
+    """Run the stages on ``manager.client``; returns (table, side outputs, metrics)."""
+    client = manager.client
+    retries = manager.retries
+    ref_futures = [client.scatter(r.data, broadcast=True, hash=True) for r in references]
+    with warnings.catch_warnings():
+        # In-memory slices travel inside their tasks, not scattered: a task lost with a
+        # worker is recomputed, so its input must survive the worker (scattered data does
+        # not). Dask warns about task graphs over 10 MB: here that is the data, on purpose.
+        warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+        firsts = [client.submit(run_partition, template, task.source, task.partition,
+                                scans[task.source][task.partition], *ref_futures,
+                                retries=retries, pure=False)
+                  for task in execution.tasks]
+    n_ranges = manager.n_partitions if stages.keys else 1
+    state = None
+    splits = []
+    for first in firsts:
+        splits.append(client.submit(exchange, first, state, stages.watermark, stages.middle,
+                                    stages.keys, n_ranges, retries=retries, pure=False))
+        state = client.submit(watermark_carry, first, state, stages.watermark,
+                              retries=retries, pure=False)
+    pieces = [client.submit(operator.getitem, client.submit(operator.getitem, s, "pieces"), r)
+              for s in splits for r in range(n_ranges)]
+    reduced = [client.submit(window_range, stages.reducer,
+                             *[pieces[k * n_ranges + r] for k in range(len(splits))],
+                             retries=retries, pure=False)
+               for r in range(n_ranges)]
+    first_out = client.gather(firsts, direct=True)
+    split_out = [{k: v for k, v in s.items() if k != "pieces"}
+                 for s in client.gather([client.submit(_without_pieces, s) for s in splits],
+                                        direct=True)]
+    reduce_out = client.gather(reduced, direct=True)
+    for task, out in zip(execution.tasks, first_out, strict=True):
+        task.worker, task.seconds = out["worker"], out["seconds"]
+        task.rows_out = out["table"].num_rows
+
+    n_below = _count(JobGraph(Sink(stages.below, CollectSink())).operators()) - 1
+    offsets = {"exchange": n_below}
+    offsets["window"] = offsets["exchange"] + 1 + _count(stages.middle)
+    offsets["client"] = offsets["window"] + _count(stages.reducer)
+    merged = [OperatorMetrics(graph.node_ids()[id(n)], n.label) for n in graph.operators()]
+    side: dict[str, list[pa.Table]] = {}
+    for offset, outputs in ((0, first_out), (offsets["exchange"], split_out),
+                            (offsets["window"], reduce_out)):
+        for out in outputs:
+            _merge_metrics(merged[offset:], out["metrics"])
+            for name, t in out["side_outputs"].items():
+                side.setdefault(name, []).append(t)
+    # One batch: top_n ranks each batch's windows, so a window must not be split.
+    table = pa.concat_tables([out["table"] for out in reduce_out]).combine_chunks()
+    source = Source(TableScan(table, batch_size=max(1, table.num_rows)))
+    final = LocalRunner(threads=1).run(JobGraph(Sink(rebase(stages.client, source),
+                                                     graph.root.target)))
+    _merge_metrics(merged[offsets["client"]:], [m.as_dict() for m in final.operator_metrics[1:]])
+    for name, t in final.side_outputs.items():
+        side.setdefault(name, []).append(t)
+    return final.table, side, merged
+
+
+def _count(nodes: tuple[Node, ...]) -> int:
+    """Operators in a chain, fused stages counted one by one."""
+    return sum(len(n.stages) if isinstance(n, Fused) else 1 for n in nodes)
+
+
+def _merge_metrics(merged: list[OperatorMetrics], rows: list[dict]) -> None:
+    """Add one task's metrics to the job's; watermarks: the latest (partitions are ordered)."""
+    for m, row in zip(merged, rows, strict=False):
+        m.add(**{k: row[k] for k in COUNTERS})
+        m.aggregates = m.aggregates or row["aggregates"]
+        if row["watermark"] is not None:
+            m.watermark = row["watermark"] if m.watermark is None else max(m.watermark,
+                                                                           row["watermark"])
+
+
+def _without_pieces(split: dict) -> dict:
+    return {k: v for k, v in split.items() if k != "pieces"}
