@@ -4,6 +4,8 @@ Synthetic (generated in code, see :mod:`sabot_lab.datasets.market`): :func:`secu
 :func:`quotes`, :func:`quotes_batch`, :func:`quote_batches`. Real (bundled files in the
 repository's ``datasets/`` folder, see :mod:`sabot_lab.datasets.public`): :func:`flights`,
 :func:`airports`, :func:`sp500_constituents`, located by :func:`data_dir`.
+Synthetic card transactions with labelled fraud (see :mod:`sabot_lab.datasets.transactions`):
+:func:`accounts`, :func:`transactions`, :func:`transaction_batches`.
 
 Examples
 --------
@@ -17,8 +19,10 @@ from sabot_lab.datasets.logs import apache_log_lines, apache_logs, parse_combine
 from sabot_lab.datasets.market import quote_batches, quotes, quotes_batch, securities
 from sabot_lab.datasets.public import airports, data_dir, flights, sp500_constituents
 from sabot_lab.datasets.taxi import taxi_trips
+from sabot_lab.datasets.transactions import accounts, transaction_batches, transactions
 
 __all__ = [
+    "accounts",
     "airports",
     "apache_log_lines",
     "apache_logs",
@@ -34,4 +38,6 @@ __all__ = [
     "securities",
     "sp500_constituents",
     "taxi_trips",
+    "transaction_batches",
+    "transactions",
 ]

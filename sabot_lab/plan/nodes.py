@@ -35,6 +35,7 @@ from sabot_lab.reference import Table
 
 __all__ = [
     "STATELESS",
+    "KeyedProcess",
     "Enrich",
     "Filter",
     "Fused",
@@ -378,6 +379,40 @@ STATELESS = (Filter, Project, MapBatches, Enrich)
 
 
 @dataclass(frozen=True, eq=False)
+class KeyedProcess(_Unary):
+    """Per-key stateful processing: rows are grouped by ``keys`` and handed, batch by batch
+    and in arrival order, to ``function`` (a :class:`~sabot_lab.process.ProcessFunction`)
+    together with the state of their keys. Emits what the function returns (e.g. alerts);
+    rows the function cannot use go to a side output with a reason."""
+
+    keys: tuple[str, ...]
+    function: Any
+    #: ``"memory"`` or ``"rocksdict"`` (persistent, larger than memory; needs ``state_path``).
+    state: str = "memory"
+    state_path: str | None = None
+
+    @property
+    def label(self) -> str:
+        backend = "" if self.state == "memory" else f" state={self.state}"
+        return f"KeyedProcess[{self.function.name} by {', '.join(self.keys)}{backend}]"
+
+    def _infer_schema(self) -> pa.Schema:
+        schema = self.child.schema
+        if len(self.keys) != 1:
+            raise ExprError(f"key_by takes one key column for now, got {list(self.keys)}: "
+                            "combine several into one with a projection first")
+        if self.state not in ("memory", "rocksdict"):
+            raise ExprError(f"state must be 'memory' or 'rocksdict', got {self.state!r}")
+        if self.state == "rocksdict" and not self.state_path:
+            raise ExprError("state='rocksdict' needs state_path: the directory of the store")
+        for name in (*self.keys, *self.function.columns):
+            if name not in schema.names:
+                raise KeyError(f"{self.function.name} needs column {name!r}; available "
+                               f"columns: {schema.names}")
+        return self.function.output_schema(schema)
+
+
+@dataclass(frozen=True, eq=False)
 class Fused(Node):
     """A chain of stateless operators run as one physical stage: one pass per batch.
 
@@ -528,6 +563,8 @@ class TopN(_Unary):
     n: int
     by: str
     window_keys: tuple[str, ...] = ("window_start",)
+    #: The window's group keys: ties in ``by`` rank smaller keys first.
+    group_keys: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
