@@ -13,7 +13,8 @@ from sabot_lab.plan.compare import compare_plans
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import PlanError
 from sabot_lab.plan.optimizer import PlanOptimizer
-from sabot_lab.plan.windows import count, hopping, max, mean, min, quantile, sum, tumbling
+from sabot_lab.plan.windows import count, hopping, max, mean, min, quantile, session, sum, tumbling
+from sabot_lab.process import ProcessFunction, PythonProcessFunction
 from sabot_lab.reference import DuplicateKeyError, Table
 from sabot_lab.result import Result
 from sabot_lab.runtime.local import LocalRunner
@@ -38,6 +39,8 @@ __all__ = [
     "LocalRunner",
     "PlanError",
     "PlanOptimizer",
+    "ProcessFunction",
+    "PythonProcessFunction",
     "Result",
     "Stream",
     "Table",
@@ -52,6 +55,7 @@ __all__ = [
     "mean",
     "min",
     "quantile",
+    "session",
     "sum",
     "tumbling",
 ]

@@ -45,6 +45,7 @@ from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import (
     Enrich,
     Filter,
+    KeyedProcess,
     MapBatches,
     Node,
     PlanError,
@@ -339,6 +340,10 @@ class Stream:
             "a stream never ends, so groups need windows: write "
             "with_watermark(time_column).window(sl.tumbling('5min')).group_by(...).agg(...)")
 
+    def key_by(self, *keys: str) -> KeyedStream:
+        """Partition the stream by key for per-key state: finish with ``.process(fn)``."""
+        return KeyedStream(self, tuple(keys))
+
     def window(self, window: Tumbling | Hopping) -> WindowedStream:
         """Group rows into event-time windows; finish with ``.agg(...)`` or
         ``.group_by(keys).agg(...)``. Needs :meth:`with_watermark` upstream."""
@@ -490,3 +495,23 @@ class WindowedStream:
             self.stream.node, self.window_spec, self.keys, tuple(aggregates.items()),
             watermark.time_col, watermark.time_unit, watermark.out_of_orderness,
             watermark.allowed_lateness))
+
+
+class KeyedStream:
+    """A stream partitioned by key, waiting for a keyed process function.
+
+    On a DaskRunner rows are exchanged by a hash of the key, so each agent keeps the state of
+    its keys and sees their rows in arrival order: the output equals a local run.
+    """
+
+    def __init__(self, stream: Stream, keys: tuple[str, ...]) -> None:
+        self.stream = stream
+        self.keys = keys
+
+    def process(self, function: Any, state: str = "memory", state_path: str | None = None
+                ) -> Stream:
+        """Run ``function`` (a :class:`~sabot_lab.process.ProcessFunction`) with per-key
+        state kept in ``state``: ``"memory"`` or ``"rocksdict"`` (at ``state_path``, for
+        state larger than memory)."""
+        return Stream(KeyedProcess(self.stream.node, self.keys, function, state,
+                                   None if state_path is None else str(state_path)))

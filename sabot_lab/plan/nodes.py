@@ -35,10 +35,10 @@ from sabot_lab.reference import Table
 
 __all__ = [
     "STATELESS",
-    "KeyedProcess",
     "Enrich",
     "Filter",
     "Fused",
+    "KeyedProcess",
     "MapBatches",
     "Node",
     "PlanError",

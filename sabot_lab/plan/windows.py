@@ -25,6 +25,7 @@ from sabot_lab.expr import ExprError
 __all__ = [
     "AggSpec",
     "Hopping",
+    "Session",
     "Tumbling",
     "count",
     "hopping",
@@ -33,6 +34,7 @@ __all__ = [
     "min",
     "parse_duration",
     "quantile",
+    "session",
     "sum",
     "to_unit",
     "tumbling",
@@ -122,6 +124,21 @@ class Hopping:
         return f"hopping({self.size!r}, {self.slide!r})"
 
 
+@dataclass(frozen=True)
+class Session:
+    """Per-key sessions: a row at ``t`` opens (or extends) a session to ``t + gap``; rows
+    whose ``[t, t + gap)`` overlap join it, so a session ends ``gap`` after its last row."""
+
+    gap: str
+
+    @property
+    def gap_ns(self) -> int:
+        return parse_duration(self.gap)
+
+    def __repr__(self) -> str:
+        return f"session({self.gap!r})"
+
+
 def tumbling(size: str) -> Tumbling:
     """Tumbling windows, e.g. ``tumbling("5min")``."""
     parse_duration(size)
@@ -131,6 +148,21 @@ def tumbling(size: str) -> Tumbling:
 def hopping(size: str, slide: str) -> Hopping:
     """Hopping (sliding) windows, e.g. ``hopping("10min", "5min")``."""
     return Hopping(size, slide)
+
+
+def session(gap: str) -> Session:
+    """Session windows per key that close after ``gap`` without rows, e.g. ``session("30s")``.
+
+    >>> session("30min")
+    session('30min')
+    >>> session("0s")
+    Traceback (most recent call last):
+    ...
+    ValueError: a session gap must be positive, got '0s'
+    """
+    if parse_duration(gap) <= 0:
+        raise ValueError(f"a session gap must be positive, got {gap!r}")
+    return Session(gap)
 
 
 @dataclass(frozen=True)

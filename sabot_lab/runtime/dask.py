@@ -182,8 +182,9 @@ class ExecutionPlan:
     broadcast: list[str]
     workers: list[str]
     timings: dict[str, float] = field(default_factory=dict)
-    #: For windowed jobs, the stages around the exchange by key (None: one stage).
-    event_time: object = None
+    #: For stateful jobs (windows, keyed state), the stages around the exchange by key
+    #: (None: one stage).
+    stateful: object = None
 
     def frame(self) -> pd.DataFrame:
         """One row per partition task."""
@@ -199,9 +200,7 @@ class ExecutionPlan:
             rows_out=("rows_out", "sum"), seconds=("seconds", "sum"))
 
     def __repr__(self) -> str:
-        stages = "1 stage" if self.event_time is None else (
-            "5 stages (pipeline, watermark, exchange by "
-            f"{list(self.event_time.keys) or 'nothing: one key range'}, window, client)")
+        stages = "1 stage" if self.stateful is None else self.stateful.describe()
         lines = [f"ExecutionPlan: {stages}, {len(self.tasks)} partition tasks on "
                  f"{len(self.workers)} workers; broadcast: {', '.join(self.broadcast) or '-'}"]
         for t in self.tasks:
@@ -267,9 +266,9 @@ class JobManager:
     def plan(self, graph: JobGraph) -> tuple[ExecutionPlan, Node, list, list[Table]]:
         """Split sources into partitions; return the plan, the task template, the partition
         scans (one list per source) and the reference tables to broadcast."""
-        from sabot_lab.runtime.event_time import event_time_stages
+        from sabot_lab.runtime.exchange import stateful_stages
 
-        stages = event_time_stages(graph)
+        stages = stateful_stages(graph)
         scan_graph = JobGraph(Sink(stages.below, CollectSink())) if stages else graph
         for node in scan_graph.operators():
             if isinstance(node, Watermark | WindowAggregate | TopN):
@@ -292,7 +291,7 @@ class JobManager:
             tasks += [PartitionTask(i, p, part.describe()) for p, part in enumerate(parts)]
         workers = sorted(self.client.scheduler_info()["workers"])
         broadcast = [f"reference {list(r.key)} ({r.num_rows:,} rows)" for r in references]
-        execution = ExecutionPlan(graph, tasks, broadcast, workers, event_time=stages)
+        execution = ExecutionPlan(graph, tasks, broadcast, workers, stateful=stages)
         return execution, template, scans, references
 
     def submit_job(self, graph: JobGraph) -> Result:
@@ -303,11 +302,11 @@ class JobManager:
         sink = graph.root
         execution, template, scans, references = self.plan(graph)
         planned = time.perf_counter()
-        if execution.event_time is not None:
-            from sabot_lab.runtime.event_time import submit_event_time_job
+        if execution.stateful is not None:
+            from sabot_lab.runtime.exchange import submit_stateful_job
 
-            table, side, metrics = submit_event_time_job(
-                self, graph, execution.event_time, scans, template, references, execution,
+            table, side, metrics = submit_stateful_job(
+                self, graph, execution.stateful, scans, template, references, execution,
                 _run_partition)
             done = time.perf_counter()
             execution.timings.update(planning_ms=(planned - start) * 1000,

@@ -34,6 +34,8 @@ from sabot_lab.ops.base import (
 )
 from sabot_lab.ops.enrich import EnrichOp, fuse_scan_filter_into_enrich
 from sabot_lab.ops.fused import FusedOp
+from sabot_lab.ops.keyed import KeyedProcessOp
+from sabot_lab.ops.sessions import SessionWindowOp
 from sabot_lab.ops.sources import ScanFilterOp, pushes_down, read_source
 from sabot_lab.ops.stateless import FilterOp, MapBatchesOp, ProjectOp
 from sabot_lab.ops.windows import TopNOp, WatermarkOp, WindowAggregateOp
@@ -42,6 +44,7 @@ from sabot_lab.plan.nodes import (
     Enrich,
     Filter,
     Fused,
+    KeyedProcess,
     MapBatches,
     Node,
     Project,
@@ -52,6 +55,7 @@ from sabot_lab.plan.nodes import (
     Watermark,
     WindowAggregate,
 )
+from sabot_lab.plan.windows import Session
 from sabot_lab.result import Result
 
 __all__ = ["LocalRunner", "make_operator"]
@@ -66,11 +70,14 @@ _OPERATORS: dict[type[Node], type[Operator]] = {
     Watermark: WatermarkOp,
     WindowAggregate: WindowAggregateOp,
     TopN: TopNOp,
+    KeyedProcess: KeyedProcessOp,
 }
 
 
 def make_operator(node: Node, metrics: OperatorMetrics, side_outputs: SideOutputs) -> Operator:
     """The physical operator for a (non-source, non-sink) plan node."""
+    if isinstance(node, WindowAggregate) and isinstance(node.window, Session):
+        return SessionWindowOp(node, metrics, side_outputs)
     try:
         kind = _OPERATORS[type(node)]
     except KeyError:

@@ -1,4 +1,4 @@
-"""Event-time windows on Dask: the plan cut into stages around a hash exchange.
+"""Stateful jobs on Dask: the plan cut into stages around a hash exchange by key.
 
 A windowed job ``source … → with_watermark → … → window → … → [top_n → …] → sink`` runs as:
 
@@ -15,10 +15,14 @@ A windowed job ``source … → with_watermark → … → window → … → [t
    for those keys.
 5. **client**: ``top_n`` (which ranks across all keys) and what follows it, into the sink.
 
-So the merged watermark is the global one (the minimum over inputs is never needed: the
-inputs are ordered), and the output equals the local run's rows. A lost task is recomputed
-from its inputs (stages 1-4 are pure functions of the partition), which is how a killed
-worker is survived.
+A keyed-state job (``key_by(k).process(fn)``) has no watermark stage: rows are exchanged by
+``k`` and each key range runs the process function with the state of its keys, seeing their
+rows in arrival order, so its output equals a local run's.
+
+The merged watermark is the global one (the minimum over inputs is never needed: the
+inputs are ordered). A lost task is recomputed from its inputs (every stage is a pure
+function of its partition), which is how a killed worker is survived; keyed state lives in
+the key-range task, rebuilt by re-running it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import (
     STATELESS,
     Fused,
+    KeyedProcess,
     Node,
     Sink,
     Source,
@@ -49,58 +54,76 @@ from sabot_lab.plan.nodes import (
 from sabot_lab.runtime.local import LocalRunner
 from sabot_lab.runtime.partitioning import partition_ids, split_by_partition
 
-__all__ = ["EventTimeStages", "event_time_stages"]
+__all__ = ["StatefulStages", "stateful_stages", "submit_stateful_job"]
+
+_STATEFUL = (Watermark, WindowAggregate, TopN, KeyedProcess)
 
 
 @dataclass(frozen=True)
-class EventTimeStages:
-    """A windowed plan cut at its watermark and its window (chains listed top to bottom)."""
+class StatefulStages:
+    """A stateful plan cut at its watermark or keyed operator (chains listed top to
+    bottom): ``below`` runs per source partition, ``middle`` (after the watermark) before
+    the exchange, ``reducer`` per key range, ``client`` on the client."""
 
     below: Node
-    watermark: Watermark
+    watermark: Watermark | None
     middle: tuple[Node, ...]
     reducer: tuple[Node, ...]
     client: tuple[Node, ...]
 
     @property
     def keys(self) -> tuple[str, ...]:
-        """The group keys rows are exchanged by (none: one key range)."""
-        windows = [n for n in self.reducer if isinstance(n, WindowAggregate)]
-        return windows[0].keys if windows else ()
+        """The keys rows are exchanged by (none: one key range)."""
+        for n in self.reducer:
+            if isinstance(n, WindowAggregate | KeyedProcess):
+                return n.keys
+        return ()
+
+    def describe(self) -> str:
+        keys = list(self.keys) or "nothing: one key range"
+        if self.watermark is None:
+            return f"3 stages (pipeline, exchange by {keys}, keyed state)"
+        return f"5 stages (pipeline, watermark, exchange by {keys}, window, client)"
 
 
-def event_time_stages(graph: JobGraph) -> EventTimeStages | None:
-    """Cut ``graph`` for the DaskRunner, or ``None`` when it has no watermark on its main
-    chain (a stateless job). Shapes the runner cannot distribute raise
-    ``NotImplementedError`` naming the node."""
+def stateful_stages(graph: JobGraph) -> StatefulStages | None:
+    """Cut ``graph`` for the DaskRunner, or ``None`` for a stateless job. Shapes the runner
+    cannot distribute raise ``NotImplementedError`` naming the node."""
     chain: list[Node] = []
     node = graph.root.children[0]
-    while not isinstance(node, Watermark):
-        if isinstance(node, Source | Union):
-            return None
+    while not isinstance(node, Source | Union):
         chain.append(node)
         node = node.children[0]
-    watermark = node
-    allowed = (*STATELESS, Fused, WindowAggregate, TopN)
-    for n in [*chain, *JobGraph(Sink(watermark.child, CollectSink())).operators()]:
-        if not isinstance(n, (*allowed, Source, Union, Sink)) or (
-                n in chain and isinstance(n, Source | Union)):
+    bottom = max((i for i, n in enumerate(chain) if isinstance(n, Watermark | KeyedProcess)),
+                 default=None)
+    if bottom is None:
+        return None
+    below = chain[bottom].children[0]
+    for n in JobGraph(Sink(below, CollectSink())).operators():
+        if isinstance(n, _STATEFUL):
+            raise NotImplementedError(
+                f"the DaskRunner runs one stateful stage per job, on its main chain; "
+                f"{n.label} is below a union or below another stateful operator")
+    above = chain[:bottom]
+    for n in above:
+        if not isinstance(n, (*STATELESS, Fused, *_STATEFUL)):
             raise NotImplementedError(f"the DaskRunner cannot distribute {n.label} yet")
-    below_ops = JobGraph(Sink(watermark.child, CollectSink())).operators()
-    if any(isinstance(n, Watermark | WindowAggregate | TopN) for n in below_ops):
-        raise NotImplementedError(
-            "the DaskRunner runs one watermark per job, on the main chain; this plan has "
-            "event-time operators below a union or a second watermark")
-    windows = [i for i, n in enumerate(chain) if isinstance(n, WindowAggregate)]
-    if len(windows) > 1:
-        raise NotImplementedError("the DaskRunner runs one window per job")
-    tops = [i for i, n in enumerate(chain) if isinstance(n, TopN)]
+    if isinstance(chain[bottom], KeyedProcess):
+        if any(isinstance(n, _STATEFUL) for n in above):
+            raise NotImplementedError(
+                "the DaskRunner runs one stateful stage per job: windows or keyed state after "
+                f"{chain[bottom].label} need an exchange of their own")
+        return StatefulStages(below, None, (), tuple(chain[:bottom + 1]), ())
+    windows = [i for i, n in enumerate(above) if isinstance(n, WindowAggregate)]
+    if len(windows) > 1 or any(isinstance(n, Watermark | KeyedProcess) for n in above):
+        raise NotImplementedError("the DaskRunner runs one window per job, after one watermark")
+    tops = [i for i, n in enumerate(above) if isinstance(n, TopN)]
     cut_client = max(tops) + 1 if tops else 0
-    cut_middle = windows[0] + 1 if windows else len(chain)
-    return EventTimeStages(
-        below=watermark.child, watermark=watermark,
-        middle=tuple(chain[cut_middle:]), reducer=tuple(chain[cut_client:cut_middle]),
-        client=tuple(chain[:cut_client]))
+    cut_middle = windows[0] + 1 if windows else len(above)
+    return StatefulStages(
+        below=below, watermark=chain[bottom],
+        middle=tuple(above[cut_middle:]), reducer=tuple(above[cut_client:cut_middle]),
+        client=tuple(above[:cut_client]))
 
 
 def rebase(chain: tuple[Node, ...], bottom: Node) -> Node:
@@ -136,11 +159,12 @@ def watermark_carry(stage1: dict, state: bytes | None, watermark: Watermark) -> 
     return op.snapshot()
 
 
-def exchange(stage1: dict, state: bytes | None, watermark: Watermark,
+def exchange(stage1: dict, state: bytes | None, watermark: Watermark | None,
              middle: tuple[Node, ...], keys: tuple[str, ...], n_ranges: int) -> dict:
     """Watermarks for this partition's rows (continuing from ``state``), the stateless
     operators up to the window, and the rows split by key range."""
-    top = rebase(middle, watermark.with_children((_source(stage1["table"]),)))
+    source = _source(stage1["table"])
+    top = rebase(middle, source if watermark is None else watermark.with_children((source,)))
     restore = {"1:watermark": state} if state is not None else None
     result = LocalRunner(threads=1).run(JobGraph(Sink(top, CollectSink())), restore=restore)
     out = _stage_output(result)
@@ -162,7 +186,7 @@ def window_range(reducer: tuple[Node, ...], *pieces: pa.Table) -> dict:
 
 # --- the job ---------------------------------------------------------------------------------
 
-def submit_event_time_job(manager: object, graph: JobGraph, stages: EventTimeStages,
+def submit_stateful_job(manager: object, graph: JobGraph, stages: StatefulStages,
                           scans: list, template: Node, references: list, execution: object,
                           run_partition: object) -> tuple[pa.Table, dict, list]:
     """Run the stages on ``manager.client``; returns (table, side outputs, metrics)."""
@@ -184,8 +208,9 @@ def submit_event_time_job(manager: object, graph: JobGraph, stages: EventTimeSta
     for first in firsts:
         splits.append(client.submit(exchange, first, state, stages.watermark, stages.middle,
                                     stages.keys, n_ranges, retries=retries, pure=False))
-        state = client.submit(watermark_carry, first, state, stages.watermark,
-                              retries=retries, pure=False)
+        if stages.watermark is not None:
+            state = client.submit(watermark_carry, first, state, stages.watermark,
+                                  retries=retries, pure=False)
     pieces = [client.submit(operator.getitem, client.submit(operator.getitem, s, "pieces"), r)
               for s in splits for r in range(n_ranges)]
     reduced = [client.submit(window_range, stages.reducer,
@@ -203,7 +228,8 @@ def submit_event_time_job(manager: object, graph: JobGraph, stages: EventTimeSta
 
     n_below = _count(JobGraph(Sink(stages.below, CollectSink())).operators()) - 1
     offsets = {"exchange": n_below}
-    offsets["window"] = offsets["exchange"] + 1 + _count(stages.middle)
+    offsets["window"] = (offsets["exchange"] + (stages.watermark is not None)
+                         + _count(stages.middle))
     offsets["client"] = offsets["window"] + _count(stages.reducer)
     merged = [OperatorMetrics(graph.node_ids()[id(n)], n.label) for n in graph.operators()]
     side: dict[str, list[pa.Table]] = {}
