@@ -390,7 +390,8 @@ class Stream:
         return PlanOptimizer().optimize(self.graph(target))
 
     def run(self, runner: Any = None, target: SinkTarget | None = None,
-            optimize: bool | PlanOptimizer = True) -> Result:
+            optimize: bool | PlanOptimizer = True, checkpoint_dir: str | Path | None = None,
+            checkpoint_every: int = 10, resume: bool = False) -> Result:
         """Execute the stream and return a :class:`~sabot_lab.result.Result`.
 
         Parameters
@@ -403,6 +404,10 @@ class Stream:
             Rewrite the plan with the :class:`~sabot_lab.plan.optimizer.PlanOptimizer`
             first (the default; pass an optimizer to use your own rules); the rows are the
             same either way.
+        checkpoint_dir, checkpoint_every, resume
+            Write a checkpoint (operator state, source positions, output so far) every
+            ``checkpoint_every`` source batches; ``resume=True`` continues a run that
+            stopped, with the same final output as an uninterrupted run (local runner).
         """
         if runner is None:
             from sabot_lab.runtime.local import LocalRunner
@@ -416,7 +421,14 @@ class Stream:
             stats = optimizer.get_stats()
         else:
             executed = graph
-        result = runner.run(executed)
+        if checkpoint_dir is not None:
+            if not hasattr(runner, "threads"):
+                raise PlanError(f"checkpoints are taken by the LocalRunner; {runner!r} "
+                                "recovers by re-running lost tasks instead")
+            result = runner.run(executed, checkpoint_dir=checkpoint_dir,
+                                checkpoint_every=checkpoint_every, resume=resume)
+        else:
+            result = runner.run(executed)
         result.logical_plan = graph
         result.optimizer_stats = stats
         return result

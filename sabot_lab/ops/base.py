@@ -122,6 +122,15 @@ class SideOutputs:
             with self._lock:
                 self._batches[name].append(batch)
 
+    def batches(self) -> dict[str, list[pa.RecordBatch]]:
+        """The batches of every side output so far (a copy of the lists)."""
+        with self._lock:
+            return {name: list(b) for name, b in self._batches.items()}
+
+    def schema(self, name: str) -> pa.Schema:
+        """The schema of side output ``name``."""
+        return self._schemas.get(name) or self._batches[name][0].schema
+
     def tables(self) -> dict[str, pa.Table]:
         """Every side output as one table."""
         names = sorted(set(self._batches) | set(self._schemas))
@@ -145,6 +154,9 @@ class Operator:
 
     #: Whether batches may be processed concurrently by several threads (stateless ops).
     parallel_safe = True
+    #: Whether the operator keeps state across batches (it must then implement
+    #: :meth:`snapshot` and :meth:`restore` to be checkpointed).
+    stateful = False
 
     def __init__(self, node: Node, metrics: OperatorMetrics, side_outputs: SideOutputs) -> None:
         self.node = node

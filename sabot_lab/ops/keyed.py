@@ -34,6 +34,7 @@ class KeyedProcessOp(Operator):
 
     node: KeyedProcess
     parallel_safe = False
+    stateful = True
 
     def __init__(self, *args: object) -> None:
         super().__init__(*args)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import pickle
 from dataclasses import dataclass
 
 import numba
@@ -128,6 +129,7 @@ class WatermarkOp(Operator):
 
     node: Watermark
     parallel_safe = False
+    stateful = True
 
     def __init__(self, *args: object) -> None:
         super().__init__(*args)
@@ -179,6 +181,26 @@ class WatermarkOp(Operator):
         return [batch.append_column(WATERMARK_COLUMN, pa.array(watermark))]
 
 
+def sort_by_window_and_keys(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
+    """Rows ordered by window start, then keys (nulls last); dictionary-encoded keys sort by
+    their values.
+
+    >>> k = pa.array(["b", "b", "a"]).dictionary_encode()
+    >>> t = pa.table({"window_start": [1, 0, 0], "k": k})
+    >>> sort_by_window_and_keys(t, ("k",))["k"].to_pylist()
+    ['a', 'b', 'b']
+    """
+    if not keys:
+        return table
+    names = ["window_start", *keys]
+    columns = [table[n].cast(table.schema.field(n).type.value_type)
+               if pa.types.is_dictionary(table.schema.field(n).type) else table[n]
+               for n in names]
+    order = pc.sort_indices(pa.table(dict(zip(names, columns, strict=True))),
+                            [(n, "ascending", "at_end") for n in names])
+    return table.take(order)
+
+
 @dataclass
 class _OpenWindow:
     """A window with state: its row of slots, whether it has fired, and the revision last
@@ -212,6 +234,7 @@ class WindowAggregateOp(Operator):
 
     node: WindowAggregate
     parallel_safe = False
+    stateful = True
 
     def __init__(self, *args: object) -> None:
         super().__init__(*args)
@@ -313,6 +336,14 @@ class WindowAggregateOp(Operator):
     def on_watermark(self, timestamp: int) -> list[pa.RecordBatch]:
         return self._fire(timestamp)
 
+    def snapshot(self) -> bytes:
+        """Key ids, partial aggregates, open windows and the watermark (pickled: restore
+        with the same version of sabot_lab)."""
+        return pickle.dumps((self.keys, self.partials, self.open, self.watermark))
+
+    def restore(self, state: bytes) -> None:
+        self.keys, self.partials, self.open, self.watermark = pickle.loads(state)
+
     def finish(self) -> list[pa.RecordBatch]:
         """End of a bounded input: every open window fires."""
         out = self._fire(np.iinfo(np.int64).max)
@@ -339,10 +370,7 @@ class WindowAggregateOp(Operator):
                 del self.open[start]
         if not parts:
             return []
-        table = pa.Table.from_batches(parts)
-        if self.node.keys:
-            table = table.sort_by([("window_start", "ascending")] + [
-                (k, "ascending") for k in self.node.keys])
+        table = sort_by_window_and_keys(pa.Table.from_batches(parts), self.node.keys)
         return table.combine_chunks().to_batches()
 
     def _updates(self, batch: pa.RecordBatch, key_ids: np.ndarray, rows: np.ndarray,

@@ -22,10 +22,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import pyarrow as pa
 
 from sabot_lab.ops.base import (
+    COUNTERS,
     Operator,
     OperatorMetrics,
     SideOutputs,
@@ -57,6 +59,7 @@ from sabot_lab.plan.nodes import (
 )
 from sabot_lab.plan.windows import Session
 from sabot_lab.result import Result
+from sabot_lab.runtime.checkpoint import Checkpoints, Epoch
 
 __all__ = ["LocalRunner", "make_operator"]
 
@@ -116,12 +119,61 @@ class _Execution:
         ids = graph.node_ids()
         self.metrics = {id(n): OperatorMetrics(ids[id(n)], n.label) for n in graph.operators()}
         self.operators: dict[int, Operator] = {}
+        self.checkpoints: Checkpoints | None = None
+        self.positions: dict[str, int] = {}  # source op id -> batches delivered
+        self.saved_metrics: dict[str, dict] = {}
+        self.output_delta: list[pa.RecordBatch] = []  # written to the sink since a checkpoint
         for n in graph.nodes:
             if isinstance(n, Fused):
                 stages = [self._operator(s) for s in n.stages]
                 self.operators[id(n)] = FusedOp(n, stages, self.side_outputs)
             elif not isinstance(n, Source | Union | Sink):
                 self.operators[id(n)] = self._operator(n)
+
+    # --- checkpoints ---------------------------------------------------------------------
+
+    def enable_checkpoints(self, checkpoints: Checkpoints, sink_schema: pa.Schema) -> Epoch | None:
+        """Checkpoint this run; returns the epoch it resumes from, if any."""
+        for op in self.by_id().values():
+            if op.stateful and type(op).snapshot is Operator.snapshot:
+                raise NotImplementedError(f"{op.metrics.label} cannot be checkpointed yet")
+        self.checkpoints = checkpoints
+        self.sink_schema = sink_schema
+        epoch = checkpoints.load()
+        if epoch is not None:
+            operators = self.by_id()
+            for op_id, state in epoch.states.items():
+                operators[op_id].restore(state)
+            self.positions = dict(epoch.positions)
+            self.saved_metrics = epoch.metrics
+            self.restore_metrics([m for m in self.metrics.values()
+                                  if m.op_id not in self.positions])
+            for name, tables in epoch.side_outputs.items():
+                for table in tables:
+                    for batch in table.to_batches():
+                        self.side_outputs.emit(name, batch)
+        self.side_marks = {name: len(b) for name, b in self.side_outputs.batches().items()}
+        return epoch
+
+    def restore_metrics(self, metrics: list[OperatorMetrics]) -> None:
+        for m in metrics:
+            saved = self.saved_metrics.get(m.op_id)
+            if saved:
+                for name in COUNTERS:
+                    setattr(m, name, saved[name])
+
+    def checkpoint(self) -> None:
+        """Write an epoch: nothing is in flight between two source batches (serial run)."""
+        states = {op_id: op.snapshot() for op_id, op in self.by_id().items()}
+        batches = self.side_outputs.batches()
+        side = {name: (b[self.side_marks.get(name, 0):], self.side_outputs.schema(name))
+                for name, b in batches.items()}
+        self.checkpoints.write(
+            dict(self.positions), {m.op_id: m.as_dict() for m in self.metrics.values()},
+            {k: v for k, v in states.items() if v is not None}, self.output_delta,
+            self.sink_schema, side)
+        self.output_delta = []
+        self.side_marks = {name: len(b) for name, b in batches.items()}
 
     def by_id(self) -> dict[str, Operator]:
         """Every operator (fused stages too) by its operator id."""
@@ -137,12 +189,20 @@ class _Execution:
     def source(self, node: Source) -> Iterator[pa.RecordBatch]:
         metrics = self.metrics[id(node)]
         batches = read_source(node, metrics, self.side_outputs)
+        skip = self.positions.get(metrics.op_id, 0)
+        for _ in range(skip):  # resuming: delivered before the checkpoint
+            next(batches)
+        if skip:
+            self.restore_metrics([metrics])
         while True:
+            if self.checkpoints is not None and self.checkpoints.due():
+                self.checkpoint()
             start = time.perf_counter()
             batch = next(batches, None)
             metrics.add(seconds=time.perf_counter() - start)
             if batch is None:
                 return
+            self.positions[metrics.op_id] = self.positions.get(metrics.op_id, 0) + 1
             yield batch
 
     def union(self, node: Union) -> Iterator[pa.RecordBatch]:
@@ -205,23 +265,34 @@ class LocalRunner:
     def __repr__(self) -> str:
         return f"LocalRunner(threads={self.threads})"
 
-    def run(self, graph: JobGraph, restore: dict[str, bytes] | None = None) -> Result:
+    def run(self, graph: JobGraph, restore: dict[str, bytes] | None = None,
+            checkpoint_dir: str | Path | None = None, checkpoint_every: int = 10,
+            resume: bool = False) -> Result:
         """Execute ``graph`` (whose root is a Sink) and return its :class:`Result`.
 
         ``restore`` maps operator ids (``graph.node_ids()`` values) to states from their
-        ``snapshot()``, to continue where an earlier run stopped."""
+        ``snapshot()``, to continue where an earlier run stopped. With ``checkpoint_dir``
+        the run writes a checkpoint every ``checkpoint_every`` source batches (and runs in
+        one thread); ``resume=True`` continues from the last one (see
+        :mod:`sabot_lab.runtime.checkpoint`)."""
         sink = graph.root
         if not isinstance(sink, Sink):
             raise TypeError(f"a job must end in a Sink, this one ends in {sink.label}")
         start = time.perf_counter()
-        pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        serial = self.threads <= 1 or checkpoint_dir is not None
+        pool = None if serial else ThreadPoolExecutor(self.threads)
         try:
             execution = _Execution(graph, pool, self.threads)
             operators = execution.by_id()
             for op_id, state in (restore or {}).items():
                 operators[op_id].restore(state)
+            epoch = None
+            if checkpoint_dir is not None:
+                checkpoints = Checkpoints(checkpoint_dir, checkpoint_every, resume,
+                                          graph.explain(show_schema=True))
+                epoch = execution.enable_checkpoints(checkpoints, sink.schema)
             setup_ms = (time.perf_counter() - start) * 1000
-            table = self._drain(execution, sink)
+            table = self._drain(execution, sink, epoch)
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
@@ -237,9 +308,13 @@ class LocalRunner:
             setup_ms=setup_ms,
         )
 
-    def _drain(self, execution: _Execution, sink: Sink) -> pa.Table | None:
+    def _drain(self, execution: _Execution, sink: Sink, epoch: Epoch | None = None
+               ) -> pa.Table | None:
         metrics = execution.metrics[id(sink)]
         writer = sink.target.open(sink.schema)
+        for table in epoch.outputs if epoch is not None else ():
+            for batch in table.to_batches():  # committed before the checkpoint
+                writer.write(batch)
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
@@ -249,6 +324,8 @@ class LocalRunner:
             for batch in execution.stream(sink.child):
                 t0 = time.perf_counter()
                 writer.write(batch)
+                if execution.checkpoints is not None:
+                    execution.output_delta.append(batch)
                 metrics.add(rows_in=batch.num_rows, rows_out=batch.num_rows, batches_in=1,
                             seconds=time.perf_counter() - t0)
                 if bar is not None:
