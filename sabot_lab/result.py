@@ -21,7 +21,7 @@ Examples
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 
 import pandas as pd
@@ -65,6 +65,9 @@ class Result:
     setup_ms
         Part of ``execution_time_ms`` spent building operators before the first batch (lookup
         indexes; in a fresh process, loading compiled numba kernels).
+    keyed_state
+        For local runs, the keyed state each keyed operator ended with, by operator id
+        (a :class:`~sabot_lab.state.KeyedState`: ``.to_table()``, ``.get(key)``).
     """
 
     table: pa.Table | None
@@ -77,6 +80,7 @@ class Result:
     optimizer_stats: OptimizerStats | None = None
     execution: object | None = None
     setup_ms: float = 0.0
+    keyed_state: dict[str, object] = field(default_factory=dict)
 
     @property
     def metrics(self) -> pd.DataFrame:

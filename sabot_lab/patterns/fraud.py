@@ -41,12 +41,13 @@ from collections.abc import Sequence
 
 import numba
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from sabot_lab.plan.windows import parse_duration, to_unit
 from sabot_lab.process import ProcessFunction
-from sabot_lab.state import StateBlock, StateSpec
+from sabot_lab.state import KeyedState, StateBlock, StateSpec
 from sabot_lab.stream import Stream
 
 __all__ = ["RULES", "FraudRules", "detect_fraud"]
@@ -186,6 +187,35 @@ class FraudRules(ProcessFunction):
         ttl = None if self.ttl is None else to_unit(parse_duration(self.ttl), self._unit)
         return StateSpec({"times": (np.int64, 1 + self.max_count), "stats": (np.float64, 6)},
                          defaults={"times": _EMPTY}, ttl=ttl)
+
+    def describe_state(self, state: KeyedState) -> pd.DataFrame:
+        """The per-account state with named columns (the kernel keeps it packed).
+
+        >>> import sabot_lab as sl
+        >>> from sabot_lab.datasets import transactions
+        >>> rules = FraudRules()
+        >>> result = detect_fraud(sl.Stream.from_table(transactions(5_000, n_accounts=50)),
+        ...                       rules).run()
+        >>> frame = rules.describe_state(result.keyed_state["1:keyedprocess"])
+        >>> list(frame.columns)
+        ['account_id', 'transactions', 'mean', 'std', 'last_lat', 'last_lon', 'last_ts', 'recent']
+        >>> int(frame["transactions"].sum())
+        5000
+        """
+        table = state.to_table()
+        stats = np.asarray(table["stats"].to_pylist(), dtype=float).reshape(-1, 6)
+        times = np.asarray(table["times"].to_pylist(), dtype=np.int64).reshape(
+            -1, 1 + self.max_count)
+        seen = stats[:, _SEEN]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            std = np.sqrt(stats[:, _M2] / (seen - 1))
+        unit = self._unit
+        recent = [sorted(t[t != _EMPTY].astype(f"datetime64[{unit}]")) for t in times[:, 1:]]
+        return pd.DataFrame({
+            "account_id": table["key"].to_numpy(), "transactions": seen.astype(np.int64),
+            "mean": stats[:, _MEAN], "std": std, "last_lat": stats[:, _LAT],
+            "last_lon": stats[:, _LON], "last_ts": times[:, 0].astype(f"datetime64[{unit}]"),
+            "recent": recent}).sort_values("account_id", ignore_index=True)
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
         time_type = input_schema.field(self.time_col).type

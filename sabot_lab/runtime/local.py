@@ -306,6 +306,8 @@ class LocalRunner:
             executed_plan=graph,
             runner=self.name,
             setup_ms=setup_ms,
+            keyed_state={op_id: op.state for op_id, op in execution.by_id().items()
+                         if isinstance(op, KeyedProcessOp)},
         )
 
     def _drain(self, execution: _Execution, sink: Sink, epoch: Epoch | None = None
