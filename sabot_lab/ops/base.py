@@ -90,10 +90,10 @@ class OperatorMetrics:
 
     def balanced(self) -> bool:
         """Whether every input row is accounted for: out + filtered + side output (+ expanded);
-        for aggregations, absorbed + side output (per window a row belongs to)."""
+        for aggregations, absorbed + filtered + side output (per window a row belongs to)."""
         if self.aggregates:
-            return self.rows_in + self.rows_expanded == (self.rows_aggregated
-                                                         + self.rows_side_output)
+            return self.rows_in + self.rows_expanded == (
+                self.rows_aggregated + self.rows_filtered + self.rows_side_output)
         accounted = self.rows_out - self.rows_expanded + self.rows_filtered + self.rows_side_output
         return self.rows_in == accounted
 

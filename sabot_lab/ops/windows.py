@@ -273,6 +273,12 @@ class WindowAggregateOp(Operator):
         data = self.partials.prepare(batch)
         per_row = self.size // self.slide
         self.metrics.add(rows_expanded=n * (per_row - 1))
+        excluded = None
+        if self.node.key_filter is not None:  # groups the plan filters out after the window
+            keep = self.node.key_filter.evaluate(batch)
+            keep = (np.full(n, keep.as_py() is True) if isinstance(keep, pa.Scalar)
+                    else keep.fill_null(False).to_numpy(zero_copy_only=False))
+            excluded = ~keep if not keep.all() else None
         late: list[tuple[np.ndarray, np.ndarray]] = []
         updates: list[tuple[np.ndarray, np.ndarray]] = []
         aggregated = 0
@@ -281,6 +287,14 @@ class WindowAggregateOp(Operator):
         for j in range(per_row):  # the windows a row belongs to: one for tumbling
             counts, low, high = _classify(ts, wm, self.slide, self.size, self.lateness, j,
                                           start, kind)
+            if excluded is not None:  # decided lateness first: late rows stay late
+                dropped = excluded & (kind != 2)
+                kind[dropped] = 3
+                counts = np.bincount(kind, minlength=4)[:3]
+                normal = kind == 0
+                if normal.any():
+                    low, high = int(start[normal].min()), int(start[normal].max())
+                self.metrics.add(rows_filtered=int(dropped.sum()))
             if counts[0] == n:
                 self._accumulate(start, low, high, key_ids, data, None)
             elif counts[0]:

@@ -527,12 +527,17 @@ class WindowAggregate(_Unary):
     time_unit: str
     out_of_orderness: str = "0s"
     allowed_lateness: str = "0s"
+    #: Groups to keep, a predicate on the keys only (set by the optimizer from a filter
+    #: above the window): other rows are counted as filtered once their lateness is decided,
+    #: so the ``late`` side output stays the same.
+    key_filter: Expr | None = None
 
     @property
     def label(self) -> str:
         keys = f" by {', '.join(self.keys)}" if self.keys else ""
         aggs = ", ".join(f"{n}={a!r}" for n, a in self.aggs)
-        return f"Window[{self.window!r} on {self.time_col}{keys}: {aggs}]"
+        where = f" where {self.key_filter!r}" if self.key_filter is not None else ""
+        return f"Window[{self.window!r} on {self.time_col}{keys}{where}: {aggs}]"
 
     def _infer_schema(self) -> pa.Schema:
         schema = self.child.schema

@@ -36,6 +36,7 @@ from sabot_lab.plan.nodes import (
     Sink,
     Source,
     Union,
+    WindowAggregate,
 )
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "push_filter_below_project",
     "push_filter_below_union",
     "push_filter_into_source",
+    "push_key_filter_into_window",
     "remove_identity_projection",
 ]
 
@@ -168,6 +170,28 @@ def push_filter_into_source(node: Node) -> Node | None:
 
 
 # --- projections -------------------------------------------------------------------------
+
+def push_key_filter_into_window(node: Node) -> Node | None:
+    """Conjuncts of a filter above a window that read only its group keys become the
+    window's ``key_filter``: rows of other groups are dropped before aggregation instead of
+    aggregated and then dropped. They are dropped *after* their lateness is decided, so the
+    ``late`` side output does not change, nor the watermark (it is assigned below).
+
+    A global window (no keys) and filters on aggregates stay as they are.
+    """
+    if not (isinstance(node, Filter) and isinstance(node.child, WindowAggregate)):
+        return None
+    window = node.child
+    keys = set(window.keys)
+    if not keys:
+        return None
+    movable = [p for p in conjuncts(node.predicate) if p.columns <= keys]
+    if not movable:
+        return None
+    rest = [p for p in conjuncts(node.predicate) if not p.columns <= keys]
+    existing = [] if window.key_filter is None else [window.key_filter]
+    return _filtered(dataclasses.replace(window, key_filter=conjoin(existing + movable)), rest)
+
 
 def _column_uses(exprs: Iterable[Expr]) -> dict[str, int]:
     counts: dict[str, int] = {}
@@ -298,6 +322,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     push_filter_below_enrich,
     push_filter_below_union,
     push_filter_into_source,
+    push_key_filter_into_window,
     merge_adjacent_projections,
     remove_identity_projection,
     prune_unused_columns,

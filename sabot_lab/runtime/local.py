@@ -121,6 +121,7 @@ class _Execution:
         self.operators: dict[int, Operator] = {}
         self.checkpoints: Checkpoints | None = None
         self.positions: dict[str, int] = {}  # source op id -> batches delivered
+        self.resume_positions: dict[str, int] = {}  # to skip, when resuming a checkpoint
         self.saved_metrics: dict[str, dict] = {}
         self.output_delta: list[pa.RecordBatch] = []  # written to the sink since a checkpoint
         for n in graph.nodes:
@@ -145,6 +146,7 @@ class _Execution:
             for op_id, state in epoch.states.items():
                 operators[op_id].restore(state)
             self.positions = dict(epoch.positions)
+            self.resume_positions = dict(epoch.positions)
             self.saved_metrics = epoch.metrics
             self.restore_metrics([m for m in self.metrics.values()
                                   if m.op_id not in self.positions])
@@ -189,7 +191,7 @@ class _Execution:
     def source(self, node: Source) -> Iterator[pa.RecordBatch]:
         metrics = self.metrics[id(node)]
         batches = read_source(node, metrics, self.side_outputs)
-        skip = self.positions.get(metrics.op_id, 0)
+        skip = self.resume_positions.pop(metrics.op_id, 0)
         for _ in range(skip):  # resuming: delivered before the checkpoint
             next(batches)
         if skip:
