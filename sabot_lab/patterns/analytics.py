@@ -96,8 +96,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--window", default="1d", help="window size, e.g. 1h or 1d")
     parser.add_argument("--top", type=int, default=10, help="rows to print")
+    parser.add_argument("--distributed", action="store_true", help="run on a Dask cluster")
+    parser.add_argument("--scheduler", help="scheduler address (default: a LocalCluster)")
     args = parser.parse_args(argv)
-    result = flight_delays(Stream.from_table(flights()), window=args.window).run()
+    job = flight_delays(Stream.from_table(flights()), window=args.window)
+    if args.distributed:
+        from sabot_lab.runtime.dask import DaskRunner
+
+        with DaskRunner(args.scheduler) as runner:
+            result = job.run(runner)
+    else:
+        result = job.run()
     for key, value in result.summary().items():
         print(f"{key:<20} {value:>14,}" if isinstance(value, int | float)
               else f"{key:<20} {value:>14}")
@@ -109,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> None:
           .to_string(index=False))
     print()
     print(result.explain())
+    if result.execution is not None:
+        print(result.execution)
 
 
 if __name__ == "__main__":

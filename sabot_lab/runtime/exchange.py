@@ -193,15 +193,15 @@ def submit_stateful_job(manager: object, graph: JobGraph, stages: StatefulStages
     client = manager.client
     retries = manager.retries
     ref_futures = [client.scatter(r.data, broadcast=True, hash=True) for r in references]
-    with warnings.catch_warnings():
-        # In-memory slices travel inside their tasks, not scattered: a task lost with a
-        # worker is recomputed, so its input must survive the worker (scattered data does
-        # not). Dask warns about task graphs over 10 MB: here that is the data, on purpose.
-        warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
-        firsts = [client.submit(run_partition, template, task.source, task.partition,
-                                scans[task.source][task.partition], *ref_futures,
-                                retries=retries, pure=False)
-                  for task in execution.tasks]
+    # In-memory slices travel inside their tasks, not scattered: a task lost with a worker
+    # is recomputed, so its input must survive the worker (scattered data does not). Dask
+    # warns about task graphs over 10 MB (from its event loop, so the filter is global):
+    # here that is the data, on purpose.
+    warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+    firsts = [client.submit(run_partition, template, task.source, task.partition,
+                            scans[task.source][task.partition], *ref_futures,
+                            retries=retries, pure=False)
+              for task in execution.tasks]
     n_ranges = manager.n_partitions if stages.keys else 1
     state = None
     splits = []
