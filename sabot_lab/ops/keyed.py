@@ -72,7 +72,7 @@ class KeyedProcessOp(Operator):
             return []
         keys = batch.column(self.key)
         now = None
-        if self.function.time_col is not None:
+        if self.function.time_col is not None and self.state.spec.ttl is not None:
             times = batch.column(self.function.time_col)
             now = int(pc.max(times.cast(pa.int64()) if pa.types.is_timestamp(times.type)
                              else times).as_py())
@@ -84,11 +84,15 @@ class KeyedProcessOp(Operator):
             if refused.any():
                 self._side_output("invalid", batch, refused, reasons)
                 self.metrics.add(rows_aggregated=-int(refused.sum()))
-        if now is not None and self.state.spec.ttl is not None:
+        if now is not None:
             self.state.expire(now)
+        return [out]
+
+    def finish(self) -> list[pa.RecordBatch]:
+        """Report the state held at the end (keys and bytes)."""
         self.metrics.state_bytes = self.state.nbytes
         self.metrics.state_keys = len(self.state)
-        return [out]
+        return []
 
     def snapshot(self) -> bytes:
         """The keyed state, as the backend's Arrow IPC snapshot."""

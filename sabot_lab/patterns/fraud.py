@@ -55,7 +55,6 @@ __all__ = ["RULES", "FraudRules", "detect_fraud"]
 RULES = ("velocity", "amount", "geo")
 _EMPTY = np.iinfo(np.int64).min
 _EARTH_KM = 6371.0088
-_VELOCITY, _AMOUNT, _GEO, _OUT_OF_ORDER = 1, 2, 4, 8
 
 
 # Per-account state, two rows of a few numbers each (one or two cache lines, where eight
@@ -65,77 +64,111 @@ _VELOCITY, _AMOUNT, _GEO, _OUT_OF_ORDER = 1, 2, 4, 8
 _SEEN, _NEXT, _MEAN, _M2, _LAT, _LON = range(6)
 
 
+_RULE_NAMES = pa.array(RULES)
+_REASONS = ("", "null or NaN amount", "amount <= 0 cannot be scored on a log scale",
+            "missing or NaN coordinates", "coordinates out of range",
+            "event time earlier than the account's previous transaction (out of order)")
+
+
 @numba.njit(nogil=True, cache=True)
 def _rules(slots, ts, amount, lat, lon, times, stats,  # pragma: no cover - numba
            window, max_count, min_history, z_threshold, log_amount, max_speed_kmh,
-           min_elapsed, hour,
-           flags, count, z, km, kmh, prev_lat, prev_lon):
-    """Evaluate every row in order against its account's state (``slots``), updating it.
+           min_elapsed, hour, refused,
+           alert_row, alert_rule, severity, count, z, km, kmh, prev_lat, prev_lon):
+    """Evaluate every row in order against its account's state (``slots``), updating it,
+    and write one alert per (row, rule) that fires, in arrival order.
 
-    Outputs per row: ``flags`` (bits: 1 velocity, 2 amount, 4 geo, 8 out of order) and the
-    evidence.
+    A row that cannot be scored gets ``refused[i]`` > 0 (an index into ``_REASONS``) and
+    leaves the state alone. Returns the number of alerts written.
     """
+    n_alerts = 0
     for i in range(slots.shape[0]):
+        x = amount[i]
+        if x != x:
+            refused[i] = 1
+            continue
+        if log_amount and x <= 0:
+            refused[i] = 2
+            continue
+        if lat[i] != lat[i] or lon[i] != lon[i]:
+            refused[i] = 3
+            continue
+        if abs(lat[i]) > 90 or abs(lon[i]) > 180:
+            refused[i] = 4
+            continue
         s = slots[i]
         t = ts[i]
-        flags[i] = 0
-        z[i] = np.nan
-        km[i] = np.nan
-        kmh[i] = np.nan
-        prev_lat[i] = np.nan
-        prev_lon[i] = np.nan
         n = int(stats[s, _SEEN])
         if n > 0 and t < times[s, 0]:
-            flags[i] = _OUT_OF_ORDER
-            count[i] = 0
+            refused[i] = 5
             continue
+        refused[i] = 0
         # velocity: this one plus the earlier ones within the window
         c = 1
         for j in range(1, max_count + 1):
             if times[s, j] != _EMPTY and t - times[s, j] < window:
                 c += 1
-        count[i] = c
-        if c > max_count:
-            flags[i] |= _VELOCITY
         position = int(stats[s, _NEXT])
         times[s, 1 + position] = t
         stats[s, _NEXT] = (position + 1) % max_count
         # amount: score against the history, then add to it (Welford)
-        x = np.log(amount[i]) if log_amount else amount[i]
+        if log_amount:
+            x = np.log(x)
         mean = stats[s, _MEAN]
+        score = np.nan
         if n >= min_history and n > 1:
             std = np.sqrt(stats[s, _M2] / (n - 1))
             if std > 0:
-                z[i] = (x - mean) / std
-                if z[i] > z_threshold:
-                    flags[i] |= _AMOUNT
+                score = (x - mean) / std
         delta = x - mean
         mean += delta / (n + 1)
         stats[s, _MEAN] = mean
         stats[s, _M2] += delta * (x - mean)
         # geo: speed from the last known location
-        moved = True
+        distance, speed, from_lat, from_lon = np.nan, np.nan, np.nan, np.nan
         if n > 0:
-            last_lat, last_lon = stats[s, _LAT], stats[s, _LON]
-            p1, p2 = np.radians(last_lat), np.radians(lat[i])
+            from_lat, from_lon = stats[s, _LAT], stats[s, _LON]
+            p1, p2 = np.radians(from_lat), np.radians(lat[i])
             a = (np.sin((p2 - p1) / 2) ** 2
-                 + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon[i] - last_lon) / 2) ** 2)
-            km[i] = 2 * _EARTH_KM * np.arcsin(min(1.0, np.sqrt(a)))
-            kmh[i] = km[i] / (max(t - times[s, 0], min_elapsed) / hour)
-            prev_lat[i] = last_lat
-            prev_lon[i] = last_lon
-            if kmh[i] > max_speed_kmh:
-                flags[i] |= _GEO
-                moved = False
-        if moved:
+                 + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon[i] - from_lon) / 2) ** 2)
+            distance = 2 * _EARTH_KM * np.arcsin(min(1.0, np.sqrt(a)))
+            speed = distance / (max(t - times[s, 0], min_elapsed) / hour)
+        geo = speed > max_speed_kmh
+        if not geo:  # a geo-impossible transaction does not move the account
             stats[s, _LAT] = lat[i]
             stats[s, _LON] = lon[i]
         times[s, 0] = t
         stats[s, _SEEN] = n + 1
+        for rule in range(3):
+            if rule == 0 and c > max_count:
+                level = c / max_count
+            elif rule == 1 and score > z_threshold:
+                level = score / z_threshold
+            elif rule == 2 and geo:
+                level = speed / max_speed_kmh
+            else:
+                continue
+            alert_row[n_alerts] = i
+            alert_rule[n_alerts] = rule
+            severity[n_alerts] = level
+            count[n_alerts] = c
+            z[n_alerts] = score
+            km[n_alerts] = distance
+            kmh[n_alerts] = speed
+            prev_lat[n_alerts] = from_lat
+            prev_lon[n_alerts] = from_lon
+            n_alerts += 1
+    return n_alerts
 
 
 def _float(batch: pa.RecordBatch, name: str) -> np.ndarray:
-    return batch.column(name).cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+    """A column as float64 with NaN for nulls (zero-copy when it already is one)."""
+    column = batch.column(name)
+    if column.type != pa.float64():
+        column = column.cast(pa.float64())
+    if column.null_count:
+        column = column.fill_null(np.nan)
+    return column.to_numpy(zero_copy_only=False)
 
 
 class FraudRules(ProcessFunction):
@@ -171,6 +204,7 @@ class FraudRules(ProcessFunction):
         self.id_col, self.time_col, self.amount_col, self.lat_col, self.lon_col = columns
         self.columns = tuple(columns)
         self._unit = "ms"
+        self._constants: tuple | None = None  # per-batch constants, set on the first batch
 
     def __repr__(self) -> str:
         return (f"FraudRules(window={self.window!r}, max_count={self.max_count}, "
@@ -233,28 +267,12 @@ class FraudRules(ProcessFunction):
             ("detection_latency_ms", pa.float64())])
 
     def validate(self, batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray] | None:
-        checks = [
-            (pc.is_null(batch.column(self.time_col)), "null event time"),
-            (pc.is_null(batch.column(self.amount_col), nan_is_null=True),
-             "null or NaN amount"),
-            (pc.less_equal(batch.column(self.amount_col), 0).fill_null(False)
-             if self.log_amount else None, "amount <= 0 cannot be scored on a log scale"),
-            (pc.or_(pc.is_null(batch.column(self.lat_col), nan_is_null=True),
-                    pc.is_null(batch.column(self.lon_col), nan_is_null=True)),
-             "missing or NaN coordinates"),
-            (pc.or_(pc.greater(pc.abs(batch.column(self.lat_col)), 90),
-                    pc.greater(pc.abs(batch.column(self.lon_col)), 180)).fill_null(False),
-             "coordinates out of range"),
-        ]
-        mask = np.zeros(batch.num_rows, dtype=bool)
-        reasons = np.full(batch.num_rows, None, dtype=object)
-        for check, reason in checks:
-            if check is None:
-                continue
-            hit = check.to_numpy(zero_copy_only=False) & ~mask
-            reasons[hit] = reason
-            mask |= hit
-        return (mask, reasons[mask]) if mask.any() else None
+        """Null event times; the other checks (amounts, coordinates, order) run in the
+        kernel, row by row."""
+        times = batch.column(self.time_col)
+        if not times.null_count:
+            return None
+        return pc.is_null(times).to_numpy(zero_copy_only=False), np.array("null event time")
 
     def process(self, batch: pa.RecordBatch, keys: pa.Array, block: StateBlock
                 ) -> tuple[pa.RecordBatch, np.ndarray, np.ndarray]:
@@ -262,49 +280,35 @@ class FraudRules(ProcessFunction):
         n = batch.num_rows
         times = batch.column(self.time_col)
         ts = (times.cast(pa.int64()) if pa.types.is_timestamp(times.type) else times).to_numpy()
-        window, min_elapsed, hour = self._units(self._unit)
-        flags = np.empty(n, dtype=np.int8)
-        count = np.empty(n, dtype=np.int32)
-        z, km, kmh, prev_lat, prev_lon = (np.empty(n) for _ in range(5))
-        _rules(block.slots, ts.astype(np.int64, copy=False), _float(batch, self.amount_col),
-               _float(batch, self.lat_col), _float(batch, self.lon_col),
-               block.arrays["times"], block.arrays["stats"], window, self.max_count,
-               self.min_history, self.z_threshold, self.log_amount,
-               self.max_speed_kmh, min_elapsed, hour,
-               flags, count, z, km, kmh, prev_lat, prev_lon)
-        rows, rules, severity = [], [], []
-        for bit, rule, measure, threshold in (
-                (_VELOCITY, "velocity", count, self.max_count),
-                (_AMOUNT, "amount", z, self.z_threshold),
-                (_GEO, "geo", kmh, self.max_speed_kmh)):
-            hit = np.flatnonzero(flags & bit)
-            rows.append(hit)
-            rules.append(np.full(len(hit), RULES.index(rule), dtype=np.int8))
-            severity.append(measure[hit] / threshold)
-        rows_all, rule_all = np.concatenate(rows), np.concatenate(rules)
-        order = np.lexsort((rule_all, rows_all))  # arrival order, then rule order
-        take = rows_all[order]
-        taken = pa.array(take, pa.int64())
+        if self._constants is None or self._constants[0] is not batch.schema:
+            self._constants = (batch.schema, *self._units(self._unit),
+                               self.output_schema(batch.schema))
+        _, window, min_elapsed, hour, schema = self._constants
+        refused = np.empty(n, dtype=np.int8)
+        alert_row = np.empty(3 * n, dtype=np.int64)
+        alert_rule = np.empty(3 * n, dtype=np.int8)
+        count = np.empty(3 * n, dtype=np.int32)
+        severity, z, km, kmh, prev_lat, prev_lon = (np.empty(3 * n) for _ in range(6))
+        found = _rules(block.slots, ts.astype(np.int64, copy=False),
+                       _float(batch, self.amount_col), _float(batch, self.lat_col),
+                       _float(batch, self.lon_col), block.arrays["times"],
+                       block.arrays["stats"], window, self.max_count, self.min_history,
+                       self.z_threshold, self.log_amount, self.max_speed_kmh, min_elapsed, hour,
+                       refused, alert_row, alert_rule, severity, count, z, km, kmh, prev_lat,
+                       prev_lon)
+        rows = pa.array(alert_row[:found])
 
         def evidence(values: np.ndarray) -> pa.Array:
-            picked = values[take]
-            return pa.array(picked, mask=np.isnan(picked))
+            return pa.array(values[:found], mask=np.isnan(values[:found]))
 
-        latency = (time.perf_counter() - start) * 1000
         alerts = pa.RecordBatch.from_arrays([
-            keys.take(taken).cast(pa.int64()), batch.column(self.id_col).take(taken),
-            times.take(taken),
-            pa.DictionaryArray.from_arrays(pa.array(rule_all[order]), pa.array(RULES))
-            .cast(pa.string()),
-            pa.array(np.concatenate(severity)[order]),
-            pa.array(count[take]), evidence(z), evidence(km), evidence(kmh),
-            evidence(prev_lat), evidence(prev_lon),
-            pa.array(np.full(len(take), latency))],
-            schema=self.output_schema(batch.schema))
-        out_of_order = (flags & _OUT_OF_ORDER) != 0
-        return alerts, out_of_order, np.full(int(out_of_order.sum()),
-                                             "event time earlier than the account's previous "
-                                             "transaction (out of order)", dtype=object)
+            keys.take(rows).cast(pa.int64()), batch.column(self.id_col).take(rows),
+            times.take(rows), _RULE_NAMES.take(pa.array(alert_rule[:found])),
+            pa.array(severity[:found]), pa.array(count[:found]), evidence(z), evidence(km),
+            evidence(kmh), evidence(prev_lat), evidence(prev_lon),
+            pa.array(np.full(found, (time.perf_counter() - start) * 1000))], schema=schema)
+        bad = refused > 0
+        return alerts, bad, np.asarray(_REASONS, dtype=object)[refused[bad]]
 
 
 def detect_fraud(transactions: Stream, rules: FraudRules | None = None,

@@ -260,6 +260,9 @@ def _merge_metrics(merged: list[OperatorMetrics], rows: list[dict]) -> None:
     for m, row in zip(merged, rows, strict=False):
         m.add(**{k: row[k] for k in COUNTERS})
         m.aggregates = m.aggregates or row["aggregates"]
+        for gauge in ("state_keys", "state_bytes"):  # each key range holds its own keys
+            if row.get(gauge) is not None:
+                setattr(m, gauge, (getattr(m, gauge) or 0) + row[gauge])
         if row["watermark"] is not None:
             m.watermark = row["watermark"] if m.watermark is None else max(m.watermark,
                                                                            row["watermark"])
