@@ -13,7 +13,18 @@ from sabot_lab.plan.compare import compare_plans
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import PlanError
 from sabot_lab.plan.optimizer import PlanOptimizer
-from sabot_lab.plan.windows import count, hopping, max, mean, min, quantile, session, sum, tumbling
+from sabot_lab.plan.windows import (
+    approx_quantile,
+    count,
+    hopping,
+    max,
+    mean,
+    min,
+    quantile,
+    session,
+    sum,
+    tumbling,
+)
 from sabot_lab.process import ProcessFunction, PythonProcessFunction
 from sabot_lab.reference import DuplicateKeyError, Table
 from sabot_lab.result import Result
@@ -44,6 +55,7 @@ __all__ = [
     "Result",
     "Stream",
     "Table",
+    "approx_quantile",
     "assert_same_results",
     "coalesce",
     "col",

@@ -59,7 +59,7 @@ from sabot_lab.plan.nodes import (
     WindowAggregate,
 )
 from sabot_lab.plan.optimizer import PlanOptimizer
-from sabot_lab.plan.windows import AggSpec, Hopping, Tumbling, parse_duration
+from sabot_lab.plan.windows import AggSpec, Hopping, Session, Tumbling, parse_duration
 from sabot_lab.reference import Table
 from sabot_lab.result import Result
 
@@ -344,7 +344,7 @@ class Stream:
         """Partition the stream by key for per-key state: finish with ``.process(fn)``."""
         return KeyedStream(self, tuple(keys))
 
-    def window(self, window: Tumbling | Hopping) -> WindowedStream:
+    def window(self, window: Tumbling | Hopping | Session) -> WindowedStream:
         """Group rows into event-time windows; finish with ``.agg(...)`` or
         ``.group_by(keys).agg(...)``. Needs :meth:`with_watermark` upstream."""
         return WindowedStream(self, window, ())
@@ -488,7 +488,8 @@ class WindowedStream:
      {'window_start': 60, 'k': 'a', 'n': 1, 'top': 3.0}]
     """
 
-    def __init__(self, stream: Stream, window: Tumbling | Hopping, keys: tuple[str, ...]
+    def __init__(self, stream: Stream, window: Tumbling | Hopping | Session,
+                 keys: tuple[str, ...]
                  ) -> None:
         self.stream = stream
         self.window_spec = window
@@ -503,6 +504,11 @@ class WindowedStream:
         if not aggregates:
             raise PlanError("agg() needs at least one aggregate, e.g. n=sl.count()")
         watermark = _watermark_of(self.stream.node)
+        if isinstance(self.window_spec, Session) and parse_duration(watermark.allowed_lateness):
+            raise PlanError(
+                "allowed lateness is not supported for session windows; rows after the "
+                "watermark go to the late side output (use with_watermark(..., "
+                "allowed_lateness='0s'))")
         return Stream(WindowAggregate(
             self.stream.node, self.window_spec, self.keys, tuple(aggregates.items()),
             watermark.time_col, watermark.time_unit, watermark.out_of_orderness,

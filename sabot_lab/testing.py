@@ -32,7 +32,8 @@ def _table(value: object) -> pa.Table:
     return pa.table(columns) if columns else table
 
 
-def assert_same_results(left: object, right: object, rtol: float = 1e-12) -> None:
+def assert_same_results(left: object, right: object, rtol: float = 1e-12,
+                        atol: float = 0.0) -> None:
     """Assert that two results hold the same multiset of rows, in any order.
 
     Parameters
@@ -43,6 +44,9 @@ def assert_same_results(left: object, right: object, rtol: float = 1e-12) -> Non
     rtol
         Relative tolerance for floating-point columns (two engines may round an interpolated
         quantile differently in the last bit); other columns must be equal.
+    atol
+        Absolute tolerance for floating-point columns, for values that should be zero but
+        are sums in another order (``1e-15`` against ``0.0``).
 
     Raises
     ------
@@ -65,7 +69,8 @@ def assert_same_results(left: object, right: object, rtol: float = 1e-12) -> Non
         x, y = a.column(name), b.column(name)
         if pa.types.is_floating(x.type):
             scale = pc.max_element_wise(pc.abs(x), pc.abs(y))
-            same = pc.less_equal(pc.abs(pc.subtract(x, y)), pc.multiply(scale, rtol))
+            same = pc.less_equal(pc.abs(pc.subtract(x, y)),
+                                 pc.add(pc.multiply(scale, rtol), atol))
             both_nan = pc.fill_null(pc.and_(pc.is_nan(x), pc.is_nan(y)), False)
             same = pc.or_(pc.or_(pc.fill_null(same, False), both_nan),
                           pc.fill_null(pc.equal(x, y), False))

@@ -35,6 +35,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sabot_lab.ops.sketch import QuantileSketches
+
 __all__ = ["PartialAggregates"]
 
 
@@ -220,6 +222,8 @@ class PartialAggregates:
         self.schema = schema
         self.columns: dict[str, _ColumnState] = {}
         self.quantile_columns: list[str] = []
+        # Approximate quantiles: one sketch set per (column, relative error), by flat slot.
+        self.sketches: dict[tuple[str, float], QuantileSketches] = {}
         for _, agg in self.aggs:
             if agg.column is None:
                 continue
@@ -229,6 +233,9 @@ class PartialAggregates:
             if agg.function == "quantile":
                 if agg.column not in self.quantile_columns:
                     self.quantile_columns.append(agg.column)
+            elif agg.function == "approx_quantile":
+                self.sketches.setdefault((agg.column, agg.relative_error),
+                                         QuantileSketches(relative_error=agg.relative_error))
             else:
                 self.columns.setdefault(agg.column, _ColumnState(dtype))
         self.key_capacity = 1
@@ -242,9 +249,10 @@ class PartialAggregates:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: slot arrays plus values kept for exact quantiles."""
+        """Bytes held: slot arrays, sketches, and values kept for exact quantiles."""
         arrays = self.counts.nbytes + sum(
-            getattr(c, a).nbytes for c in self.columns.values() for a in c.arrays())
+            getattr(c, a).nbytes for c in self.columns.values() for a in c.arrays()) + sum(
+            s.nbytes for s in self.sketches.values())
         kept = sum(k.nbytes + v.nbytes for row in self.kept.values() for chunks in row.values()
                    for k, v in chunks)
         return arrays + kept
@@ -268,6 +276,12 @@ class PartialAggregates:
                 self.row_capacity, capacity)
             new[:, :self.key_capacity] = old
             setattr(owner, name, new.reshape(-1))
+        for index, sketches in self.sketches.items():  # flat slots move: row * capacity + key
+            old_slots = np.arange(sketches.n_slots)
+            moved = QuantileSketches(relative_error=sketches.relative_error)
+            moved.merge(sketches, (old_slots // self.key_capacity) * capacity
+                        + old_slots % self.key_capacity)
+            self.sketches[index] = moved
         self.key_capacity = capacity
 
     def new_row(self) -> int:
@@ -294,6 +308,8 @@ class PartialAggregates:
             getattr(owner, name)[window] = self._fresh(owner, name, 1)[0]
         self.kept.pop(row, None)
         self.sorted_kept -= {(row, c) for c in self.quantile_columns}
+        for sketches in self.sketches.values():
+            sketches.reset(np.arange(window.start, window.stop))
         self.free_rows.append(row)
 
     def merge_keys(self, row: int, into: np.ndarray, source: np.ndarray) -> None:
@@ -361,8 +377,8 @@ class PartialAggregates:
 
     def prepare(self, batch: pa.RecordBatch) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """The aggregated columns of ``batch`` as (values, validity) numpy arrays."""
-        return {name: _numeric(batch.column(name))
-                for name in [*self.columns, *self.quantile_columns]}
+        names = [*self.columns, *self.quantile_columns, *(c for c, _ in self.sketches)]
+        return {name: _numeric(batch.column(name)) for name in dict.fromkeys(names)}
 
     def accumulate(self, row: int | np.ndarray, keys: np.ndarray,
                    data: pa.RecordBatch | dict[str, tuple[np.ndarray, np.ndarray]],
@@ -380,6 +396,13 @@ class PartialAggregates:
             values, valid = data[name]
             _accumulate(slots, values.astype(state.dtype, copy=False), valid, state.sums,
                         state.nonnull, state.mins, state.maxs)
+        for (name, _), sketches in self.sketches.items():
+            values, valid = data[name]
+            keep = valid & (slots >= 0)  # NaN: the sketch skips (and counts) it
+            if keep.all():
+                sketches.update(slots, values.astype(np.float64, copy=False))
+            else:
+                sketches.update(slots[keep], values[keep].astype(np.float64, copy=False))
         for name in self.quantile_columns:
             values, valid = data[name]
             values = values.astype(np.float64, copy=False)
@@ -413,6 +436,9 @@ class PartialAggregates:
             elif agg.function == "quantile":
                 values = self._values_of(row, agg.column, key)
                 out[name] = float(np.quantile(values, agg.q)) if len(values) else None
+            elif agg.function == "approx_quantile":
+                value = self._approx(row, np.array([key]), agg)[0]
+                out[name] = None if np.isnan(value) else float(value)
             else:
                 state = self.columns[agg.column]
                 n = int(state.nonnull[slot])
@@ -448,8 +474,9 @@ class PartialAggregates:
             if agg.function == "count":
                 out[name] = pa.array(self.counts[slots])
                 continue
-            if agg.function == "quantile":
-                values = quantiles[agg.column][agg.q]
+            if agg.function in ("quantile", "approx_quantile"):
+                values = quantiles[agg.column][agg.q] if agg.function == "quantile" \
+                    else self._approx(row, keys, agg)
                 out[name] = pa.array(values, mask=np.isnan(values))
                 continue
             state = self.columns[agg.column]
@@ -463,6 +490,16 @@ class PartialAggregates:
             array = pa.array(values, mask=empty)
             out[name] = array if agg.function in ("sum", "mean") else array.cast(
                 self.schema.field(agg.column).type)
+        return out
+
+    def _approx(self, row: int, keys: np.ndarray, agg: Any) -> np.ndarray:
+        """Sketch estimates of quantile ``agg.q`` for the slots ``(row, keys)``."""
+        sketches = self.sketches[(agg.column, agg.relative_error)]
+        slots = row * self.key_capacity + np.asarray(keys, dtype=np.int64)
+        out = np.full(len(slots), np.nan)
+        known = slots < sketches.n_slots
+        if known.any():
+            out[known] = sketches.quantiles(slots[known], agg.q)
         return out
 
     def _quantiles(self, row: int, keys: np.ndarray) -> dict[str, dict[float, np.ndarray]]:

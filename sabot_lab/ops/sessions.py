@@ -45,6 +45,7 @@ watermark (170) had passed its proto-window's end.
 from __future__ import annotations
 
 import builtins
+import pickle
 
 import numba
 import numpy as np
@@ -64,6 +65,8 @@ _NO_WATERMARK = np.iinfo(np.int64).min
 _END_OF_TIME = np.iinfo(np.int64).max
 # counters: free slots on the stack, sessions closed and sessions merged away in this batch
 _FREE, _CLOSED, _MERGED = 0, 1, 2
+# arrays indexed by session slot (besides the free stack)
+_PER_SLOT = ("nxt", "start", "end", "owner", "parent", "closed", "merged")
 
 
 @numba.njit(nogil=True, cache=True)
@@ -194,6 +197,7 @@ class SessionWindowOp(Operator):
 
     node: WindowAggregate
     parallel_safe = False
+    stateful = True
 
     def __init__(self, *args: object) -> None:
         super().__init__(*args)
@@ -222,8 +226,7 @@ class SessionWindowOp(Operator):
         self.row = self.partials.new_row()  # one row: a session slot stands for the key
         self.head = np.full(0, -1, dtype=np.int64)  # per key id: first open session, or -1
         self.counters = np.zeros(3, dtype=np.int64)
-        slots = ("nxt", "start", "end", "owner", "parent", "free", "closed", "merged")
-        for name in slots:
+        for name in (*_PER_SLOT, "free"):
             setattr(self, name, np.zeros(0, dtype=np.int64))
         self.watermark = _NO_WATERMARK
         _warm_up()
@@ -233,7 +236,7 @@ class SessionWindowOp(Operator):
         """Double the session slots; the new ones go on the free stack."""
         old = len(self.start)
         new = builtins.max(64, 2 * old)
-        for name in ("nxt", "start", "end", "owner", "parent", "closed", "merged"):
+        for name in _PER_SLOT:
             grown = np.zeros(new, dtype=np.int64)
             grown[:old] = getattr(self, name)
             setattr(self, name, grown)
@@ -282,6 +285,17 @@ class SessionWindowOp(Operator):
         self.watermark = builtins.max(self.watermark, int(ts.max()) - self.bound,
                                       int(wm.max()))
         return self._close(self.watermark)
+
+    def snapshot(self) -> bytes:
+        """Key ids, partial aggregates, open sessions and the watermark (pickled: restore
+        with the same version of sabot_lab)."""
+        arrays = {name: getattr(self, name) for name in (*_PER_SLOT, "free", "head", "counters")}
+        return pickle.dumps((self.keys, self.partials, arrays, self.watermark))
+
+    def restore(self, state: bytes) -> None:
+        self.keys, self.partials, arrays, self.watermark = pickle.loads(state)
+        for name, array in arrays.items():
+            setattr(self, name, array)
 
     def on_watermark(self, timestamp: int) -> list[pa.RecordBatch]:
         self.watermark = builtins.max(self.watermark, timestamp)

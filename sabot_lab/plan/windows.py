@@ -27,6 +27,7 @@ __all__ = [
     "Hopping",
     "Session",
     "Tumbling",
+    "approx_quantile",
     "count",
     "hopping",
     "max",
@@ -172,6 +173,7 @@ class AggSpec:
     function: str
     column: str | None = None
     q: float | None = None
+    relative_error: float | None = None
 
     def output_type(self, schema: pa.Schema) -> pa.DataType:
         """The type of the aggregate's result."""
@@ -195,6 +197,8 @@ class AggSpec:
             return "count()"
         if self.function == "quantile":
             return f"quantile({self.column!r}, {self.q})"
+        if self.function == "approx_quantile":
+            return f"approx_quantile({self.column!r}, {self.q}, {self.relative_error})"
         return f"{self.function}({self.column!r})"
 
 
@@ -229,3 +233,20 @@ def quantile(column: str, q: float) -> AggSpec:
     if not 0 <= q <= 1:
         raise ValueError(f"quantile q must be within [0, 1], got {q}")
     return AggSpec("quantile", column, q)
+
+
+def approx_quantile(column: str, q: float, relative_error: float = 0.01) -> AggSpec:
+    """Approximate quantile ``q`` from a mergeable log-bucket sketch (DDSketch-style, see
+    :mod:`sabot_lab.ops.sketch`): the estimate is within ``relative_error`` of the exact
+    *lower* quantile (``np.quantile(x, q, method="lower")``), whatever the data, with memory
+    per group that grows with the log of the values' range, not with the rows. Nulls and NaN
+    are ignored.
+
+    >>> approx_quantile("latency_ms", 0.99)
+    approx_quantile('latency_ms', 0.99, 0.01)
+    """
+    if not 0 <= q <= 1:
+        raise ValueError(f"quantile q must be within [0, 1], got {q}")
+    if not 0 < relative_error < 1:
+        raise ValueError(f"relative_error must be within (0, 1), got {relative_error}")
+    return AggSpec("approx_quantile", column, q, relative_error)

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 import sabot_lab as sl
 from sabot_lab.ops.aggregates import PartialAggregates
+from sabot_lab.ops.base import OperatorMetrics, SideOutputs
+from sabot_lab.runtime.local import make_operator
 from tests.oracle import assert_balanced, assert_same_rows, duck
 
 AGGS = dict(n=sl.count(), total=sl.sum("v"), avg=sl.mean("v"), lo=sl.min("v"), hi=sl.max("v"),
@@ -164,6 +166,39 @@ def test_allowed_lateness_and_a_gap_below_the_time_unit_are_refused():
         _sessions(events, "30s", "0s", 2, allowed_lateness="1min")
     with pytest.raises(sl.PlanError, match="session gap is below one s"):
         _sessions(events, "500ms", "0s", 2)
+
+
+def test_a_restored_snapshot_continues_where_the_run_stopped():
+    rng = np.random.default_rng(11)
+    n = 3_000
+    t = np.sort(rng.integers(0, 6_000, n))
+    t = t[np.argsort(t + rng.uniform(0, 60, n), kind="stable")].tolist()
+    k = [KEYS[i] for i in rng.integers(0, 5, n)]
+    v = rng.normal(0, 1, n).tolist()
+    events = pa.table({"t": t, "k": pa.array(k, pa.string()), "v": v, "row": range(n)})
+    window = (sl.Stream.from_table(events).with_watermark("t", unit="s", out_of_orderness="20s")
+              .window(sl.session("30s")).group_by("k").agg(**AGGS)).node
+    side = SideOutputs()
+
+    def operators() -> list:
+        return [make_operator(node, OperatorMetrics("x", node.label), side)
+                for node in (window.child, window)]
+
+    def run(ops: list, batches: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
+        return [out for b in batches for marked in ops[0].process(b)
+                for out in ops[1].process(marked)]
+
+    batches = events.to_batches(max_chunksize=128)
+    first = operators()
+    emitted = run(first, batches[:10])
+    second = operators()
+    for before, after in zip(first, second, strict=True):
+        after.restore(before.snapshot())
+    emitted += run(second, batches[10:]) + second[1].finish()
+    sessions, late = _oracle(t, k, v, 30, 20)
+    got = pa.Table.from_batches(emitted).drop_columns(["revision", "is_update"])
+    assert_same_rows(got, pa.Table.from_pylist(sessions, schema=got.schema))
+    assert side.tables()["late"]["row"].to_pylist() == [i for i, *_ in late]
 
 
 # --- against DuckDB on in-order data ----------------------------------------------------------
