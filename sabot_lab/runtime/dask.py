@@ -2,7 +2,7 @@
 
 The :class:`JobManager` turns an optimized JobGraph into an :class:`ExecutionPlan`: every source
 is split into partitions that workers read themselves (Parquet row groups, generator batch
-ranges; an in-memory table is sliced and scattered once), reference tables of ``enrich`` are
+ranges; an in-memory table is sliced, each slice sent with its task), reference tables of ``enrich`` are
 broadcast once to every worker, and each partition runs the whole stateless pipeline as one
 task (an *agent* on a worker) through the same operators the LocalRunner uses. Results and
 metrics come back as Arrow tables and plain dicts, and are merged in partition order, so the
@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from html import escape
@@ -321,8 +322,10 @@ class JobManager:
             for task_index, task in enumerate(execution.tasks):
                 part = scans[task.source][task.partition]
                 if isinstance(part, TableScan):
-                    # Scatter the slice as a bare Arrow table (serialized with Arrow IPC).
-                    part = self.client.scatter(part.table, hash=False)
+                    # The slice travels inside its task as a bare Arrow table (Arrow IPC), not
+                    # scattered: a task lost with a worker is re-run, so its input must
+                    # outlive the worker, and scattered data does not.
+                    part = compact(part.table)
                 future = self.client.submit(
                     _run_partition, template, task.source, task.partition, part,
                     *ref_futures, retries=self.retries, pure=False,
@@ -397,6 +400,26 @@ class JobManager:
         rows = sum(out["rows_out"] for out in outputs.values())
         merged[-1].add(rows_in=rows, rows_out=rows, batches_in=len(outputs))
         return merged
+
+
+def compact(table: pa.Table) -> pa.Table:
+    """A copy of ``table`` in buffers of its own: a sliced table pickles (as task arguments
+    are sent) with its parent's whole buffers, a compact one with its own rows only.
+
+    >>> import pickle
+    >>> big = pa.table({"a": range(100_000)})
+    >>> len(pickle.dumps(compact(big.slice(0, 10)))) < 2_000 < len(pickle.dumps(big.slice(0, 10)))
+    True
+    """
+    return pa.table({name: pa.concat_arrays([pa.array([], column.type), *column.chunks])
+                     for name, column in zip(table.column_names, table.columns, strict=True)},
+                    schema=table.schema)
+
+
+def quiet_large_graph_warning() -> None:
+    """Dask warns when a task graph passes 10 MB; ours carry in-memory partitions on purpose
+    (see above). The warning is raised from Dask's event loop, so the filter is global."""
+    warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
 
 
 def _warm_worker(arrow_threads: int | None = None) -> None:
@@ -481,6 +504,7 @@ class DaskRunner:
             raise TypeError("client_or_address must be a distributed.Client, an address "
                             f"string or None, got {type(client_or_address).__name__}")
         self.client.run(_warm_worker, arrow_threads)
+        quiet_large_graph_warning()
         self.startup_ms = (time.perf_counter() - start) * 1000
         self.partitions_per_worker = partitions_per_worker
 

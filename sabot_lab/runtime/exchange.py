@@ -28,7 +28,6 @@ the key-range task, rebuilt by re-running it.
 from __future__ import annotations
 
 import operator
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -194,12 +193,9 @@ def submit_stateful_job(manager: object, graph: JobGraph, stages: StatefulStages
     retries = manager.retries
     ref_futures = [client.scatter(r.data, broadcast=True, hash=True) for r in references]
     # In-memory slices travel inside their tasks, not scattered: a task lost with a worker
-    # is recomputed, so its input must survive the worker (scattered data does not). Dask
-    # warns about task graphs over 10 MB (from its event loop, so the filter is global):
-    # here that is the data, on purpose.
-    warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+    # is recomputed, so its input must survive the worker (scattered data does not).
     firsts = [client.submit(run_partition, template, task.source, task.partition,
-                            scans[task.source][task.partition], *ref_futures,
+                            _compacted(scans[task.source][task.partition]), *ref_futures,
                             retries=retries, pure=False)
               for task in execution.tasks]
     n_ranges = manager.n_partitions if stages.keys else 1
@@ -266,6 +262,12 @@ def _merge_metrics(merged: list[OperatorMetrics], rows: list[dict]) -> None:
         if row["watermark"] is not None:
             m.watermark = row["watermark"] if m.watermark is None else max(m.watermark,
                                                                            row["watermark"])
+
+
+def _compacted(scan: object) -> object:
+    from sabot_lab.runtime.dask import compact
+
+    return compact(scan.table) if isinstance(scan, TableScan) else scan
 
 
 def _without_pieces(split: dict) -> dict:
