@@ -39,6 +39,7 @@ from sabot_lab.ops.sources import (
     CsvScan,
     GeneratorScan,
     ParquetScan,
+    ReplayScan,
     TableScan,
 )
 from sabot_lab.plan.graph import JobGraph
@@ -160,6 +161,19 @@ class Stream:
         if schema is None:
             schema = make_batch(0).schema
         return cls(Source(GeneratorScan(make_batch, n_batches, schema)))
+
+    @classmethod
+    def replay(cls, table: pa.Table, time_col: str | None = None, speed: float = 1.0,
+               rows_per_second: float | None = None, batch_size: int = 1_000) -> Stream:
+        """Replay a bounded table "live": batches arrive at the pace of ``time_col``,
+        ``speed`` times real time (``speed=60``: a minute of events per second), or at a
+        fixed ``rows_per_second``. For watching windows and dashboards fill up.
+
+        >>> t = pa.table({"t": [0, 1, 2, 3]})
+        >>> Stream.replay(t, rows_per_second=1e6, batch_size=2).to_table().num_rows
+        4
+        """
+        return cls(Source(ReplayScan(table, time_col, speed, rows_per_second, batch_size)))
 
     # --- operators -----------------------------------------------------------------------
     @property

@@ -71,21 +71,24 @@ class KeyedProcessOp(Operator):
         if not batch.num_rows:
             return []
         keys = batch.column(self.key)
-        now = None
+        first = last = None
         if self.function.time_col is not None and self.state.spec.ttl is not None:
             times = batch.column(self.function.time_col)
-            now = int(pc.max(times.cast(pa.int64()) if pa.types.is_timestamp(times.type)
-                             else times).as_py())
-        block = self.state.acquire(keys, now)
+            bounds = pc.min_max(times.cast(pa.int64()) if pa.types.is_timestamp(times.type)
+                                else times)
+            first, last = bounds["min"].as_py(), bounds["max"].as_py()
+        # Keys idle since before the batch's first event (minus ttl) are gone for every row
+        # of it; finer, row by row, is the function's job (it sees each row's time).
+        block = self.state.acquire(keys, first)
         out = self.function.process(batch, keys, block)
-        self.state.release(block, now)
+        self.state.release(block, last)
         if isinstance(out, tuple):  # (output, rows the function refused, their reasons)
             out, refused, reasons = out
             if refused.any():
                 self._side_output("invalid", batch, refused, reasons)
                 self.metrics.add(rows_aggregated=-int(refused.sum()))
-        if now is not None:
-            self.state.expire(now)
+        if first is not None:
+            self.state.expire(first)
         return [out]
 
     def finish(self) -> list[pa.RecordBatch]:

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import itertools
 import re
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
@@ -36,6 +38,7 @@ __all__ = [
     "CsvScan",
     "GeneratorScan",
     "ParquetScan",
+    "ReplayScan",
     "ScanFilterOp",
     "SchemaMismatchError",
     "TableScan",
@@ -195,6 +198,69 @@ class BatchesScan:
                 )
             if batch.num_rows:
                 yield batch
+
+
+class ReplayScan:
+    """Replays a bounded table as if it were arriving now: batches are released at the pace
+    of their event time, ``speed`` times faster than real time, or at ``rows_per_second``.
+
+    Pacing is the point of this source (dashboards and windows can be watched filling up), so
+    it waits between batches; the data and its order are those of the table.
+    """
+
+    def __init__(self, table: pa.Table, time_col: str | None = None, speed: float = 1.0,
+                 rows_per_second: float | None = None, batch_size: int = 1_000,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if (time_col is None) == (rows_per_second is None):
+            raise ValueError("replay at the pace of a time column (time_col=..., speed=...) or "
+                             "at a fixed rate (rows_per_second=...), one of the two")
+        if speed <= 0 or (rows_per_second is not None and rows_per_second <= 0):
+            raise ValueError("speed and rows_per_second must be positive")
+        self.table, self.time_col, self.speed = table, time_col, speed
+        self.rows_per_second, self.batch_size = rows_per_second, batch_size
+        self.clock, self.sleep = clock, sleep
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self.table.schema
+
+    def describe(self) -> str:
+        pace = (f"{self.rows_per_second:,.0f} rows/s" if self.rows_per_second
+                else f"{self.speed:g}x real time")
+        return f"replay {self.table.num_rows:,} rows at {pace}"
+
+    def partitions(self, n: int) -> list[ReplayScan]:
+        raise NotImplementedError("a replay paces one stream in this process: run it with the "
+                                  "LocalRunner")
+
+    def _offsets(self) -> np.ndarray:
+        """Seconds after the start at which each batch is due."""
+        starts = np.arange(0, self.table.num_rows, self.batch_size)
+        if self.rows_per_second is not None:
+            return starts / self.rows_per_second
+        column = self.table[self.time_col]
+        if pa.types.is_timestamp(column.type):
+            column = column.cast(pa.timestamp("ns")).cast(pa.int64())
+            per_second = 1e9
+        else:
+            per_second = 1.0
+        times = column.fill_null(0).to_numpy()
+        if not len(times):
+            return np.zeros(0)
+        # A batch is due when the latest event time so far has been reached.
+        latest = np.maximum.accumulate(times)[np.minimum(starts + self.batch_size,
+                                                         len(times)) - 1]
+        return (latest - times[0]) / per_second / self.speed
+
+    def batches(self, side_outputs: SideOutputs | None = None) -> Iterator[pa.RecordBatch]:
+        start = self.clock()
+        offsets = self._offsets()
+        for offset, batch in zip(offsets, self.table.to_batches(self.batch_size), strict=False):
+            wait = start + offset - self.clock()
+            if wait > 0:
+                self.sleep(wait)
+            yield batch
 
 
 class GeneratorScan:

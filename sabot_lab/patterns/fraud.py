@@ -17,6 +17,8 @@ numba kernel over the batch's column arrays (:class:`FraudRules`):
   card holder's next genuine transaction at home is not flagged as well.
 
 Severity is the measure divided by its threshold (1 at the threshold, rising with it).
+``detection_latency_ms`` on an alert is the time the rules took for the batch it came in
+(from the batch reaching the rules to its alerts being built).
 Rows with a null key go to ``null_key``; null amounts or times, and missing, NaN or
 out-of-range coordinates go to ``invalid``; a transaction older than the account's previous
 one goes to ``invalid`` too (reason: out of order) and does not change the state.
@@ -73,7 +75,7 @@ _REASONS = ("", "null or NaN amount", "amount <= 0 cannot be scored on a log sca
 @numba.njit(nogil=True, cache=True)
 def _rules(slots, ts, amount, lat, lon, times, stats,  # pragma: no cover - numba
            window, max_count, min_history, z_threshold, log_amount, max_speed_kmh,
-           min_elapsed, hour, refused,
+           min_elapsed, hour, ttl, refused,
            alert_row, alert_rule, severity, count, z, km, kmh, prev_lat, prev_lon):
     """Evaluate every row in order against its account's state (``slots``), updating it,
     and write one alert per (row, rule) that fires, in arrival order.
@@ -102,6 +104,10 @@ def _rules(slots, ts, amount, lat, lon, times, stats,  # pragma: no cover - numb
         if n > 0 and t < times[s, 0]:
             refused[i] = 5
             continue
+        if n > 0 and ttl > 0 and t - times[s, 0] > ttl:  # idle too long: start afresh
+            n = 0
+            stats[s, :] = 0.0
+            times[s, :] = _EMPTY
         refused[i] = 0
         # velocity: this one plus the earlier ones within the window
         c = 1
@@ -184,7 +190,9 @@ class FraudRules(ProcessFunction):
     max_speed_kmh, min_elapsed
         Geo: alert above this speed; elapsed times below ``min_elapsed`` count as it.
     ttl
-        Forget accounts idle for this long (``None``: keep them).
+        Forget accounts idle for this long (``None``: keep them): a transaction more than
+        ``ttl`` after its account's previous one starts from a fresh state, row by row (so
+        alerts do not depend on batch sizes), and idle accounts are removed from the store.
     columns
         Names of the (id, time, amount, latitude, longitude) columns.
     """
@@ -199,8 +207,9 @@ class FraudRules(ProcessFunction):
         if max_count < 1 or min_history < 2:
             raise ValueError("max_count must be >= 1 and min_history >= 2")
         self.window, self.max_count, self.min_history = window, max_count, min_history
-        self.z_threshold, self.log_amount = z_threshold, log_amount
-        self.max_speed_kmh, self.min_elapsed, self.ttl = max_speed_kmh, min_elapsed, ttl
+        # Floats always: an int threshold would compile another numba specialisation.
+        self.z_threshold, self.log_amount = float(z_threshold), bool(log_amount)
+        self.max_speed_kmh, self.min_elapsed, self.ttl = float(max_speed_kmh), min_elapsed, ttl
         self.id_col, self.time_col, self.amount_col, self.lat_col, self.lon_col = columns
         self.columns = tuple(columns)
         self._unit = "ms"
@@ -284,6 +293,7 @@ class FraudRules(ProcessFunction):
             self._constants = (batch.schema, *self._units(self._unit),
                                self.output_schema(batch.schema))
         _, window, min_elapsed, hour, schema = self._constants
+        ttl = self.state_spec().ttl or 0
         refused = np.empty(n, dtype=np.int8)
         alert_row = np.empty(3 * n, dtype=np.int64)
         alert_rule = np.empty(3 * n, dtype=np.int8)
@@ -294,7 +304,7 @@ class FraudRules(ProcessFunction):
                        _float(batch, self.lon_col), block.arrays["times"],
                        block.arrays["stats"], window, self.max_count, self.min_history,
                        self.z_threshold, self.log_amount, self.max_speed_kmh, min_elapsed, hour,
-                       refused, alert_row, alert_rule, severity, count, z, km, kmh, prev_lat,
+                       ttl, refused, alert_row, alert_rule, severity, count, z, km, kmh, prev_lat,
                        prev_lon)
         rows = pa.array(alert_row[:found])
 

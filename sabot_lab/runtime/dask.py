@@ -2,14 +2,15 @@
 
 The :class:`JobManager` turns an optimized JobGraph into an :class:`ExecutionPlan`: every source
 is split into partitions that workers read themselves (Parquet row groups, generator batch
-ranges; an in-memory table is sliced, each slice sent with its task), reference tables of ``enrich`` are
-broadcast once to every worker, and each partition runs the whole stateless pipeline as one
-task (an *agent* on a worker) through the same operators the LocalRunner uses. Results and
+ranges; an in-memory table is sliced, each slice sent with its task), reference tables of
+``enrich`` are broadcast once to every worker, and each partition runs the whole stateless
+pipeline as one task (an *agent* on a worker) through the same operators the LocalRunner
+uses. Results and
 metrics come back as Arrow tables and plain dicts, and are merged in partition order, so the
 output rows are the same as a local run's, whatever the partition count.
 
-Plans with keyed state need a hash exchange between stages (see :mod:`.partitioning`); they
-are not part of this runner yet, and it refuses them with a clear error.
+Windows and keyed state (``key_by().process()``) run in stages around a hash exchange by
+key, with the same output as a local run: see :mod:`.exchange`.
 
 Examples
 --------

@@ -221,6 +221,8 @@ def submit_stateful_job(manager: object, graph: JobGraph, stages: StatefulStages
     for task, out in zip(execution.tasks, first_out, strict=True):
         task.worker, task.seconds = out["worker"], out["seconds"]
         task.rows_out = out["table"].num_rows
+        task.rows_in = sum(row["rows_in"] for row in out["metrics"]
+                           if row["op_id"].endswith(":source"))
 
     n_below = _count(JobGraph(Sink(stages.below, CollectSink())).operators()) - 1
     offsets = {"exchange": n_below}

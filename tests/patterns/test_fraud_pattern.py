@@ -168,3 +168,25 @@ def test_python_process_function_matches_the_numba_rules_for_velocity():
     slow = sl.Stream.from_table(plain, batch_size=100).key_by("account_id").process(fn).run()
     expected, _ = oracle(_rows(table))
     assert slow.table["txn_id"].to_pylist() == [t for t, rule in expected if rule == "velocity"]
+
+
+@pytest.mark.parametrize("batch_size", [7, 300, 3_000])
+def test_ttl_forgets_idle_accounts_row_by_row(batch_size):
+    """An account idle for longer than the ttl starts afresh: the oracle replays the rules
+    from scratch for it, whatever the batch size."""
+    table = _random(3_000, accounts=12, seed=9)
+    rules = FraudRules(ttl="10min")
+    result = detect_fraud(sl.Stream.from_table(table, batch_size=batch_size), rules).run()
+    rows = _rows(table)
+    last: dict = {}
+    for r in rows:  # an idle gap makes the account a new one for the oracle
+        previous = last.get(r["account_id"])
+        if previous is not None and r["ts"] - previous[1] > 600_000:
+            last[r["account_id"]] = (previous[0] + 1, r["ts"])
+        else:
+            last[r["account_id"]] = ((previous or (0, 0))[0], r["ts"])
+        r["account_id"] = (r["account_id"], last[r["account_id"]][0])
+    expected, _ = oracle(rows)
+    assert _alerts(result) == expected
+    restarted = sum(generation for generation, _ in last.values())
+    assert restarted > 0
