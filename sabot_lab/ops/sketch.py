@@ -96,6 +96,7 @@ _MAGIC = b"SLQS"
 _VERSION = 1
 _HEADER = struct.Struct("<4sBBxxdqq")
 _PAYLOAD_DTYPES = ("<u1", "<u2", "<u4", "<u8")
+_U = np.uint64
 
 
 @numba.njit(nogil=True, cache=True)
@@ -156,18 +157,20 @@ def _ingest(slots, values, bits, table, bounds, kmin, m_bits, e0, n_exp, gamma, 
     special values), then the increments, which keeps the dependent memory accesses apart.
 
     Values whose bucket lies outside their store's segment are written to
-    ``pend_sub``/``pend_key`` for the caller to place; returns how many.
+    ``pend_sub``/``pend_key`` for the caller to place; returns how many. (Indices are cast
+    to unsigned where they are known non-negative: numba then skips its negative-index
+    wraparound, a third of the instructions of this loop.)
     """
     chunk = 1024
-    chunk_sub = np.empty(chunk, np.int64)
+    chunk_sub = np.empty(chunk, np.uint64)
     chunk_key = np.empty(chunk, np.int64)
     mask = (1 << m_bits) - 1
     n = values.shape[0]
     n_pending = 0
     for c0 in range(0, n, chunk):
-        m = 0
-        for i in range(c0, min(n, c0 + chunk)):
-            s = slots[i]
+        m = _U(0)
+        for i in range(_U(c0), _U(min(n, c0 + chunk))):
+            s = _U(slots[i])
             x = values[i]
             b = bits[i] & 0x7FFFFFFFFFFFFFFF
             biased = b >> 52
@@ -190,14 +193,14 @@ def _ingest(slots, values, bits, table, bounds, kmin, m_bits, e0, n_exp, gamma, 
                 continue
             e = biased - e0
             if 0 <= e < n_exp:
-                k = np.int64(table[(e << m_bits) | ((b >> (52 - m_bits)) & mask)])
-                if abs(x) > bounds[k - kmin]:
+                k = np.int64(table[_U((e << m_bits) | ((b >> (52 - m_bits)) & mask))])
+                if abs(x) > bounds[_U(k - kmin)]:
                     k += 1
             else:
                 k = _exact_key(abs(x), gamma, inv_log2_gamma)
-            chunk_sub[m] = 2 * s + (bits[i] < 0)
+            chunk_sub[m] = 2 * s + _U(bits[i] < 0)
             chunk_key[m] = k
-            m += 1
+            m += _U(1)
         for j in range(m):
             sub = chunk_sub[j]
             k = chunk_key[j]
@@ -214,7 +217,7 @@ def _ingest(slots, values, bits, table, bounds, kmin, m_bits, e0, n_exp, gamma, 
                     _fold(arena, seg[sub, _START], seg[sub, _LO], seg[sub, _CAP],
                           t - max_buckets + 1, kk - max_buckets + 1)
                 seg[sub, _TOP] = kk
-            arena[seg[sub, _START] + off] += 1
+            arena[_U(seg[sub, _START] + off)] += 1
     return n_pending
 
 

@@ -289,7 +289,7 @@ class FraudRules(ProcessFunction):
         n = batch.num_rows
         times = batch.column(self.time_col)
         ts = (times.cast(pa.int64()) if pa.types.is_timestamp(times.type) else times).to_numpy()
-        if self._constants is None or self._constants[0] is not batch.schema:
+        if self._constants is None or not self._constants[0].equals(batch.schema):
             self._constants = (batch.schema, *self._units(self._unit),
                                self.output_schema(batch.schema))
         _, window, min_elapsed, hour, schema = self._constants

@@ -299,6 +299,10 @@ def _gather_bytes(heap, offs, lens, out_offsets, out):  # pragma: no cover - num
         out[o:o + lens[j]] = heap[offs[j]:offs[j] + lens[j]]
 
 
+#: Integer keys spanning fewer values than this get a dense key -> slot cache (8 bytes each).
+DENSE_KEYS = 1 << 22
+
+
 def _pow2(n: int) -> int:
     return max(_MIN_TABLE, 1 << max(int(n) - 1, 0).bit_length())
 
@@ -452,14 +456,71 @@ class Int64SlotMap(SlotMap):
     def __init__(self) -> None:
         super().__init__()
         self._slot_key = np.zeros(0, dtype=np.int64)
+        # A cache for keys in a compact range (account ids 1..n): key - base -> slot, or -1.
+        # Looking a batch up in it is one gather, with no hashing and fewer cache misses; the
+        # hash table stays the truth, and any removal or renumbering drops the cache.
+        self._dense: np.ndarray | None = None
+        self._dense_base = 0
+        self._dense_off = False  # keys too spread out: never build it
 
     def _probe(self, keys: pa.Array, insert: bool, slots: np.ndarray, is_new: np.ndarray,
                new_slots: np.ndarray) -> int:
+        values = int_values(keys)
+        dense = self._dense_for(values) if insert else None
+        if dense is None:
+            return self._hash_probe(values, insert, slots, is_new, new_slots)
+        found = dense[values - self._dense_base]
+        missing = found < 0
+        slots[:] = found
+        is_new[:] = False
+        if not missing.any():
+            return 0
+        # Only keys the cache does not know go through the hash table.
+        rows = np.flatnonzero(missing)
+        sub_slots = np.empty(len(rows), dtype=np.int64)
+        sub_new = np.empty(len(rows), dtype=np.bool_)
+        n_new = self._hash_probe(values[rows], insert, sub_slots, sub_new, new_slots)
+        slots[rows] = sub_slots
+        is_new[rows] = sub_new
+        dense[values[rows] - self._dense_base] = sub_slots
+        return n_new
+
+    def _hash_probe(self, values: np.ndarray, insert: bool, slots: np.ndarray,
+                    is_new: np.ndarray, new_slots: np.ndarray) -> int:
         n_new, self._n_free, self._hw, filled = _int_acquire(
-            int_values(keys), insert, self._table, self._slot_key, self._alive, self._fresh,
+            values, insert, self._table, self._slot_key, self._alive, self._fresh,
             self._free, self._n_free, self._hw, slots, is_new, new_slots)
         self._used += filled
         return n_new
+
+    def _dense_for(self, values: np.ndarray) -> np.ndarray | None:
+        """The dense cache, grown to cover ``values``; ``None`` if they are too spread out."""
+        if self._dense_off or not len(values):
+            return None
+        low, high = int(values.min()), int(values.max())
+        if self._dense is not None and low >= self._dense_base and (
+                high < self._dense_base + len(self._dense)):
+            return self._dense
+        live = self.live_slots()
+        if len(live):  # the cache covers every live key too
+            held = self._slot_key[live]
+            low, high = min(low, int(held.min())), max(high, int(held.max()))
+        if high - low >= DENSE_KEYS:
+            self._dense, self._dense_off = None, True
+            return None
+        dense = np.full(high - low + 1, -1, dtype=np.int64)
+        dense[self._slot_key[live] - low] = live
+        self._dense, self._dense_base = dense, low
+        return self._dense
+
+    def remove(self, slots: np.ndarray) -> None:
+        super().remove(slots)
+        self._dense = None  # rebuilt from the live keys when next needed
+
+    def compact(self) -> np.ndarray:
+        order = super().compact()
+        self._dense = None
+        return order
 
     def _slot_hashes(self, slots: np.ndarray) -> np.ndarray:
         out = np.empty(len(slots), dtype=np.int64)
