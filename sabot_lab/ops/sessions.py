@@ -52,10 +52,8 @@ import numpy as np
 import pyarrow as pa
 
 from sabot_lab.ops import aggregates
-from sabot_lab.ops.aggregates import PartialAggregates
 from sabot_lab.ops.base import Operator
-from sabot_lab.ops.keys import KeyDictionary
-from sabot_lab.ops.windows import event_times
+from sabot_lab.ops.windows import event_times, set_up_window_state, sort_by_window_and_keys
 from sabot_lab.plan.nodes import WATERMARK_COLUMN, PlanError, WindowAggregate
 from sabot_lab.plan.windows import parse_duration, to_unit
 
@@ -67,6 +65,26 @@ _END_OF_TIME = np.iinfo(np.int64).max
 _FREE, _CLOSED, _MERGED = 0, 1, 2
 # arrays indexed by session slot (besides the free stack)
 _PER_SLOT = ("nxt", "start", "end", "owner", "parent", "closed", "merged")
+
+
+@numba.njit(inline="always")
+def _close_key(k, head, nxt, end, watermark, closed, n_closed):  # pragma: no cover - numba
+    """Unlink the open sessions of key ``k`` that ``watermark`` has reached, appending them
+    to ``closed``; returns the new count of closed sessions."""
+    previous, s = -1, head[k]
+    while s >= 0:
+        following = nxt[s]
+        if end[s] <= watermark:
+            if previous < 0:
+                head[k] = following
+            else:
+                nxt[previous] = following
+            closed[n_closed] = s
+            n_closed += 1
+        else:
+            previous = s
+        s = following
+    return n_closed
 
 
 @numba.njit(nogil=True, cache=True)
@@ -81,19 +99,7 @@ def _assign(key_ids, ts, wm, gap, first, head, nxt, start, end, owner, parent, f
     for i in range(first, ts.shape[0]):
         k, t, w = key_ids[i], ts[i], wm[i]
         # 1. the watermark before this row closes the key's sessions it has reached
-        previous, s = -1, head[k]
-        while s >= 0:
-            following = nxt[s]
-            if end[s] <= w:
-                if previous < 0:
-                    head[k] = following
-                else:
-                    nxt[previous] = following
-                closed[n_closed] = s
-                n_closed += 1
-            else:
-                previous = s
-            s = following
+        n_closed = _close_key(k, head, nxt, end, w, closed, n_closed)
         # 2. late: its proto-window has ended
         if t + gap <= w:
             session[i] = -1
@@ -161,19 +167,7 @@ def _close_due(head, nxt, end, watermark, closed, counters):  # pragma: no cover
     """Close the open sessions (of every key) that ``watermark`` has reached."""
     n_closed = counters[_CLOSED]
     for k in range(head.shape[0]):
-        previous, s = -1, head[k]
-        while s >= 0:
-            following = nxt[s]
-            if end[s] <= watermark:
-                if previous < 0:
-                    head[k] = following
-                else:
-                    nxt[previous] = following
-                closed[n_closed] = s
-                n_closed += 1
-            else:
-                previous = s
-            s = following
+        n_closed = _close_key(k, head, nxt, end, watermark, closed, n_closed)
     counters[_CLOSED] = n_closed
 
 
@@ -210,19 +204,7 @@ class SessionWindowOp(Operator):
         if self.gap < 1:
             raise PlanError(f"{self.node.label}: the session gap is below one {unit}, the unit "
                             f"of {self.node.time_col!r}")
-        self.bound = to_unit(parse_duration(self.node.out_of_orderness), unit)
-        self.schema = self.node.schema
-        self.time_type = self.schema.field("window_start").type
-        self.metrics.aggregates = True
-        child = self.node.child.schema
-        self.late_type = pa.duration(unit) if pa.types.is_timestamp(self.time_type) \
-            else pa.int64()
-        self.side_outputs.declare("late", pa.schema(
-            [f for f in child if f.name != WATERMARK_COLUMN]
-            + [pa.field("window_start", self.time_type), pa.field("window_end", self.time_type),
-               pa.field("late_by", self.late_type)]))
-        self.keys = KeyDictionary(pa.schema([child.field(k) for k in self.node.keys]))
-        self.partials = PartialAggregates(self.node.aggs, child)
+        set_up_window_state(self)
         self.row = self.partials.new_row()  # one row: a session slot stands for the key
         self.head = np.full(0, -1, dtype=np.int64)  # per key id: first open session, or -1
         self.counters = np.zeros(3, dtype=np.int64)
@@ -324,9 +306,7 @@ class SessionWindowOp(Operator):
         self.partials.clear_keys(self.row, slots)
         self._release(slots)
         table = pa.table([columns[f.name].cast(f.type) for f in self.schema], schema=self.schema)
-        table = table.sort_by([("window_start", "ascending")]
-                              + [(k, "ascending") for k in self.node.keys])
-        return table.combine_chunks().to_batches()
+        return sort_by_window_and_keys(table, self.node.keys).combine_chunks().to_batches()
 
     def _release(self, slots: np.ndarray) -> None:
         """Put session slots back on the free stack."""

@@ -190,8 +190,6 @@ def sort_by_window_and_keys(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
     >>> sort_by_window_and_keys(t, ("k",))["k"].to_pylist()
     ['a', 'b', 'b']
     """
-    if not keys:
-        return table
     names = ["window_start", *keys]
     columns = [table[n].cast(table.schema.field(n).type.value_type)
                if pa.types.is_dictionary(table.schema.field(n).type) else table[n]
@@ -199,6 +197,25 @@ def sort_by_window_and_keys(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
     order = pc.sort_indices(pa.table(dict(zip(names, columns, strict=True))),
                             [(n, "ascending", "at_end") for n in names])
     return table.take(order)
+
+
+def set_up_window_state(op: Operator) -> None:
+    """What every window operator (tumbling, hopping, session) starts with: the output and
+    ``late`` schemas, the watermark bound, key ids and partial aggregates."""
+    node = op.node
+    unit = node.time_unit
+    op.bound = to_unit(parse_duration(node.out_of_orderness), unit)
+    op.schema = node.schema
+    op.time_type = op.schema.field("window_start").type
+    op.metrics.aggregates = True
+    child = node.child.schema
+    op.late_type = pa.duration(unit) if pa.types.is_timestamp(op.time_type) else pa.int64()
+    op.side_outputs.declare("late", pa.schema(
+        [f for f in child if f.name != WATERMARK_COLUMN]
+        + [pa.field("window_start", op.time_type), pa.field("window_end", op.time_type),
+           pa.field("late_by", op.late_type)]))
+    op.keys = KeyDictionary(pa.schema([child.field(k) for k in node.keys]))
+    op.partials = PartialAggregates(node.aggs, child)
 
 
 @dataclass
@@ -242,19 +259,7 @@ class WindowAggregateOp(Operator):
         self.size = to_unit(self.node.window.size_ns, unit)
         self.slide = to_unit(self.node.window.slide_ns, unit)
         self.lateness = to_unit(parse_duration(self.node.allowed_lateness), unit)
-        self.bound = to_unit(parse_duration(self.node.out_of_orderness), unit)
-        self.schema = self.node.schema
-        self.time_type = self.schema.field("window_start").type
-        self.metrics.aggregates = True
-        child = self.node.child.schema
-        self.late_type = pa.duration(unit) if pa.types.is_timestamp(self.time_type) \
-            else pa.int64()
-        self.side_outputs.declare("late", pa.schema(
-            [f for f in child if f.name != WATERMARK_COLUMN]
-            + [pa.field("window_start", self.time_type), pa.field("window_end", self.time_type),
-               pa.field("late_by", self.late_type)]))
-        self.keys = KeyDictionary(pa.schema([child.field(k) for k in self.node.keys]))
-        self.partials = PartialAggregates(self.node.aggs, child)
+        set_up_window_state(self)
         self.open: dict[int, _OpenWindow] = {}  # by window start
         self.watermark = _NO_WATERMARK
         _warm_up()
