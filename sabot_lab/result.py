@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from html import escape
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
@@ -31,6 +32,9 @@ from sabot_lab.ops.base import OperatorMetrics
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import Fused
 from sabot_lab.plan.optimizer import OptimizerStats
+
+if TYPE_CHECKING:
+    from sabot_lab.diagnose import Diagnosis
 
 __all__ = ["Result"]
 
@@ -125,6 +129,15 @@ class Result:
                  for key, m in metrics.items()}
         edges = {key: f"{m.rows_out:,} rows" for key, m in metrics.items()}
         return graph.annotated(notes, edges)
+
+    def diagnose(self) -> Diagnosis:
+        """What looks wrong in this run: a join that matched nothing (with example keys from
+        both sides), small batches, a Python hot spot, an unoptimized plan, unused columns,
+        large reference tables or keyed state; each with a fix. See
+        :mod:`sabot_lab.diagnose`."""
+        from sabot_lab.diagnose import diagnose
+
+        return diagnose(self)
 
     def explain(self) -> str:
         """The executed plan with rows in/out and time on every operator."""
