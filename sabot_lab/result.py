@@ -36,10 +36,14 @@ from sabot_lab.plan.optimizer import OptimizerStats
 if TYPE_CHECKING:
     from sabot_lab.diagnose import Diagnosis
 
-__all__ = ["Result"]
+__all__ = ["AccountingError", "Result"]
 
 _SHOWN = ["operator", "rows_in", "rows_out", "rows_filtered", "rows_side_output", "unmatched",
           "null_keys", "batches_in", "seconds"]
+
+
+class AccountingError(AssertionError):
+    """An operator's counters do not add up (rows were lost or invented)."""
 
 
 @dataclass
@@ -72,6 +76,9 @@ class Result:
     keyed_state
         For local runs, the keyed state each keyed operator ended with, by operator id
         (a :class:`~sabot_lab.state.KeyedState`: ``.to_table()``, ``.get(key)``).
+    snapshots
+        After ``LocalRunner.run(..., finish=False)``: the state of every stateful operator,
+        by operator id, to continue with ``restore=``.
     """
 
     table: pa.Table | None
@@ -85,6 +92,7 @@ class Result:
     execution: object | None = None
     setup_ms: float = 0.0
     keyed_state: dict[str, object] = field(default_factory=dict)
+    snapshots: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def metrics(self) -> pd.DataFrame:
@@ -129,6 +137,21 @@ class Result:
                  for key, m in metrics.items()}
         edges = {key: f"{m.rows_out:,} rows" for key, m in metrics.items()}
         return graph.annotated(notes, edges)
+
+    def check_accounting(self) -> None:
+        """Raise :class:`AccountingError` if an operator lost track of rows: every operator
+        must have rows in = rows out + filtered + side output (aggregations: absorbed +
+        filtered + side output). Runs after every job when the environment variable
+        ``SABOT_LAB_CHECK_ACCOUNTING=1`` is set (the test suite sets it)."""
+        wrong = [m for m in self.operator_metrics if not m.balanced()]
+        if wrong:
+            m = wrong[0]
+            raise AccountingError(
+                f"operator {m.op_id} {m.label} does not account for its rows: in={m.rows_in:,}"
+                f" out={m.rows_out:,} filtered={m.rows_filtered:,} side_output="
+                f"{m.rows_side_output:,} expanded={m.rows_expanded:,} aggregated="
+                f"{m.rows_aggregated:,}. This is a bug in sabot_lab: please report it with "
+                f"the plan (result.explain()).")
 
     def diagnose(self) -> Diagnosis:
         """What looks wrong in this run: a join that matched nothing (with example keys from

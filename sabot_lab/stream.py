@@ -24,6 +24,7 @@ Sink[collect]
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -445,6 +446,8 @@ class Stream:
             result = runner.run(executed)
         result.logical_plan = graph
         result.optimizer_stats = stats
+        if os.environ.get("SABOT_LAB_CHECK_ACCOUNTING") == "1":
+            result.check_accounting()
         return result
 
     def to_table(self, runner: Any = None, optimize: bool = True) -> pa.Table:

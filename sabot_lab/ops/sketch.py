@@ -51,10 +51,11 @@ Storage
 -------
 Each store of each slot owns a segment of one shared count array (int32, promoted to int64
 before any count could pass ``2**31 - 1``), covering only the buckets between its lowest and
-highest value plus a quarter of slack. Memory thus follows each slot's own dynamic range: a
-slot costs 112 bytes plus 4 bytes per bucket of its range (``log(max/min) / log(gamma)``, about
-``115 * log10(max/min)`` buckets at ``alpha = 0.01``), at most about ``1.25 * max_buckets`` per
-sign. Freed segments are reclaimed when the array is repacked.
+highest value plus a quarter of slack. Memory thus follows each slot's own dynamic range, not
+its number of values: a slot costs 112 bytes plus 4 bytes per bucket of its range
+(``log(max/min) / log(gamma)``, about ``115 * log10(max/min)`` buckets at ``alpha = 0.01``), at
+most about ``1.25 * max_buckets`` per sign. Segments that grow move to the end of the shared
+array; freed ones are reclaimed when it is repacked, which leaves it at most half empty.
 
 Examples
 --------
@@ -198,7 +199,7 @@ def _ingest(slots, values, bits, table, bounds, kmin, m_bits, e0, n_exp, gamma, 
                     k += 1
             else:
                 k = _exact_key(abs(x), gamma, inv_log2_gamma)
-            chunk_sub[m] = 2 * s + _U(bits[i] < 0)
+            chunk_sub[m] = _U(2) * s + _U(bits[i] < 0)
             chunk_key[m] = k
             m += _U(1)
         for j in range(m):
@@ -698,7 +699,7 @@ class QuantileSketches:
         if not slot_map.size or slot_map.max() < 0:
             return
         self._ensure_slots(int(slot_map.max()) + 1)
-        self._reserve_counts(int(other._arena[:other._used].sum()))
+        self._reserve_counts(int(other.counts(np.arange(other._n_slots)).sum()))
         bmin, bmax = self._empty_extent()
         _source_extent(other._arena, other._seg, slot_map, bmin, bmax)
         self._reserve(bmin, bmax)
@@ -841,9 +842,10 @@ class QuantileSketches:
             offset += size
         special, extremes, ranges = arrays
         lengths = ranges[:, 1].astype(np.int64)
-        payload = np.frombuffer(data, _PAYLOAD_DTYPES[code], offset=offset)
-        if payload.size != lengths.sum():
+        itemsize = np.dtype(_PAYLOAD_DTYPES[code]).itemsize
+        if (lengths < 0).any() or len(data) - offset != lengths.sum() * itemsize:
             raise ValueError("corrupt QuantileSketches serialization: payload size mismatch")
+        payload = np.frombuffer(data, _PAYLOAD_DTYPES[code], offset=offset)
         largest = int(payload.max()) if payload.size else 0
         dtype = np.int32 if largest <= _INT32_MAX else np.int64
         out._ensure_slots(int(n))

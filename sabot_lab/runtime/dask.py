@@ -54,13 +54,18 @@ from sabot_lab.reference import Table
 from sabot_lab.result import Result
 from sabot_lab.runtime.local import LocalRunner
 
-__all__ = ["DaskRunner", "ExecutionPlan", "JobManager", "PartitionTask"]
+__all__ = ["ClusterError", "DaskRunner", "ExecutionPlan", "JobManager", "PartitionTask",
+           "SchedulerUnreachableError"]
 
 log = logging.getLogger(__name__)
 
 
 class SchedulerUnreachableError(ConnectionError):
     """The Dask scheduler did not answer."""
+
+
+class ClusterError(RuntimeError):
+    """The Dask cluster failed a job: the scheduler went away, or workers kept dying."""
 
 
 # --- plan rewriting helpers (run on the client and on workers) ---------------------------
@@ -506,6 +511,7 @@ class DaskRunner:
                             f"string or None, got {type(client_or_address).__name__}")
         self.client.run(_warm_worker, arrow_threads)
         quiet_large_graph_warning()
+        self._address = self.client.scheduler.address
         self.startup_ms = (time.perf_counter() - start) * 1000
         self.partitions_per_worker = partitions_per_worker
 
@@ -515,9 +521,31 @@ class DaskRunner:
         return self.client.dashboard_link
 
     def run(self, graph: JobGraph) -> Result:
-        """Execute ``graph`` on the cluster."""
+        """Execute ``graph`` on the cluster.
+
+        Raises :class:`ClusterError` when the cluster fails the job (the scheduler goes away,
+        or a partition kills every worker that tries it, e.g. out of memory); the sink is
+        then left unwritten (file sinks write a temporary file and remove it)."""
+        from distributed import KilledWorker
+        from distributed.client import FutureCancelledError
+        from distributed.comm.core import CommClosedError
+
         manager = JobManager(self.client, self.partitions_per_worker)
-        result = manager.submit_job(graph)
+        try:
+            result = manager.submit_job(graph)
+        except KilledWorker as exc:
+            raise ClusterError(
+                f"a task of this job killed every worker that ran it ({exc}): most likely a "
+                f"partition too large for a worker's memory. Use more, smaller partitions "
+                f"(DaskRunner(partitions_per_worker=...)), smaller batches, or workers with "
+                f"more memory. The sink was not written.") from exc
+        except (CommClosedError, FutureCancelledError, OSError, TimeoutError) as exc:
+            if self.client.status == "running" and not isinstance(exc, CommClosedError):
+                raise  # an error of the job itself (e.g. a file a worker could not read)
+            raise ClusterError(
+                f"lost the Dask cluster during the job ({type(exc).__name__}: {exc}); the "
+                f"sink was not written. Rerun when the scheduler "
+                f"({self._address}) is back.") from exc
         result.execution.timings["cluster_start_ms"] = self.startup_ms
         return result
 

@@ -27,6 +27,7 @@ the key-range task, rebuilt by re-running it.
 
 from __future__ import annotations
 
+import functools
 import operator
 from dataclasses import dataclass
 
@@ -176,51 +177,75 @@ def exchange(stage1: dict, state: bytes | None, watermark: Watermark | None,
     return out
 
 
-def window_range(reducer: tuple[Node, ...], *pieces: pa.Table) -> dict:
-    """The window (and what follows it before ``top_n``) over one key range's rows."""
-    table = pa.concat_tables(pieces)
-    graph = JobGraph(Sink(rebase(reducer, _source(table)), CollectSink()))
-    return _stage_output(LocalRunner(threads=1).run(graph))
+def key_range_step(reducer: tuple[Node, ...], state: dict[str, bytes] | None,
+                   piece: pa.Table, final: bool) -> dict:
+    """One key range's stateful operators over one partition's rows of that range,
+    continuing from ``state`` (their snapshots after the previous partition); the last step
+    (``final``) flushes them (end of input). Returns output, side outputs, metrics and the
+    state for the next step: the state travels from step to step like a checkpoint, so a
+    lost step is re-run from the previous state and its piece."""
+    graph = JobGraph(Sink(rebase(reducer, _source(piece)), CollectSink()))
+    result = LocalRunner(threads=1).run(graph, restore=state, finish=final)
+    out = _stage_output(result)
+    out["state"] = result.snapshots
+    return out
 
 
 # --- the job ---------------------------------------------------------------------------------
 
 def submit_stateful_job(manager: object, graph: JobGraph, stages: StatefulStages,
-                          scans: list, template: Node, references: list, execution: object,
-                          run_partition: object) -> tuple[pa.Table, dict, list]:
-    """Run the stages on ``manager.client``; returns (table, side outputs, metrics)."""
+                        scans: list, template: Node, references: list, execution: object,
+                        run_partition: object) -> tuple[pa.Table, dict, list]:
+    """Run the stages on ``manager.client``; returns (table, side outputs, metrics).
+
+    Partitions stream through: each one's rows are exchanged and handed to one step per key
+    range as soon as they are ready, and at most ``manager.max_in_flight`` partitions are
+    ahead of the key-range steps, so worker memory holds a few partitions and the state, not
+    the whole input.
+    """
+    from distributed import wait
+
     client = manager.client
     retries = manager.retries
+    submit = functools.partial(client.submit, retries=retries, pure=False)
     ref_futures = [client.scatter(r.data, broadcast=True, hash=True) for r in references]
-    # In-memory slices travel inside their tasks, not scattered: a task lost with a worker
-    # is recomputed, so its input must survive the worker (scattered data does not).
-    firsts = [client.submit(run_partition, template, task.source, task.partition,
-                            _compacted(scans[task.source][task.partition]), *ref_futures,
-                            retries=retries, pure=False)
-              for task in execution.tasks]
     n_ranges = manager.n_partitions if stages.keys else 1
-    state = None
-    splits = []
-    for first in firsts:
-        splits.append(client.submit(exchange, first, state, stages.watermark, stages.middle,
-                                    stages.keys, n_ranges, retries=retries, pure=False))
+    empty = stages.reducer[-1].children[0].schema.empty_table()
+    carry = None
+    states: list[object] = [None] * n_ranges
+    first_meta, split_meta, step_out = [], [], [[] for _ in range(n_ranges)]
+    steps_of: list[list[object]] = []
+    for k, task in enumerate(execution.tasks):
+        # In-memory slices travel inside their tasks, not scattered: a task lost with a
+        # worker is recomputed, so its input must survive the worker (scattered data does
+        # not). Only small results (metrics, states, outputs) are kept here: partition data
+        # is released as soon as its steps have run.
+        first = submit(run_partition, template, task.source, task.partition,
+                       _compacted(scans[task.source][task.partition]), *ref_futures)
+        split = submit(exchange, first, carry, stages.watermark, stages.middle, stages.keys,
+                       n_ranges)
         if stages.watermark is not None:
-            state = client.submit(watermark_carry, first, state, stages.watermark,
-                                  retries=retries, pure=False)
-    pieces = [client.submit(operator.getitem, client.submit(operator.getitem, s, "pieces"), r)
-              for s in splits for r in range(n_ranges)]
-    reduced = [client.submit(window_range, stages.reducer,
-                             *[pieces[k * n_ranges + r] for k in range(len(splits))],
-                             retries=retries, pure=False)
-               for r in range(n_ranges)]
-    first_out = client.gather(firsts, direct=True)
-    split_out = [{k: v for k, v in s.items() if k != "pieces"}
-                 for s in client.gather([client.submit(_without_pieces, s) for s in splits],
-                                        direct=True)]
-    reduce_out = client.gather(reduced, direct=True)
+            carry = submit(watermark_carry, first, carry, stages.watermark)
+        first_meta.append(submit(_without, first, "table"))
+        split_meta.append(submit(_without, split, "pieces"))
+        steps = []
+        for r in range(n_ranges):
+            step = submit(key_range_step, stages.reducer, states[r], submit(_piece, split, r),
+                          False)
+            states[r] = submit(operator.getitem, step, "state")
+            step_out[r].append(submit(_without, step, "state"))
+            steps.append(step)
+        steps_of.append(steps)
+        if k >= manager.max_in_flight:  # backpressure: bounded partitions ahead of the state
+            wait(steps_of[k - manager.max_in_flight])
+            steps_of[k - manager.max_in_flight] = []
+    for r in range(n_ranges):
+        step_out[r].append(submit(key_range_step, stages.reducer, states[r], empty, True))
+    first_out = client.gather(first_meta, direct=True)
+    split_out = client.gather(split_meta, direct=True)
+    reduce_out = [out for outs in client.gather(step_out, direct=True) for out in outs]
     for task, out in zip(execution.tasks, first_out, strict=True):
-        task.worker, task.seconds = out["worker"], out["seconds"]
-        task.rows_out = out["table"].num_rows
+        task.worker, task.seconds, task.rows_out = out["worker"], out["seconds"], out["rows"]
         task.rows_in = sum(row["rows_in"] for row in out["metrics"]
                            if row["op_id"].endswith(":source"))
 
@@ -272,5 +297,14 @@ def _compacted(scan: object) -> object:
     return compact(scan.table) if isinstance(scan, TableScan) else scan
 
 
-def _without_pieces(split: dict) -> dict:
-    return {k: v for k, v in split.items() if k != "pieces"}
+def _without(output: dict, name: str) -> dict:
+    """A task's output without its bulky part (kept on the worker until no one needs it);
+    a stage-1 output keeps its row count."""
+    out = {k: v for k, v in output.items() if k != name}
+    if name == "table":
+        out["rows"] = output["table"].num_rows
+    return out
+
+
+def _piece(split: dict, r: int) -> pa.Table:
+    return split["pieces"][r]

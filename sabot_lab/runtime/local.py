@@ -120,6 +120,7 @@ class _Execution:
         self.metrics = {id(n): OperatorMetrics(ids[id(n)], n.label) for n in graph.operators()}
         self.operators: dict[int, Operator] = {}
         self.checkpoints: Checkpoints | None = None
+        self.finish = True  # False: the end of the input is a pause (see LocalRunner.run)
         self.positions: dict[str, int] = {}  # source op id -> batches delivered
         self.resume_positions: dict[str, int] = {}  # to skip, when resuming a checkpoint
         self.saved_metrics: dict[str, dict] = {}
@@ -242,8 +243,9 @@ class _Execution:
         else:
             for batch in base:
                 yield from one_batch(batch)
-        for i, op in enumerate(chain):
-            yield from run_chain(chain[i + 1:], finish_counted(op))
+        if self.finish:
+            for i, op in enumerate(chain):
+                yield from run_chain(chain[i + 1:], finish_counted(op))
 
 
 class LocalRunner:
@@ -269,14 +271,16 @@ class LocalRunner:
 
     def run(self, graph: JobGraph, restore: dict[str, bytes] | None = None,
             checkpoint_dir: str | Path | None = None, checkpoint_every: int = 10,
-            resume: bool = False) -> Result:
+            resume: bool = False, finish: bool = True) -> Result:
         """Execute ``graph`` (whose root is a Sink) and return its :class:`Result`.
 
         ``restore`` maps operator ids (``graph.node_ids()`` values) to states from their
         ``snapshot()``, to continue where an earlier run stopped. With ``checkpoint_dir``
         the run writes a checkpoint every ``checkpoint_every`` source batches (and runs in
         one thread); ``resume=True`` continues from the last one (see
-        :mod:`sabot_lab.runtime.checkpoint`)."""
+        :mod:`sabot_lab.runtime.checkpoint`). ``finish=False`` treats the end of the input
+        as a pause, not its end: stateful operators keep their state (windows stay open) and
+        ``result.snapshots`` holds it, to continue with ``restore=`` on more input."""
         sink = graph.root
         if not isinstance(sink, Sink):
             raise TypeError(f"a job must end in a Sink, this one ends in {sink.label}")
@@ -285,6 +289,7 @@ class LocalRunner:
         pool = None if serial else ThreadPoolExecutor(self.threads)
         try:
             execution = _Execution(graph, pool, self.threads)
+            execution.finish = finish
             operators = execution.by_id()
             for op_id, state in (restore or {}).items():
                 operators[op_id].restore(state)
@@ -310,6 +315,8 @@ class LocalRunner:
             setup_ms=setup_ms,
             keyed_state={op_id: op.state for op_id, op in execution.by_id().items()
                          if isinstance(op, KeyedProcessOp)},
+            snapshots={} if finish else {op_id: op.snapshot() for op_id, op
+                                         in execution.by_id().items() if op.stateful},
         )
 
     def _drain(self, execution: _Execution, sink: Sink, epoch: Epoch | None = None

@@ -292,6 +292,12 @@ def test_counts_past_int32_are_exact():
     np.testing.assert_array_equal(sk.counts([0]), [2**32])
     np.testing.assert_array_equal(sk.quantiles([0], [0.0, 0.5, 1.0])[0], [2.0, 2.0, 3.0])
     assert QuantileSketches.from_bytes(sk.to_bytes()) == sk
+    np.testing.assert_array_equal(sk.take([0]).counts([0]), [2**32])
+    sk.reset([0])
+    sk.update(np.array([0]), np.array([7.0]))  # small counts again, in a promoted set
+    small = _sketch(np.array([1]), np.array([1.0]))
+    small.merge(sk)
+    _assert_same(small, _sketch(np.array([0, 1]), np.array([7.0, 1.0])), 2)
 
 
 def test_rank_error_on_lognormal_tail():
