@@ -9,20 +9,24 @@ A windowed job ``source … → with_watermark → … → window → … → [t
 3. **exchange** (one task per partition, in parallel) assigns every row the same per-row
    watermark as a local run that reads the partitions in order, sends bad clocks to
    ``rejected``, and splits the rows by a hash of the window's group keys.
-4. **window** (one task per key range): the window operator over its keys' rows, in the
-   original arrival order, and the stateless operators after it. Lateness is decided per
-   row from the row's watermark, so each key range emits exactly the rows a local run emits
-   for those keys.
+4. **window** (one *step* per key range and partition): the window operator over its keys'
+   rows of that partition, continuing from the state the previous step left (a snapshot,
+   passed on like a checkpoint), and the stateless operators after it; a last step per key
+   range flushes. Rows reach each key range in the original arrival order, and lateness is
+   decided per row from the row's watermark, so each key range emits exactly the rows a
+   local run emits for those keys. Partitions stream through (a bounded number in flight), so
+   workers hold a few partitions and the state, not the whole input.
 5. **client**: ``top_n`` (which ranks across all keys) and what follows it, into the sink.
 
 A keyed-state job (``key_by(k).process(fn)``) has no watermark stage: rows are exchanged by
-``k`` and each key range runs the process function with the state of its keys, seeing their
-rows in arrival order, so its output equals a local run's.
+``k`` and each key range runs the process function step by step with the state of its keys,
+seeing their rows in arrival order, so its output equals a local run's.
 
 The merged watermark is the global one (the minimum over inputs is never needed: the
 inputs are ordered). A lost task is recomputed from its inputs (every stage is a pure
-function of its partition), which is how a killed worker is survived; keyed state lives in
-the key-range task, rebuilt by re-running it.
+function of its partition and, for a step, of the previous step's state), which is how a
+killed worker is survived: stateful steps recover from the last state and replay their
+partition.
 """
 
 from __future__ import annotations
