@@ -477,8 +477,10 @@ class Stream:
     def __repr__(self) -> str:
         return f"Stream\n{self.explain()}"
 
-    def _repr_html_(self) -> str:
-        return self.graph()._repr_html_()
+    def _repr_mimebundle_(self, include: object = None, exclude: object = None
+                          ) -> dict[str, str]:
+        """In Jupyter a stream shows its plan picture (and the plan as text elsewhere)."""
+        return self.graph()._repr_mimebundle_(include, exclude)
 
 
 def _watermark_of(node: Node) -> Watermark:

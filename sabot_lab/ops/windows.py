@@ -455,15 +455,32 @@ class TopNOp(Operator):
     parallel_safe = False
 
     def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
-        frame = batch.to_pandas()
+        table = pa.Table.from_batches([batch])
+        windows = list(self.node.window_keys)
         keys = [k for k in self.node.group_keys if k != self.node.by]
-        order = [*self.node.window_keys, self.node.by, *keys]
-        ascending = [True] * len(self.node.window_keys) + [False] + [True] * len(keys)
-        frame = frame.sort_values(order, ascending=ascending, kind="stable",
-                                  na_position="last")
-        frame["rank"] = frame.groupby(list(self.node.window_keys), sort=False).cumcount() + 1
-        kept = frame[frame["rank"] <= self.node.n]
-        self.metrics.add(rows_filtered=len(frame) - len(kept))
-        table = pa.Table.from_pandas(kept, preserve_index=False)
-        return [table.cast(self.node.schema).combine_chunks().to_batches()[0]] if len(kept) \
-            else [pa.RecordBatch.from_pylist([], schema=self.node.schema)]
+        names = [*windows, self.node.by, *keys]
+        # Dictionary-encoded keys rank by their values, not by their dictionary positions.
+        plain = pa.table({n: _decoded(table[n]) for n in dict.fromkeys(names)})
+        order = pc.sort_indices(plain, [(w, "ascending", "at_end") for w in windows]
+                                + [(self.node.by, "descending", "at_end")]
+                                + [(k, "ascending", "at_end") for k in keys])
+        ranked = table.take(order)
+        n = ranked.num_rows
+        new_window = np.zeros(n, dtype=bool)
+        new_window[:1] = True
+        for w in windows:
+            values = _decoded(ranked[w]).cast(pa.int64()).to_numpy(zero_copy_only=False)
+            new_window[1:] |= values[1:] != values[:-1]
+        starts = np.flatnonzero(new_window)
+        rank = np.arange(n) - np.repeat(starts, np.diff(np.append(starts, n))) + 1
+        keep = rank <= self.node.n
+        self.metrics.add(rows_filtered=int(n - keep.sum()))
+        out = ranked.filter(pa.array(keep)).append_column(
+            "rank", pa.array(rank[keep], pa.int32()))
+        return out.cast(self.node.schema).combine_chunks().to_batches() or [
+            pa.RecordBatch.from_pylist([], schema=self.node.schema)]
+
+
+def _decoded(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    return column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) \
+        else column

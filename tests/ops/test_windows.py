@@ -228,3 +228,22 @@ def test_late_side_output_has_a_duration_and_is_there_when_empty():
     assert late.schema.field("late_by").type == pa.duration("ms")
     assert late["late_by"].to_pylist()[0].total_seconds() == 1
     assert result.side_outputs["rejected"].num_rows == 0
+
+
+def test_top_n_breaks_ties_by_key_value_also_for_dictionary_keys():
+    ts = pa.array([0, 1000, 2000, 3000], pa.timestamp("ms"))
+    plain = pa.table({"ts": ts, "state": ["FL", "AZ", "FL", "AZ"]})
+    encoded = plain.set_column(1, "state", plain["state"].combine_chunks().dictionary_encode())
+
+    def top1(table: pa.Table) -> list:
+        return (sl.Stream.from_table(table).with_watermark("ts").window(sl.tumbling("1h"))
+                .group_by("state").agg(n=sl.count()).top_n(1, by="n")).run().table[
+            "state"].to_pylist()
+
+    assert top1(plain) == top1(encoded) == ["AZ"]
+
+
+def test_a_stream_displays_as_its_plan_picture():
+    bundle = sl.Stream.from_table(pa.table({"a": [1]})).filter(sl.col("a") > 0)\
+        ._repr_mimebundle_()
+    assert bundle["image/svg+xml"].startswith("<svg") and "Filter" in bundle["text/plain"]
