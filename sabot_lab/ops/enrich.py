@@ -94,6 +94,9 @@ class EnrichOp(Operator):
                 array = array.dictionary_encode()
             self.ref_columns.append(array)
         self.keys = [s for s, _ in node.on]
+        if node.unmatched_side_output:  # present, possibly empty, whenever it was asked for
+            side_outputs.declare("unmatched", node.child.schema.append(
+                pa.field("reason", pa.string())))
 
     def _assemble(self, batch: pa.RecordBatch, ref_rows: np.ndarray,
                   missing: np.ndarray | None = None) -> pa.RecordBatch:
