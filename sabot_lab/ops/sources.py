@@ -350,7 +350,7 @@ class ParquetScan:
     def partitions(self, n: int) -> list[ParquetScan]:
         """Up to ``n`` scans over contiguous runs of row groups, read by whoever runs them."""
         pieces = [(f.path, rg.id) for f in ds.dataset(self.path, format="parquet")
-                  .get_fragments() for rg in f.row_groups]
+                  .get_fragments() for rg in sorted(f.row_groups, key=lambda g: g.id)]
         out = []
         for start, stop in _split(len(pieces), n):
             grouped: dict[str, list[int]] = {}
@@ -382,8 +382,11 @@ class ParquetScan:
         # whose statistics pass the filter, a few at a time in parallel, in file order.
         expr = predicate.to_pyarrow() if predicate is not None else None
         names = list(columns) if columns is not None else None
+        # In file order: pyarrow does not keep a fragment's row groups in order when it
+        # splits one built with explicit row groups ([25..37] came back [32..37, 25..31]).
         groups = (rg for fragment in self.dataset.get_fragments(filter=expr)
-                  for rg in fragment.split_by_row_group(filter=expr))
+                  for rg in sorted(fragment.split_by_row_group(filter=expr),
+                                   key=lambda g: g.row_groups[0].id))
 
         def read(group: ds.Fragment) -> pa.Table:
             return group.to_table(columns=names, filter=expr)
