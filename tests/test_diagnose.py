@@ -57,6 +57,9 @@ def test_throughput_findings_small_batches_python_hot_spot_and_no_optimizer():
 
     result = (sl.Stream.from_table(table, batch_size=100).map_batches(slow, table.schema)
               .filter(sl.col("x") > 10).select("x")).run(optimize=False)
+    # Where the time went is set here, not measured: tests do not depend on timings.
+    for m in result.operator_metrics:
+        m.seconds = 0.9 if m.label == "MapBatches[slow]" else 0.01
     titles = _titles(result)
     assert any(t.startswith("small batches") for t in titles)
     assert any("MapBatches[slow] takes" in t for t in titles)

@@ -190,7 +190,10 @@ def test_scheduler_and_workers_as_separate_processes(tmp_path):
             stream = _variants()["string-left"]
             result = stream.run(by_address)
             assert_same_rows(result.table, stream.run().table)
-            assert len(result.execution.agents()) == 2
+            # Which worker runs which task is the scheduler's choice (under load it may pick
+            # one); every task ran on one of the two worker processes.
+            workers = set(by_address.client.scheduler_info()["workers"])
+            assert set(result.execution.frame()["worker"]) <= workers
     finally:
         for p in procs[::-1]:
             p.terminate()
