@@ -256,7 +256,8 @@ class ReplayScan:
     def batches(self, side_outputs: SideOutputs | None = None) -> Iterator[pa.RecordBatch]:
         start = self.clock()
         offsets = self._offsets()
-        for offset, batch in zip(offsets, self.table.to_batches(self.batch_size), strict=False):
+        batches = self.table.combine_chunks().to_batches(self.batch_size)  # as _offsets cuts
+        for offset, batch in zip(offsets, batches, strict=True):
             wait = start + offset - self.clock()
             if wait > 0:
                 self.sleep(wait)

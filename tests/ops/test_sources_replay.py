@@ -50,3 +50,11 @@ def test_replayed_stream_gives_the_table():
     table = pa.table({"x": list(range(10))})
     out = sl.Stream.replay(table, rows_per_second=1e9, batch_size=3).to_table()
     assert out.equals(table)
+
+
+def test_a_table_of_several_chunks_is_replayed_whole():
+    table = pa.concat_tables([pa.table({"x": list(range(i, i + 7))}) for i in (0, 7, 14)])
+    clock = FakeClock()
+    scan = ReplayScan(table, rows_per_second=10, batch_size=5, clock=clock, sleep=clock.sleep)
+    assert [b.num_rows for b in scan.batches()] == [5, 5, 5, 5, 1]
+    assert clock.sleeps == pytest.approx([0.5, 0.5, 0.5, 0.5])
