@@ -47,9 +47,14 @@ def _count(slots, counts):  # pragma: no cover - numba
             counts[slots[i]] += 1
 
 
+_INT_MAX, _INT_MIN = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+
+
 @numba.njit(nogil=True, cache=True)
-def _accumulate(slots, values, valid, sums, nonnull, mins, maxs):  # pragma: no cover - numba
-    """Sum, non-null count, min and max per slot; NaN counts as missing (like pandas)."""
+def _accumulate(slots, values, valid, sums, nonnull, mins, maxs,
+                integers):  # pragma: no cover - numba
+    """Sum, non-null count, min and max per slot; NaN counts as missing (like pandas).
+    Returns False if an integer sum would overflow int64 (it is then not added)."""
     for i in range(slots.shape[0]):
         s = slots[i]
         if s < 0 or not valid[i]:
@@ -57,12 +62,16 @@ def _accumulate(slots, values, valid, sums, nonnull, mins, maxs):  # pragma: no 
         v = values[i]
         if v != v:
             continue
+        if integers and ((v > 0 and sums[s] > _INT_MAX - v)
+                         or (v < 0 and sums[s] < _INT_MIN - v)):
+            return False
         sums[s] += v
         nonnull[s] += 1
         if v < mins[s]:
             mins[s] = v
         if v > maxs[s]:
             maxs[s] = v
+    return True
 
 
 @numba.njit(nogil=True, cache=True)
@@ -167,7 +176,7 @@ def warm_up() -> None:
     for dtype in (np.float64, np.int64):
         one = np.zeros(1, dtype=dtype)
         _accumulate(slots, one, np.ones(1, dtype=np.bool_), one.copy(),
-                    np.zeros(1, dtype=np.int64), one.copy(), one.copy())
+                    np.zeros(1, dtype=np.int64), one.copy(), one.copy(), dtype is np.int64)
     _group_quantiles_serial(slots, np.zeros(1), slots, np.array([0.5]), np.empty((1, 1)))
 
 
@@ -394,8 +403,13 @@ class PartialAggregates:
         _count(slots, self.counts)
         for name, state in self.columns.items():
             values, valid = data[name]
-            _accumulate(slots, values.astype(state.dtype, copy=False), valid, state.sums,
-                        state.nonnull, state.mins, state.maxs)
+            if not _accumulate(slots, values.astype(state.dtype, copy=False), valid,
+                               state.sums, state.nonnull, state.mins, state.maxs,
+                               state.dtype.kind == "i"):
+                raise OverflowError(
+                    f"the sum of integer column {name!r} in one group passes the int64 range; "
+                    f"cast the column to float64 first (with_columns({name}=sl.col({name!r})"
+                    f".cast(pa.float64())))")
         for (name, _), sketches in self.sketches.items():
             values, valid = data[name]
             keep = valid & (slots >= 0)  # NaN: the sketch skips (and counts) it

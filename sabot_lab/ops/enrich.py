@@ -144,13 +144,17 @@ class EnrichOp(Operator):
                 ) -> pa.RecordBatch:
         """One-to-many: repeat each stream row once per matching reference row."""
         safe = np.where(matched, groups, 0)
-        counts = np.where(matched, self.lookup.group_count[safe], 0)
+        if not len(self.lookup.group_count):  # no reference row has a key: nothing matches
+            counts = np.zeros(batch.num_rows, dtype=np.int64)
+        else:
+            counts = np.where(matched, self.lookup.group_count[safe], 0)
         if self.node.how == "left":
             counts = np.maximum(counts, 1)
         else:
             self._leave(batch, matched)
         stream_rows = np.repeat(np.arange(batch.num_rows), counts)
-        first = np.repeat(self.lookup.group_start[safe], counts)
+        first = np.repeat(self.lookup.group_start[safe] if len(self.lookup.group_start)
+                          else np.zeros(batch.num_rows, dtype=np.int64), counts)
         offset = np.arange(len(stream_rows)) - np.repeat(np.cumsum(counts) - counts, counts)
         has_ref = np.repeat(matched, counts)
         ref_rows = np.zeros(len(stream_rows), dtype=np.int64)

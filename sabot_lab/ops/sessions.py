@@ -321,5 +321,8 @@ class SessionWindowOp(Operator):
         late = late.append_column("window_start", pa.array(ts[rows]).cast(self.time_type))
         late = late.append_column("window_end", pa.array(ends).cast(self.time_type))
         late = late.append_column("late_by", pa.array(wm[rows] - ends).cast(self.late_type))
+        late = late.append_column("reason", pa.array(
+            ["the watermark had passed event time + gap: its session had closed"] * len(rows),
+            pa.string()))
         self.side_outputs.emit("late", late)
         self.metrics.add(rows_side_output=len(rows))

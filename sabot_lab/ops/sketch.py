@@ -192,9 +192,9 @@ def _ingest(slots, values, bits, table, bounds, kmin, m_bits, e0, n_exp, gamma, 
             if biased == 0:
                 special[s, _ZEROS] += 1
                 continue
-            e = biased - e0
-            if 0 <= e < n_exp:
-                k = np.int64(table[_U((e << m_bits) | ((b >> (52 - m_bits)) & mask))])
+            e = _U(biased - e0)
+            if e < _U(n_exp):
+                k = np.int64(table[(e << _U(m_bits)) | _U((b >> (52 - m_bits)) & mask)])
                 if abs(x) > bounds[_U(k - kmin)]:
                     k += 1
             else:
@@ -207,8 +207,8 @@ def _ingest(slots, values, bits, table, bounds, kmin, m_bits, e0, n_exp, gamma, 
             k = chunk_key[j]
             t = seg[sub, _TOP]
             kk = max(k, t - max_buckets + 1) if max_buckets > 0 else k
-            off = kk - seg[sub, _LO]
-            if off < 0 or off >= seg[sub, _CAP]:
+            off = _U(kk - seg[sub, _LO])
+            if off >= _U(seg[sub, _CAP]):
                 pend_sub[n_pending] = sub
                 pend_key[n_pending] = k
                 n_pending += 1
@@ -218,7 +218,7 @@ def _ingest(slots, values, bits, table, bounds, kmin, m_bits, e0, n_exp, gamma, 
                     _fold(arena, seg[sub, _START], seg[sub, _LO], seg[sub, _CAP],
                           t - max_buckets + 1, kk - max_buckets + 1)
                 seg[sub, _TOP] = kk
-            arena[_U(seg[sub, _START] + off)] += 1
+            arena[_U(seg[sub, _START]) + off] += 1
     return n_pending
 
 

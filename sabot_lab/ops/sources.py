@@ -37,6 +37,7 @@ __all__ = [
     "CsvParseError",
     "CsvScan",
     "GeneratorScan",
+    "ParquetReadError",
     "ParquetScan",
     "ReplayScan",
     "ScanFilterOp",
@@ -327,7 +328,11 @@ class ParquetScan:
             raise FileNotFoundError(f"no Parquet file or directory at {self.path}")
         self.batch_size = batch_size
         self.pieces = pieces
-        self._schema = ds.dataset(self.path, format="parquet").schema
+        try:
+            self._schema = ds.dataset(self.path, format="parquet").schema
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ParquetReadError(f"{self.path}: not a readable Parquet file or directory "
+                                   f"({exc}); check the path, or rewrite the file") from None
 
     @property
     def dataset(self) -> ds.Dataset:
@@ -416,6 +421,10 @@ class CsvParseError(ValueError):
     """A CSV row does not parse; the message names the file, the line and the column."""
 
 
+class ParquetReadError(ValueError):
+    """A Parquet file cannot be read; the message names it."""
+
+
 class CsvScan:
     """Streams a CSV file block by block with pyarrow's incremental reader.
 
@@ -454,6 +463,13 @@ class CsvScan:
 
     def _peek_schema(self) -> pa.Schema:
         """The header's columns with the declared types (others inferred, as the reader will)."""
+        try:
+            return self._read_header()
+        except pa.ArrowInvalid as exc:
+            raise CsvParseError(f"{self.path}: no CSV header could be read ({exc}); is the "
+                                f"file empty, or not CSV?") from None
+
+    def _read_header(self) -> pa.Schema:
         with pacsv.open_csv(
             self.path,
             read_options=pacsv.ReadOptions(block_size=self._block_size(), use_threads=False),
@@ -539,6 +555,8 @@ class CsvScan:
                 malformed.clear()
             if batch.num_rows:
                 yield batch
+        if malformed and side_outputs is not None:  # lines after the last good row
+            side_outputs.emit("malformed", pa.RecordBatch.from_pylist(malformed))
 
 
 def pushes_down(source: Source) -> bool:
@@ -565,4 +583,19 @@ def read_source(
         rows_in = scan.count_rows() if source.predicate is not None else rows_out
         metrics.add(rows_in=rows_in, rows_filtered=rows_in - rows_out)
         return
-    yield from scan.batches(side_outputs)
+    yield from scan.batches(_CountedSideOutputs(side_outputs, metrics))
+
+
+class _CountedSideOutputs:
+    """Side outputs of a scan (malformed CSV lines), counted as the source's input rows that
+    went to a side output, so that the source's accounting sees them."""
+
+    def __init__(self, side_outputs: SideOutputs, metrics: OperatorMetrics) -> None:
+        self.side_outputs, self.metrics = side_outputs, metrics
+
+    def declare(self, name: str, schema: pa.Schema) -> None:
+        self.side_outputs.declare(name, schema)
+
+    def emit(self, name: str, batch: pa.RecordBatch) -> None:
+        self.side_outputs.emit(name, batch)
+        self.metrics.add(rows_in=batch.num_rows, rows_side_output=batch.num_rows)

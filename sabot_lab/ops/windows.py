@@ -46,6 +46,9 @@ from sabot_lab.plan.windows import parse_duration, to_unit
 __all__ = ["TopNOp", "WatermarkOp", "WindowAggregateOp"]
 
 _NO_WATERMARK = np.iinfo(np.int64).min
+#: Event times beyond +-2**62 (in the column's unit) are refused: windows and watermarks add
+#: and subtract durations to them, which must not overflow int64.
+_LIMIT = 1 << 62
 
 
 def event_times(array: pa.Array) -> np.ndarray:
@@ -97,6 +100,10 @@ def _assign(ts, valid, state, bound, skew, check_skew, watermark, accepted, reas
         if not valid[i]:
             accepted[i] = False
             reason[i] = 1
+            continue
+        if ts[i] > _LIMIT or ts[i] < -_LIMIT:  # window arithmetic would overflow int64
+            accepted[i] = False
+            reason[i] = 3
             continue
         if (check_skew and running_max != _NO_WATERMARK and ts[i] > running_max + skew
                 and (previous == _NO_WATERMARK or ts[i] > previous + skew)):
@@ -172,7 +179,9 @@ class WatermarkOp(Operator):
         if rejected:
             why = np.array(["", "null event time",
                             f"more than {self.node.max_future_skew} ahead of every earlier row "
-                            f"and of the row before it"], dtype=object)[reason[~accepted]]
+                            f"and of the row before it",
+                            "event time out of range (beyond +-2**62 in its unit)"],
+                           dtype=object)[reason[~accepted]]
             self.side_outputs.emit("rejected", batch.filter(pa.array(~accepted)).append_column(
                 "reason", pa.array(why, pa.string())))
             self.metrics.add(rows_side_output=rejected)
@@ -213,7 +222,7 @@ def set_up_window_state(op: Operator) -> None:
     op.side_outputs.declare("late", pa.schema(
         [f for f in child if f.name != WATERMARK_COLUMN]
         + [pa.field("window_start", op.time_type), pa.field("window_end", op.time_type),
-           pa.field("late_by", op.late_type)]))
+           pa.field("late_by", op.late_type), pa.field("reason", pa.string())]))
     op.keys = KeyDictionary(pa.schema([child.field(k) for k in node.keys]))
     op.partials = PartialAggregates(node.aggs, child)
 
@@ -440,6 +449,9 @@ class WindowAggregateOp(Operator):
         late = late.append_column("window_start", pa.array(starts).cast(self.time_type))
         late = late.append_column("window_end", pa.array(ends).cast(self.time_type))
         late = late.append_column("late_by", pa.array(wm[rows] - ends).cast(self.late_type))
+        late = late.append_column("reason", pa.array(
+            [f"the watermark had passed window_end + allowed lateness "
+             f"({self.node.allowed_lateness})"] * len(rows), pa.string()))
         self.side_outputs.emit("late", late)
         self.metrics.add(rows_side_output=len(rows))
 

@@ -19,9 +19,10 @@ numba kernel over the batch's column arrays (:class:`FraudRules`):
 Severity is the measure divided by its threshold (1 at the threshold, rising with it).
 ``detection_latency_ms`` on an alert is the time the rules took for the batch it came in
 (from the batch reaching the rules to its alerts being built).
-Rows with a null key go to ``null_key``; null amounts or times, and missing, NaN or
-out-of-range coordinates go to ``invalid``; a transaction older than the account's previous
-one goes to ``invalid`` too (reason: out of order) and does not change the state.
+Rows with a null key go to ``null_key``; null times, null, NaN or infinite amounts, and
+missing, NaN or out-of-range coordinates go to ``invalid``; a transaction older than the
+account's previous one goes to ``invalid`` too (reason: out of order) and does not change the
+state.
 
 Examples
 --------
@@ -67,7 +68,7 @@ _SEEN, _NEXT, _MEAN, _M2, _LAT, _LON = range(6)
 
 
 _RULE_NAMES = pa.array(RULES)
-_REASONS = ("", "null or NaN amount", "amount <= 0 cannot be scored on a log scale",
+_REASONS = ("", "null, NaN or infinite amount", "amount <= 0 cannot be scored on a log scale",
             "missing or NaN coordinates", "coordinates out of range",
             "event time earlier than the account's previous transaction (out of order)")
 
@@ -86,7 +87,7 @@ def _rules(slots, ts, amount, lat, lon, times, stats,  # pragma: no cover - numb
     n_alerts = 0
     for i in range(slots.shape[0]):
         x = amount[i]
-        if x != x:
+        if x != x or np.isinf(x):  # an infinite amount would poison the running mean
             refused[i] = 1
             continue
         if log_amount and x <= 0:

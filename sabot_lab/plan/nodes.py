@@ -547,6 +547,16 @@ class WindowAggregate(_Unary):
         for k in self.keys:
             if k not in schema.names:
                 raise KeyError(f"group key {k!r} not found; available columns: {schema.names}")
+            if pa.types.is_nested(schema.field(k).type):
+                raise ExprError(f"group key {k!r} is {schema.field(k).type}: keys must be "
+                                f"scalars (numbers, strings, times); flatten it first")
+        if hasattr(self.window, "slide_ns"):
+            from sabot_lab.plan.windows import to_unit
+
+            for what, ns in (("size", self.window.size_ns), ("slide", self.window.slide_ns)):
+                if to_unit(ns, self.time_unit) < 1:
+                    raise ExprError(f"the window {what} {self.window!r} is below one "
+                                    f"{self.time_unit}, the unit of {self.time_col!r}")
         time_type = schema.field(self.time_col).type
         fields = [pa.field("window_start", time_type), pa.field("window_end", time_type)]
         fields += [schema.field(k) for k in self.keys]

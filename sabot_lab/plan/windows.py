@@ -140,14 +140,21 @@ class Session:
         return f"session({self.gap!r})"
 
 
+def _positive(name: str, text: str) -> None:
+    if parse_duration(text) <= 0:
+        raise ValueError(f"a window {name} must be positive, got {text!r}")
+
+
 def tumbling(size: str) -> Tumbling:
     """Tumbling windows, e.g. ``tumbling("5min")``."""
-    parse_duration(size)
+    _positive("size", size)
     return Tumbling(size)
 
 
 def hopping(size: str, slide: str) -> Hopping:
     """Hopping (sliding) windows, e.g. ``hopping("10min", "5min")``."""
+    _positive("size", size)
+    _positive("slide", slide)
     return Hopping(size, slide)
 
 
@@ -184,6 +191,10 @@ class AggSpec:
                            f"{schema.names}")
         t = schema.field(self.column).type
         if self.function in ("min", "max"):
+            if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+                    or pa.types.is_temporal(t)):
+                raise ExprError(f"{self.function}({self.column!r}) needs a numeric, boolean or "
+                                f"time column, {self.column!r} is {t}")
             return t
         if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
             raise ExprError(f"{self.function}({self.column!r}) needs a numeric column, "

@@ -137,7 +137,8 @@ def test_bad_rows_go_to_side_outputs_with_reasons():
     invalid = dict(zip(result.side_outputs["invalid"]["txn_id"].to_pylist(),
                        result.side_outputs["invalid"]["reason"].to_pylist(), strict=True))
     assert invalid == {
-        2: "null or NaN amount", 3: "null or NaN amount", 4: "missing or NaN coordinates",
+        2: "null, NaN or infinite amount", 3: "null, NaN or infinite amount",
+        4: "missing or NaN coordinates",
         5: "event time earlier than the account's previous transaction (out of order)",
         6: "coordinates out of range"}
     assert_balanced(result.operator_metrics)
