@@ -292,9 +292,8 @@ class FraudRules(ProcessFunction):
         ts = (times.cast(pa.int64()) if pa.types.is_timestamp(times.type) else times).to_numpy()
         if self._constants is None or not self._constants[0].equals(batch.schema):
             self._constants = (batch.schema, *self._units(self._unit),
-                               self.output_schema(batch.schema))
-        _, window, min_elapsed, hour, schema = self._constants
-        ttl = self.state_spec().ttl or 0
+                               self.output_schema(batch.schema), self.state_spec().ttl or 0)
+        _, window, min_elapsed, hour, schema, ttl = self._constants
         refused = np.empty(n, dtype=np.int8)
         alert_row = np.empty(3 * n, dtype=np.int64)
         alert_rule = np.empty(3 * n, dtype=np.int8)
