@@ -31,6 +31,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numba.core.errors
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -95,14 +96,15 @@ def check_result(result: sl.Result, linear: bool = True,
     return result
 
 
-def result_or_actionable(run, *names: str) -> sl.Result | None:
+def result_or_actionable(run, *names: str, maybe_uncounted: tuple[str, ...] = ()
+                         ) -> sl.Result | None:
     """Run ``run()``: a checked result, or ``None`` after checking the error is actionable."""
     try:
         result = run()
     except Exception as exc:
         assert_actionable(exc, *names)
         return None
-    return check_result(result)
+    return check_result(result, maybe_uncounted=maybe_uncounted)
 
 
 def _norm(value: object) -> object:
@@ -262,8 +264,10 @@ def test_enrichment_on_generated_keys(case, scratch):
         assert_actionable(exc, "rk")
         return
     assert not case["unique"] or len(set(map(_norm, ref_keys))) == len(ref_keys)
-    # A one-to-many reference without a single key crashes: a known bug (strict xfail).
+    # A one-to-many reference without a single key crashes, and one with NaN twice matches
+    # only one of them: known bugs (strict xfails).
     assume(case["unique"] or ref_keys)
+    assume(case["unique"] or sum(_norm(k) == "NaN" for k in ref_keys) < 2)
     stream = make_stream(case["stream"], case["source"], case["batch_size"], case["cuts"],
                          scratch)
     if case["filter"]:
@@ -334,7 +338,8 @@ def transaction_tables(draw):
     return table, unit
 
 
-def fraud_routing(table: pa.Table) -> tuple[list[int], dict[int, str], list[dict]]:
+def fraud_routing(table: pa.Table, log_amount: bool = False
+                  ) -> tuple[list[int], dict[int, str], list[dict]]:
     """(txn_ids with a null key, {txn_id: expected reason keyword} of invalid rows, accepted
     rows in order), replaying the documented checks row by row."""
     null_key, invalid, accepted = [], {}, []
@@ -346,7 +351,7 @@ def fraud_routing(table: pa.Table) -> tuple[list[int], dict[int, str], list[dict
             null_key.append(r["txn_id"])
         elif t is None:
             invalid[r["txn_id"]] = "null event time"
-        elif amount is None or math.isnan(amount):
+        elif amount is None or math.isnan(amount) or (log_amount and amount <= 0):
             invalid[r["txn_id"]] = "amount"
         elif lat is None or lon is None or math.isnan(lat) or math.isnan(lon):
             invalid[r["txn_id"]] = "coordinates"
@@ -361,14 +366,16 @@ def fraud_routing(table: pa.Table) -> tuple[list[int], dict[int, str], list[dict
 
 
 @explore(100)
-@given(case=transaction_tables(), source=sources, batch_size=batch_sizes, cuts=cut_points)
-def test_fraud_on_generated_transactions(case, source, batch_size, cuts, scratch):
+@given(case=transaction_tables(), source=sources, batch_size=batch_sizes, cuts=cut_points,
+       log_amount=st.booleans())
+def test_fraud_on_generated_transactions(case, source, batch_size, cuts, log_amount, scratch):
     from tests.patterns.test_fraud_pattern import oracle as fraud_oracle
 
     table, unit = case
+    rules = FraudRules(log_amount=log_amount)
     result = check_result(detect_fraud(make_stream(table, source, batch_size, cuts, scratch),
-                                       FraudRules()).run())
-    null_key, invalid, accepted = fraud_routing(table)
+                                       rules).run())
+    null_key, invalid, accepted = fraud_routing(table, log_amount)
     assert result.side_outputs["null_key"]["txn_id"].to_pylist() == null_key
     got = dict(zip(result.side_outputs["invalid"]["txn_id"].to_pylist(),
                    result.side_outputs["invalid"]["reason"].to_pylist(), strict=True))
@@ -381,7 +388,7 @@ def test_fraud_on_generated_transactions(case, source, batch_size, cuts, scratch
     assert set(alerts["rule"].to_pylist()) <= set(RULES)
     assert all(s > 1 for s in alerts["severity"].to_pylist())
     if unit in ("ms", "int"):
-        expected, refused = fraud_oracle(accepted)
+        expected, refused = fraud_oracle(accepted, log_amount=log_amount)
         assert not refused
         got_alerts = list(zip(alerts["txn_id"].to_pylist(), alerts["rule"].to_pylist(),
                               strict=True))
@@ -413,7 +420,8 @@ def window_cases(draw):
     as_int = draw(st.booleans())
     tz = draw(st.sampled_from([None, "UTC"]))
     time_type = pa.int64() if as_int else pa.timestamp(unit, tz=tz)
-    key_kind = draw(st.sampled_from(["string", "int64", "dictionary"]))
+    key_kind = draw(st.sampled_from(["string", "int64", "dictionary", "float64", "int32",
+                                          "large_string"]))
     value_type = draw(st.sampled_from([pa.float64(), pa.int64()]))
     vals = [v for *_, v in rows]
     if value_type == pa.int64():
@@ -427,8 +435,14 @@ def window_cases(draw):
     session = isinstance(window, sl.plan.windows.Session)
     top = draw(st.one_of(st.none(), st.integers(1, 3)))
     lateness = "0s" if session or top else draw(st.sampled_from(["0s", "30s"]))
+    keyed = draw(st.booleans())
+    # A filter on the group key after the window (the optimizer moves it into the window).
+    drop_key = None
+    # (Not on sessions: the session operator ignores the moved filter, a known bug.)
+    if keyed and not top and not session and draw(st.booleans()):
+        drop_key = key_array([draw(st.sampled_from(INT_KEYS))], key_kind).to_pylist()[0]
     return {"table": table, "unit": unit, "as_int": as_int, "window": window,
-            "keyed": draw(st.booleans()), "top": top,
+            "keyed": keyed, "top": top, "drop_key": drop_key,
             "out_of_orderness": draw(st.sampled_from(["0s", "5s", "1min"])),
             "allowed_lateness": lateness,
             "max_future_skew": draw(st.sampled_from([None, "1h", "1d"]))}
@@ -442,9 +456,14 @@ def window_job(case: dict, stream: sl.Stream) -> sl.Stream:
     windowed = events.window(case["window"])
     if case["keyed"]:
         windowed = windowed.group_by("k")
-    job = windowed.agg(n=sl.count(), lo=sl.min("v"), hi=sl.max("v"), total=sl.sum("v"),
-                       avg=sl.mean("v"), p50=sl.quantile("v", 0.5),
-                       p90=sl.approx_quantile("v", 0.9))
+    aggs = {"n": sl.count(), "lo": sl.min("v"), "hi": sl.max("v"), "total": sl.sum("v"),
+            "avg": sl.mean("v"), "p50": sl.quantile("v", 0.5)}
+    if not isinstance(case["window"], sl.plan.windows.Session):
+        # Sessions leak a closed session's sketch into a later one: a known bug (xfail).
+        aggs["p90"] = sl.approx_quantile("v", 0.9)
+    job = windowed.agg(**aggs)
+    if case["drop_key"] is not None:
+        job = job.filter(sl.col("k") != case["drop_key"])
     return job.top_n(case["top"], by="n") if case["top"] else job
 
 
@@ -528,6 +547,11 @@ def test_windows_on_generated_event_times(case, source, batch_size, cuts, scratc
     late, rejected = result.side_outputs["late"], result.side_outputs["rejected"]
     assert rejected.num_rows == expected["rejected"]
     table = result.table
+    drop = case["drop_key"]
+
+    def kept(k):
+        return drop is None or (k is not None and k != drop)
+
     if case["top"]:
         starts = Counter(table["window_start"].cast(pa.int64()).to_pylist())
         assert all(c <= case["top"] for c in starts.values())
@@ -540,20 +564,32 @@ def test_windows_on_generated_event_times(case, source, batch_size, cuts, scratc
         late_keys = late["k"].to_pylist() if case["keyed"] else [None] * late.num_rows
         for k in late_keys:
             got[_norm(k)] += 1
-        assert +got == +expected["accepted_by_key"]
+        want = Counter({k: n for k, n in expected["accepted_by_key"].items() if kept(k)})
+        assert +Counter({k: n for k, n in got.items() if kept(k)}) == +want
     else:
         assert late.num_rows == expected["late"]
         final = _final_rows(table, case["keyed"])
-        assert final.keys() == expected["groups"].keys()
-        for key, vs in expected["groups"].items():
+        groups = {key: vs for key, vs in expected["groups"].items() if kept(key[1])}
+        assert final.keys() == groups.keys()
+        for key, vs in groups.items():
             row = final[key]
             valid = [v for v in vs if v is not None and not math.isnan(v)]
             assert row["n"] == len(vs), key
             assert row["lo"] == (min(valid) if valid else None), key
             assert row["hi"] == (max(valid) if valid else None), key
-    # The same rows whatever the batches: one row per batch, then one batch for all.
+            if valid and all(math.isfinite(v) for v in valid):
+                assert row["total"] == pytest.approx(sum(valid), rel=1e-9, abs=1e-6), key
+                assert row["avg"] == pytest.approx(sum(valid) / len(valid), rel=1e-9,
+                                                   abs=1e-6), key
+                median = float(np.quantile(np.array(valid, dtype=np.float64), 0.5))
+                assert row["p50"] == pytest.approx(median, rel=1e-9, abs=1e-6), key
+            elif not valid:
+                assert row["avg"] is None and row["p50"] is None, key
+    # The same rows whatever the batches (one row per batch, one batch for all) and with
+    # or without the optimizer.
     again = window_job(case, sl.Stream.from_table(case["table"], batch_size=1)).run()
-    whole = window_job(case, sl.Stream.from_table(case["table"], batch_size=10**6)).run()
+    whole = window_job(case, sl.Stream.from_table(case["table"], batch_size=10**6)).run(
+        optimize=False)
     for other in (again, whole):
         check_result(other)
         assert _sorted_rows(other.table) == _sorted_rows(table)
@@ -644,7 +680,8 @@ def test_malformed_csv_lines(case, declared, batch_size, scratch):
     ]
     for job in jobs:
         run = check_result(job.run(), maybe_uncounted=("malformed",))
-        assert run.side_outputs["malformed"].num_rows == len(bad)
+        side = run.side_outputs.get("malformed")
+        assert (side.num_rows if side is not None else 0) == len(bad)
 
 
 @pytest.mark.parametrize("text", [
@@ -659,8 +696,8 @@ def test_malformed_csv_lines(case, declared, batch_size, scratch):
 def test_badly_quoted_csv(text, bad_lines, scratch):
     data = text.encode("latin-1") if "\xff" in text else text.encode()
     path = _write(scratch, data)
-    result = result_or_actionable(
-        lambda: sl.Stream.from_csv(path, bad_lines=bad_lines).run(), str(path))
+    result = result_or_actionable(lambda: sl.Stream.from_csv(path, bad_lines=bad_lines).run(),
+                                  str(path), maybe_uncounted=("malformed",))
     if result is not None:
         data_lines = data.count(b"\n") - 1
         side = result.side_outputs.get("malformed")
@@ -776,7 +813,7 @@ def test_errors_name_what_to_fix(case):
     ("a,b\n1,x\n2,y\nthree,z\n", {"a": pa.int64()}, ["line 4", "'a'"]),
     ("a,b\n1,x\n99999999999999999999,y\n", {"a": pa.int64()}, ["line 3", "'a'"]),
     ("t,v\n2024-01-01T00:00:00,1\nnot a time,2\n", {"t": pa.timestamp("s")}, ["line 3", "'t'"]),
-    ("a,b\n1,x\n2\n", None, ["line 3"]),
+    ("a,b\n1,x\n2\n", None, ["Row #3"]),  # pyarrow's words: 'line' elsewhere
     ("a,b\n1,x\n", {"c": pa.int64()}, ["'c'"]),
 ])
 def test_csv_errors_name_file_line_and_column(text, schema, names, scratch):
@@ -857,7 +894,7 @@ def _fraud_table(account_ids, **columns) -> pa.Table:
 @pytest.mark.parametrize("ids", [pa.array(["a", "a"]), pa.array(["a", "a"], pa.large_string()),
                                  pa.array(["a", "a"]).dictionary_encode()],
                          ids=["string", "large_string", "dictionary"])
-def test_bug_fraud_string_account_ids_with_an_alert(ids):
+def test_fraud_string_account_ids_with_an_alert(ids):
     result = check_result(detect_fraud(sl.Stream.from_table(_fraud_table(ids))).run())
     assert result.table["account_id"].to_pylist() == ["a"]  # the geo alert
 
@@ -868,7 +905,7 @@ def test_bug_fraud_string_account_ids_with_an_alert(ids):
     "'Failed to parse string: 'abc' as a scalar of type double' naming no column; it should "
     "be a plan error naming the column, or the row in 'invalid' with a reason"))
 @pytest.mark.parametrize("column", ["amount", "lat", "lon"])
-def test_bug_fraud_non_numeric_strings(column):
+def test_fraud_non_numeric_strings(column):
     table = _fraud_table(pa.array([1, 1]), **{column: pa.array(["12.5", "abc"])})
     result_or_actionable(lambda: detect_fraud(sl.Stream.from_table(table)).run(), column)
 
@@ -877,17 +914,13 @@ def test_bug_fraud_non_numeric_strings(column):
     "uint64 account ids above 2**63-1 raise a raw ArrowInvalid 'Integer value "
     "18446744073709551615 not in range: 0 to 9223372036854775807' (the keyed state casts "
     "keys to int64); they should be keys like any other, or refused naming account_id"))
-def test_bug_fraud_uint64_account_ids_above_int64():
+def test_fraud_uint64_account_ids_above_int64():
     table = _fraud_table(pa.array([2**64 - 1, 2**64 - 1], pa.uint64()))
     result_or_actionable(lambda: detect_fraud(sl.Stream.from_table(table)).run(), "account_id")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an infinite amount is accepted by the fraud kernel and poisons the account's running "
-    "statistics (mean=inf, M2=NaN), so the amount rule never fires again for that account; "
-    "+-inf amounts should go to 'invalid' like NaN"))
 @pytest.mark.parametrize("poison", [math.inf, -math.inf])
-def test_bug_fraud_infinite_amount_disables_the_amount_rule(poison):
+def test_fraud_infinite_amount_disables_the_amount_rule(poison):
     amounts = [9.0, 11.0] * 6 + [poison, 1e6]
     n = len(amounts)
     table = pa.table({"account_id": [1] * n, "txn_id": pa.array(range(n)),
@@ -905,13 +938,8 @@ def _window_run(table, window=None, aggs=None, **watermark):
             .agg(**(aggs or {"n": sl.count()})).run())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "min()/max() accept any column type at plan time (AggSpec.output_type) but the window "
-    "kernels cast to int64/float64 at run time: a string column raises a raw ArrowInvalid "
-    "'Failed to parse string: 'x' as a scalar of type int64'; it should be a plan error "
-    "naming the column (or string min/max should work)"))
 @pytest.mark.parametrize("window", [sl.tumbling("1min"), sl.session("1min")])
-def test_bug_window_min_of_strings(window):
+def test_window_min_of_strings(window):
     table = _EVENTS.set_column(2, "v", pa.array(["x", "y"]))
     result_or_actionable(lambda: _window_run(table, window, {"lo": sl.min("v")}), "v")
 
@@ -919,29 +947,20 @@ def test_bug_window_min_of_strings(window):
 @pytest.mark.xfail(strict=True, reason=(
     "uint64 aggregate columns are cast to int64 (ops/aggregates.py _numeric): a value above "
     "2**63-1 raises a raw ArrowInvalid 'Integer value 18446744073709551615 not in range'"))
-def test_bug_window_uint64_values_above_int64():
+def test_window_uint64_values_above_int64():
     table = _EVENTS.set_column(2, "v", pa.array([2**64 - 1, 1], pa.uint64()))
     result_or_actionable(lambda: _window_run(table, aggs={"hi": sl.max("v")}), "v")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a list-typed group key passes plan validation and raises a raw ArrowNotImplementedError "
-    "'Function 'dictionary_encode' has no kernel matching input types (list<item: int64>)' "
-    "at run time; it should be a plan error naming the key column"))
-def test_bug_window_list_group_key():
+def test_window_list_group_key():
     table = _EVENTS.set_column(1, "k", pa.array([[1], [2]]))
     result_or_actionable(lambda: sl.Stream.from_table(table).with_watermark("t").window(
         sl.tumbling("1min")).group_by("k").agg(n=sl.count()).run(), "k")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a window size or slide that is zero, or below the time column's unit, raises a raw "
-    "ZeroDivisionError (ops/windows.py WindowAggregateOp.process: size // slide; "
-    "plan/windows.py Hopping.__post_init__: size % slide); session() already refuses such a "
-    "gap with a PlanError naming the column and the unit"))
 @pytest.mark.parametrize("window", ["tumbling 10ms on seconds", "tumbling 0s",
                                     "hopping 1s/10ms on seconds", "hopping 1s/0s"])
-def test_bug_window_size_below_the_time_unit(window):
+def test_window_size_below_the_time_unit(window):
     def run():
         spec = {"tumbling 10ms on seconds": lambda: sl.tumbling("10ms"),
                 "tumbling 0s": lambda: sl.tumbling("0s"),
@@ -955,7 +974,7 @@ def test_bug_window_size_below_the_time_unit(window):
 @pytest.mark.xfail(strict=True, reason=(
     "sum() of an int64 column wraps around on overflow: sum of [2**63-1, 1] is reported "
     "as -2**63 and mean() as -4.6e18; it should widen, or raise naming the column"))
-def test_bug_window_integer_sum_overflows_silently():
+def test_window_integer_sum_overflows_silently():
     table = _EVENTS.set_column(2, "v", pa.array([2**63 - 1, 1]))
     result = result_or_actionable(
         lambda: _window_run(table, aggs={"s": sl.sum("v"), "m": sl.mean("v")}), "v")
@@ -964,15 +983,9 @@ def test_bug_window_integer_sum_overflows_silently():
         assert row["s"] == 2**63 and row["m"] == pytest.approx(2**62)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "event times near the int64 limits overflow the window arithmetic: a row at int64 max "
-    "is absorbed into a window whose end wraps negative and is never emitted (silently "
-    "lost); a row near int64 min makes the watermark (max - out_of_orderness) wrap to a huge "
-    "value, so every later row is 'late' by ~9.2e18. Such rows should be rejected with a "
-    "reason (or the arithmetic saturate)"))
 @pytest.mark.parametrize("times", [[2**63 - 1], [2**63 - 1, 0], [-(2**63) + 1, 0]],
                          ids=["max alone", "max then zero", "min then zero"])
-def test_bug_window_event_times_at_int64_limits(times):
+def test_window_event_times_at_int64_limits(times):
     table = pa.table({"t": pa.array(times, pa.int64()), "v": [1.0] * len(times)})
     result = check_result(_window_run(table, unit="s", out_of_orderness="10s"))
     emitted = sum(result.table["n"].to_pylist())
@@ -980,33 +993,21 @@ def test_bug_window_event_times_at_int64_limits(times):
     assert result.side_outputs["late"].num_rows == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the 'late' side output has no 'reason' column (it has window_start, window_end and "
-    "late_by) while 'rejected', 'unmatched', 'invalid', 'null_key' and 'malformed' all do; "
-    "every side-output row should carry a reason"))
-def test_bug_late_rows_have_no_reason_column():
+def test_late_rows_have_no_reason_column():
     table = pa.table({"t": pa.array([0, 120, 5], pa.timestamp("s")), "v": [1.0, 2.0, 3.0]})
     late = _window_run(table).side_outputs["late"]
     assert late.num_rows == 1
     assert "reason" in late.column_names and late["reason"][0].as_py()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "from_csv(bad_lines='side_output'): when no line of the file is well formed, the "
-    "malformed lines are collected but never emitted (ops/sources.py CsvScan.batches emits "
-    "them only after a batch is read): they vanish without a side output or an error"))
-def test_bug_csv_file_with_only_malformed_lines(scratch):
+def test_csv_file_with_only_malformed_lines(scratch):
     path = _write(scratch, "a,b\n1\n2,x,y\n")
     result = check_result(sl.Stream.from_csv(path, bad_lines="side_output").run(),
                           maybe_uncounted=("malformed",))
     assert result.side_outputs["malformed"]["line"].to_pylist() == [2, 3]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the CSV source does not count malformed lines: its rows_in excludes them and its "
-    "rows_side_output is 0, so the per-operator accounting (in = out + filtered + side "
-    "output) never sees the lines sent to 'malformed'"))
-def test_bug_csv_source_does_not_count_malformed_lines(scratch):
+def test_csv_source_does_not_count_malformed_lines(scratch):
     path = _write(scratch, "a,b\n1,x\n2\n3,z\n")
     result = check_result(sl.Stream.from_csv(path, bad_lines="side_output").run())
     source = result.operator_metrics[0]
@@ -1023,7 +1024,7 @@ def test_bug_csv_source_does_not_count_malformed_lines(scratch):
     ("a,b\n1,x\n\n\nthree,y\n", {"a": pa.int64()}),
 ], ids=["malformed after blank lines", "malformed after a quoted newline",
         "conversion error after blank lines"])
-def test_bug_csv_line_numbers_skip_blank_lines(text, schema, scratch):
+def test_csv_line_numbers_skip_blank_lines(text, schema, scratch):
     path = _write(scratch, text)
     stream = sl.Stream.from_csv(path, schema=pa.schema(schema) if schema else None,
                                 bad_lines="side_output")
@@ -1035,22 +1036,14 @@ def test_bug_csv_line_numbers_skip_blank_lines(text, schema, scratch):
     assert result.side_outputs["malformed"]["line"].to_pylist() == [5]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "from_csv on an empty file, or on a file that is not CSV, raises a raw ArrowInvalid "
-    "('Empty CSV file' / 'CSV parse error: Empty CSV file or block: cannot infer number of "
-    "columns') from CsvScan._peek_schema, without the file's name"))
 @pytest.mark.parametrize("data", [b"", b"PAR1\x00\x00\x15\x04garbage"],
                          ids=["empty", "binary"])
-def test_bug_csv_empty_or_binary_file(data, scratch):
+def test_csv_empty_or_binary_file(data, scratch):
     path = _write(scratch, data)
     result_or_actionable(lambda: sl.Stream.from_csv(path).run(), str(path))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "from_parquet on a corrupt or non-Parquet file raises a raw ArrowInvalid from "
-    "pyarrow.dataset ('Parquet magic bytes not found in footer'); it names the file but is "
-    "not a sabot_lab error"))
-def test_bug_parquet_corrupt_file(scratch):
+def test_parquet_corrupt_file(scratch):
     path = _write(scratch, b"PAR1 not really parquet")
     result_or_actionable(lambda: sl.Stream.from_parquet(path).run(), str(path))
 
@@ -1059,7 +1052,7 @@ def test_bug_parquet_corrupt_file(scratch):
     "from_batches: a batch that differs from the declared schema only in a field's "
     "nullability raises SchemaMismatchError with an empty description ('does not match the "
     "stream schema: . Cast or select...'), naming no column"))
-def test_bug_batches_nullability_mismatch_names_no_column():
+def test_batches_nullability_mismatch_names_no_column():
     schema = pa.schema({"a": pa.int64()})
     batch = pa.RecordBatch.from_arrays(
         [pa.array([1])], schema=pa.schema([pa.field("a", pa.int64(), nullable=False)]))
@@ -1074,7 +1067,7 @@ def test_bug_batches_nullability_mismatch_names_no_column():
     "to convert to int64', 'Conversion failed for column a'); it should be a sabot_lab "
     "error naming the column"))
 @pytest.mark.parametrize("build", ["stream", "reference"])
-def test_bug_pandas_mixed_object_column(build):
+def test_pandas_mixed_object_column(build):
     frame = pd.DataFrame({"a": [1, "x"], "k": [1, 2]})
     if build == "stream":
         result_or_actionable(lambda: sl.Stream.from_pandas(frame).run(), "'a'")
@@ -1091,7 +1084,7 @@ def test_bug_pandas_mixed_object_column(build):
     (pa.array([1, -1, None], pa.int64()), pa.array([1, 2**64 - 1], pa.uint64())),
     (pa.array([1, 2**64 - 1, None], pa.uint64()), pa.array([1, -5, 2**62], pa.int64())),
 ], ids=["int64 stream, uint64 reference", "uint64 stream, int64 reference"])
-def test_bug_enrich_mixed_signedness_keys(stream_keys, ref_keys):
+def test_enrich_mixed_signedness_keys(stream_keys, ref_keys):
     ref = sl.Table(pa.table({"rk": ref_keys, "v": range(len(ref_keys))}), key="rk")
     stream = sl.Stream.from_table(pa.table({"sk": stream_keys}))
     result = result_or_actionable(
@@ -1101,16 +1094,70 @@ def test_bug_enrich_mixed_signedness_keys(stream_keys, ref_keys):
         assert result.side_outputs["unmatched"].num_rows == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "enrich with a one-to-many reference (unique=False) that has no non-null key (empty, or "
-    "only null keys) raises a raw IndexError 'index 0 is out of bounds for axis 0 with size "
-    "0' in ops/enrich.py EnrichOp._expand (self.lookup.group_count[safe] on an empty array)"))
 @pytest.mark.parametrize("ref_keys", [pa.array([], pa.int64()), pa.array([None], pa.int64())],
                          ids=["empty", "null keys only"])
 @pytest.mark.parametrize("how", ["inner", "left"])
-def test_bug_enrich_one_to_many_without_keys(ref_keys, how):
+def test_enrich_one_to_many_without_keys(ref_keys, how):
     ref = sl.Table(pa.table({"rk": ref_keys, "v": pa.array([1] * len(ref_keys))}), key="rk",
                    unique=False)
     stream = sl.Stream.from_table(pa.table({"sk": [1, None]}))
     result = check_result(stream.enrich(ref, on={"sk": "rk"}, how=how).run())
     assert result.table.num_rows == (2 if how == "left" else 0)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "session windows: a session whose rows all have a null value reports the "
+    "approx_quantile of an earlier, already closed session (its sketch slot is reused "
+    "without being emptied: ops/sessions.py clear_keys/_release vs QuantileSketches.reset), "
+    "so the result depends on the batch size: 5.0 with batch_size=1, None with one batch"))
+def test_session_approx_quantile_of_null_only_session_leaks():
+    table = pa.table({"t": pa.array([0, 100, 200], pa.timestamp("s")),
+                      "v": pa.array([5.0, None, None], pa.float64())})
+    for batch_size in (1, 3):
+        result = check_result(
+            sl.Stream.from_table(table, batch_size=batch_size).with_watermark("t")
+            .window(sl.session("5s")).agg(n=sl.count(), p90=sl.approx_quantile("v", 0.9))
+            .run())
+        assert result.table["p90"].to_pylist() == [5.0, None, None], batch_size
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "one-to-many enrich (unique=False) splits equal NaN reference keys into separate groups "
+    "(ops/lookup.py Lookup.build groups with pc.not_equal, and NaN != NaN), so a stream NaN "
+    "key matches only the first of two NaN reference rows, while a unique reference does "
+    "match NaN to NaN; it should match all of them or none"))
+def test_enrich_one_to_many_nan_keys_match_one_row():
+    ref = sl.Table(pa.table({"rk": [math.nan, math.nan, 1.0], "v": [1, 2, 3]}), key="rk",
+                   unique=False)
+    result = check_result(sl.Stream.from_table(pa.table({"sk": [math.nan]})).enrich(
+        ref, on={"sk": "rk"}).run())
+    assert result.table.num_rows in (0, 2)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "exact quantile() is null as soon as an infinity is one of the two order statistics it "
+    "interpolates between ((hi - lo) * fraction is inf * 0 = NaN): quantile of [1.0, inf] "
+    "is null at q=0 (expected 1.0) and q=1 (expected inf), and null at every q for "
+    "[inf, inf] (DuckDB's quantile_cont gives inf)"))
+@pytest.mark.parametrize("values,q,expected", [
+    ([1.0, math.inf], 0.0, 1.0), ([1.0, math.inf], 1.0, math.inf),
+    ([math.inf, math.inf], 0.5, math.inf), ([-math.inf, 2.0, 3.0], 0.0, -math.inf),
+])
+def test_window_exact_quantile_with_infinities(values, q, expected):
+    table = pa.table({"t": pa.array([0] * len(values), pa.timestamp("s")), "v": values})
+    result = check_result(_window_run(table, aggs={"p": sl.quantile("v", q)}))
+    assert result.table["p"].to_pylist() == [expected]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the optimizer moves a filter on group keys into session windows (key_filter), but "
+    "ops/sessions.py SessionWindowOp never applies key_filter: the optimized plan returns "
+    "every group ['a', None, 'b'] where the unoptimized one returns ['b'] (rules must never "
+    "change results)"))
+def test_session_window_ignores_the_pushed_key_filter():
+    table = pa.table({"t": pa.array([0, 1, 2], pa.timestamp("s")), "k": ["a", None, "b"]})
+    job = (sl.Stream.from_table(table).with_watermark("t").window(sl.session("5s"))
+           .group_by("k").agg(n=sl.count()).filter(sl.col("k") != "a"))
+    optimized, plain = check_result(job.run()), check_result(job.run(optimize=False))
+    assert plain.table["k"].to_pylist() == ["b"]
+    assert optimized.table["k"].to_pylist() == ["b"]
