@@ -10,6 +10,7 @@ from sabot_lab.datasets import transactions
 from sabot_lab.patterns.fraud import FraudRules, detect_fraud
 from sabot_lab.runtime.dask import DaskRunner
 from tests.oracle import assert_balanced
+from tests.runtime.killing import run_killing_a_worker
 
 
 @pytest.mark.parametrize("partitions_per_worker", [1, 3])
@@ -38,34 +39,12 @@ def test_keyed_state_then_window_is_refused_with_a_reason(runner):
 def test_keyed_state_survives_a_killed_worker(runner):
     """A worker dies mid-job: its key ranges are re-run from their inputs (the state of a
     key range lives in its task), and the alerts equal a clean run, none lost or doubled."""
-    import os
-    import signal
-    import threading
-    import time
-
     txns = transactions(300_000, n_accounts=20_000, seed=6)
     job = detect_fraud(sl.Stream.from_table(txns, batch_size=5_000))
     expected = job.run()
-    client = runner.client
-    outcome: dict = {}
-    dask_runner = DaskRunner(client, partitions_per_worker=6)
-    thread = threading.Thread(target=lambda: outcome.setdefault("result", job.run(dask_runner)))
-    thread.start()
-
-    def exchanged() -> int:
-        return client.run_on_scheduler(lambda dask_scheduler: sum(
-            ts.state == "memory" for key, ts in dask_scheduler.tasks.items()
-            if "exchange" in str(key)))
-
-    deadline = time.monotonic() + 60
-    while exchanged() < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)  # polling the scheduler, not standing in for work
-    pids = client.run(os.getpid)
-    os.kill(pids[sorted(pids)[0]], signal.SIGKILL)
-    thread.join(timeout=180)
-    assert "result" in outcome, "the keyed job did not finish after a worker was killed"
+    killed = run_killing_a_worker(job, DaskRunner(runner.client, partitions_per_worker=6),
+                                  "exchange")
     columns = [c for c in expected.table.column_names if c != "detection_latency_ms"]
-    got = outcome["result"].table.select(columns)
+    got = killed.table.select(columns)
     sl.assert_same_results(got, expected.table.select(columns), rtol=1e-12)
     assert got.num_rows == expected.table.num_rows > 0
-    client.wait_for_workers(2, timeout=60)

@@ -3,11 +3,6 @@ partition count, with lateness, updates, bad clocks, top-N and a killed worker."
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
-import time
-
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -15,6 +10,7 @@ import pytest
 import sabot_lab as sl
 from sabot_lab.runtime.dask import DaskRunner
 from tests.oracle import assert_balanced
+from tests.runtime.killing import run_killing_a_worker
 
 
 def _events(n: int = 60_000, seed: int = 3) -> pa.Table:
@@ -83,23 +79,6 @@ def test_windows_survive_a_killed_worker(runner):
     events = _events(400_000, seed=9)
     job = _jobs(events)["updates-within-lateness"]
     expected = job.run()
-    client = runner.client
-    outcome: dict = {}
-    dask_runner = DaskRunner(client, partitions_per_worker=8)
-    thread = threading.Thread(target=lambda: outcome.setdefault("result", job.run(dask_runner)))
-    thread.start()
-
-    def exchanged() -> int:
-        return client.run_on_scheduler(lambda dask_scheduler: sum(
-            ts.state == "memory" for key, ts in dask_scheduler.tasks.items()
-            if "exchange" in str(key)))
-
-    deadline = time.monotonic() + 60
-    while exchanged() < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)  # polling the scheduler, not standing in for work
-    pids = client.run(os.getpid)
-    os.kill(pids[sorted(pids)[-1]], signal.SIGKILL)
-    thread.join(timeout=180)
-    assert "result" in outcome, "the windowed job did not finish after a worker was killed"
-    _assert_same(outcome["result"], expected)
-    client.wait_for_workers(2, timeout=60)
+    killed = run_killing_a_worker(job, DaskRunner(runner.client, partitions_per_worker=8),
+                                  "exchange", victim=-1)
+    _assert_same(killed, expected)
