@@ -177,13 +177,14 @@ def push_key_filter_into_window(node: Node) -> Node | None:
     aggregated and then dropped. They are dropped *after* their lateness is decided, so the
     ``late`` side output does not change, nor the watermark (it is assigned below).
 
-    A global window (no keys) and filters on aggregates stay as they are.
+    A global window (no keys), session windows (their operator does not apply a key filter)
+    and filters on aggregates stay as they are.
     """
     if not (isinstance(node, Filter) and isinstance(node.child, WindowAggregate)):
         return None
     window = node.child
     keys = set(window.keys)
-    if not keys:
+    if not keys or not hasattr(window.window, "slide_ns"):  # session windows: not applied
         return None
     movable = [p for p in conjuncts(node.predicate) if p.columns <= keys]
     if not movable:
