@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["CpuMonitor", "cores", "cpu_model", "git_revision", "load_average"]
@@ -84,3 +85,20 @@ class CpuMonitor:
         other = max(busy - own, 0.0) / wall
         return (f"background CPU while timing: {other:.2f} cores busy outside this process, "
                 f"{steal / wall:.2f} cores stolen by the hypervisor")
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool,
+                 left: Sequence[int] = (0,)) -> str:
+    """A plain-text table (numbers right-aligned), or Markdown."""
+    if markdown:
+        align = ["---" if i in left else "---:" for i in range(len(headers))]
+        lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(align) + " |"]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths),
+                      *(line(r) for r in rows)])

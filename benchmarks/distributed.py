@@ -82,6 +82,7 @@ def _load_common() -> object:
 _common = _load_common()
 cores, cpu_model = _common.cores, _common.cpu_model
 git_revision, load_average = _common.git_revision, _common.load_average
+format_table = _common.format_table
 
 KEY = "instrument_id"
 ROWS = 12_000_000
@@ -270,24 +271,6 @@ def _partitioned(dask: object, n: int) -> Callable[[], object]:
 
 
 # --- tables ---------------------------------------------------------------------------------
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool,
-                 left: Sequence[int] = (0,)) -> str:
-    """A plain-text table (numbers right-aligned), or Markdown."""
-    if markdown:
-        align = ["---" if i in left else "---:" for i in range(len(headers))]
-        lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(align) + " |"]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i in left else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
-
-    return "\n".join([line(headers), "  ".join("-" * w for w in widths),
-                      *(line(r) for r in rows)])
-
 
 def throughput_rows(timings: Sequence[Timing], local: Timing) -> list[list[str]]:
     return [[t.name, f"{t.rows:,}", f"{t.rows_out:,}", f"{t.median:.3f}",

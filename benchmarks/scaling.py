@@ -89,6 +89,7 @@ def _load_common() -> object:
 _common = _load_common()
 CpuMonitor, cores, cpu_model = _common.CpuMonitor, _common.cores, _common.cpu_model
 git_revision, load_average = _common.git_revision, _common.load_average
+format_table = _common.format_table
 
 #: 1x per pattern, in input rows.
 BASE_ROWS = {"enrichment": 2_000_000, "fraud": 500_000, "analytics": 2_000_000}
@@ -512,21 +513,6 @@ def agreement(runs: Sequence[Run]) -> list[str]:
     return lines
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool,
-                 left: Sequence[int] = (0, 1)) -> str:
-    """A plain-text table (numbers right-aligned), or Markdown."""
-    if markdown:
-        align = ["---" if i in left else "---:" for i in range(len(headers))]
-        lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(align) + " |"]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i in left else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
-
-    return "\n".join([line(headers), "  ".join("-" * w for w in widths),
-                      *(line(r) for r in rows)])
 
 
 def _dask_version() -> str:
@@ -593,7 +579,7 @@ def parent_main(args: argparse.Namespace) -> None:
     print("== throughput and peak RSS per scale (MB = MiB; workers = sum of the 2 worker "
           "processes; peak vs 1x = (client + workers) peak over the same at 1x; bg cores = "
           "CPU busy outside the run's processes while it timed)")
-    print(format_table(HEADERS, table_rows(runs), md))
+    print(format_table(HEADERS, table_rows(runs), md, left=(0, 1)))
     print()
     print(f"== growth of peak RSS from 1x to {max(scales)}x ({max(scales)}x the rows; above "
           f"base = peak minus the RSS before the run)")
