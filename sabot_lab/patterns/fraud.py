@@ -48,6 +48,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sabot_lab.kernels import PREFETCH_DISTANCE, prefetch
 from sabot_lab.plan.windows import parse_duration, to_unit
 from sabot_lab.process import ProcessFunction
 from sabot_lab.state import KeyedState, StateBlock, StateSpec
@@ -85,7 +86,11 @@ def _rules(slots, ts, amount, lat, lon, times, stats,  # pragma: no cover - numb
     leaves the state alone. Returns the number of alerts written.
     """
     n_alerts = 0
-    for i in range(slots.shape[0]):
+    n_rows = slots.shape[0]
+    for i in range(n_rows):
+        if i + PREFETCH_DISTANCE < n_rows:  # the state is read at random: overlap the loads
+            prefetch(times, slots[i + PREFETCH_DISTANCE])
+            prefetch(stats, slots[i + PREFETCH_DISTANCE])
         x = amount[i]
         if x != x or np.isinf(x):  # an infinite amount would poison the running mean
             refused[i] = 1
@@ -195,7 +200,11 @@ class FraudRules(ProcessFunction):
         ``ttl`` after its account's previous one starts from a fresh state, row by row (so
         alerts do not depend on batch sizes), and idle accounts are removed from the store.
     columns
-        Names of the (id, time, amount, latitude, longitude) columns.
+        Names of the (id, time, amount, latitude, longitude) columns. Amounts and
+        coordinates are numbers (integer or floating point); the time is a timestamp or
+        integer milliseconds.
+    account_col
+        The account column (the key): alerts carry it as ``account_id``, of its type.
     """
 
     name = "fraud_rules"
@@ -204,7 +213,8 @@ class FraudRules(ProcessFunction):
                  z_threshold: float = 3.0, log_amount: bool = False,
                  max_speed_kmh: float = 900.0, min_elapsed: str = "1s",
                  ttl: str | None = None,
-                 columns: Sequence[str] = ("txn_id", "ts", "amount", "lat", "lon")) -> None:
+                 columns: Sequence[str] = ("txn_id", "ts", "amount", "lat", "lon"),
+                 account_col: str = "account_id") -> None:
         if max_count < 1 or min_history < 2:
             raise ValueError("max_count must be >= 1 and min_history >= 2")
         self.window, self.max_count, self.min_history = window, max_count, min_history
@@ -212,9 +222,11 @@ class FraudRules(ProcessFunction):
         self.z_threshold, self.log_amount = float(z_threshold), bool(log_amount)
         self.max_speed_kmh, self.min_elapsed, self.ttl = float(max_speed_kmh), min_elapsed, ttl
         self.id_col, self.time_col, self.amount_col, self.lat_col, self.lon_col = columns
-        self.columns = tuple(columns)
+        self.account_col = account_col
+        self.columns = (account_col, *columns)
         self._unit = "ms"
         self._constants: tuple | None = None  # per-batch constants, set on the first batch
+        self._buffers: tuple[np.ndarray, ...] = ()  # the kernel's output, reused per batch
 
     def __repr__(self) -> str:
         return (f"FraudRules(window={self.window!r}, max_count={self.max_count}, "
@@ -268,8 +280,17 @@ class FraudRules(ProcessFunction):
         elif not pa.types.is_integer(time_type):
             raise TypeError(f"{self.time_col!r} must be a timestamp or integer milliseconds, "
                             f"it is {time_type}")
+        for name in (self.amount_col, self.lat_col, self.lon_col):
+            kind = input_schema.field(name).type
+            if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)
+                    or pa.types.is_decimal(kind)):
+                raise TypeError(
+                    f"{name!r} must be numeric (integer or floating point), it is {kind}; "
+                    f"convert it first, e.g. .with_columns({name}=sl.col({name!r})"
+                    f".cast('float64'))")
         return pa.schema([
-            ("account_id", pa.int64()), ("txn_id", input_schema.field(self.id_col).type),
+            ("account_id", input_schema.field(self.account_col).type),
+            ("txn_id", input_schema.field(self.id_col).type),
             ("ts", time_type), ("rule", pa.string()), ("severity", pa.float64()),
             ("count_in_window", pa.int32()), ("z_score", pa.float64()),
             ("distance_km", pa.float64()), ("speed_kmh", pa.float64()),
@@ -294,39 +315,48 @@ class FraudRules(ProcessFunction):
             self._constants = (batch.schema, *self._units(self._unit),
                                self.output_schema(batch.schema), self.state_spec().ttl or 0)
         _, window, min_elapsed, hour, schema, ttl = self._constants
-        refused = np.empty(n, dtype=np.int8)
-        alert_row = np.empty(3 * n, dtype=np.int64)
-        alert_rule = np.empty(3 * n, dtype=np.int8)
-        count = np.empty(3 * n, dtype=np.int32)
-        severity, z, km, kmh, prev_lat, prev_lon = (np.empty(3 * n) for _ in range(6))
+        if not self._buffers or len(self._buffers[0]) < n:
+            # Kept between batches: fresh arrays this size cost page faults every batch.
+            self._buffers = (np.empty(n, dtype=np.int8), np.empty(3 * n, dtype=np.int64),
+                             np.empty(3 * n, dtype=np.int8), np.empty(3 * n, dtype=np.int32),
+                             *(np.empty(3 * n) for _ in range(6)))
+        refused, alert_row, alert_rule, count, *evidence = self._buffers
+        refused = refused[:n]
         found = _rules(block.slots, ts.astype(np.int64, copy=False),
                        _float(batch, self.amount_col), _float(batch, self.lat_col),
                        _float(batch, self.lon_col), block.arrays["times"],
                        block.arrays["stats"], window, self.max_count, self.min_history,
                        self.z_threshold, self.log_amount, self.max_speed_kmh, min_elapsed, hour,
-                       ttl, refused, alert_row, alert_rule, severity, count, z, km, kmh, prev_lat,
-                       prev_lon)
-        rows = pa.array(alert_row[:found])
-
-        def evidence(values: np.ndarray) -> pa.Array:
-            return pa.array(values[:found], mask=np.isnan(values[:found]))
-
+                       ttl, refused, alert_row, alert_rule, evidence[0], count, *evidence[1:])
+        picked = batch.select([self.account_col, self.id_col, self.time_col]).take(
+            pa.array(alert_row[:found]))
+        severity, *measures = (values[:found].copy() for values in evidence)  # buffers reused
         alerts = pa.RecordBatch.from_arrays([
-            keys.take(rows).cast(pa.int64()), batch.column(self.id_col).take(rows),
-            times.take(rows), _RULE_NAMES.take(pa.array(alert_rule[:found])),
-            pa.array(severity[:found]), pa.array(count[:found]), evidence(z), evidence(km),
-            evidence(kmh), evidence(prev_lat), evidence(prev_lon),
+            *picked.columns, _RULE_NAMES.take(pa.array(alert_rule[:found])),
+            pa.array(severity), pa.array(count[:found].copy()),
+            *(pa.array(values, mask=np.isnan(values)) for values in measures),
             pa.array(np.full(found, (time.perf_counter() - start) * 1000))], schema=schema)
         bad = refused > 0
         return alerts, bad, np.asarray(_REASONS, dtype=object)[refused[bad]]
+
+    def __getstate__(self) -> dict:
+        """Pickled without the per-batch buffers and constants (for Dask tasks)."""
+        return {**self.__dict__, "_buffers": (), "_constants": None}
 
 
 def detect_fraud(transactions: Stream, rules: FraudRules | None = None,
                  account_col: str = "account_id", state: str = "memory",
                  state_path: str | None = None) -> Stream:
-    """Alerts for a stream of transactions: ``transactions.key_by(account).process(rules)``."""
-    return transactions.key_by(account_col).process(rules or FraudRules(), state=state,
-                                                    state_path=state_path)
+    """Alerts for a stream of transactions: ``transactions.key_by(account).process(rules)``.
+
+    ``rules`` default to ``FraudRules(account_col=account_col)``; rules given must key by
+    ``account_col`` too."""
+    rules = rules or FraudRules(account_col=account_col)
+    if rules.account_col != account_col:
+        raise ValueError(f"the rules read accounts from {rules.account_col!r}, but "
+                         f"account_col is {account_col!r}: pass "
+                         f"FraudRules(account_col={account_col!r})")
+    return transactions.key_by(account_col).process(rules, state=state, state_path=state_path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

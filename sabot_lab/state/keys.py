@@ -1,9 +1,11 @@
 """Key columns for keyed state: one Arrow array of int64 or string keys, never null.
 
-Integer keys of any width become int64; ``large_string``, ``string_view`` and dictionary
-columns become ``string``/``large_string`` values; numpy arrays and Python sequences go
-through ``pyarrow.array``. Null keys are refused with :class:`NullKeyError`: the operator
-routes them to a side output before state.
+Integer keys of any width become int64; uint64 keys keep their bits (a key above
+``2**63 - 1`` is held as the negative int64 with the same bits, so every uint64 key stays
+distinct; ``to_table`` shows such keys as those negative numbers); ``large_string``,
+``string_view`` and dictionary columns become ``string``/``large_string`` values; numpy
+arrays and Python sequences go through ``pyarrow.array``. Null keys are refused with
+:class:`NullKeyError`: the operator routes them to a side output before state.
 
 Examples
 --------
@@ -12,6 +14,8 @@ Examples
 DataType(int64)
 >>> key_kind(key_array(["a", "b"]))
 'string'
+>>> key_array(pa.array([7, 2**64 - 1], pa.uint64())).to_pylist()
+[7, -1]
 >>> key_array([1, None, None])
 Traceback (most recent call last):
 ...
@@ -69,6 +73,8 @@ def key_array(keys: Any) -> pa.Array:
     t = keys.type
     if pa.types.is_dictionary(t):
         return key_array(keys.dictionary_decode())
+    if t == pa.uint64():
+        return keys.view(pa.int64())  # all 2**64 values, one to one (a cast would overflow)
     if pa.types.is_integer(t):
         return keys if t == pa.int64() else keys.cast(pa.int64())
     if pa.types.is_string(t) or pa.types.is_large_string(t):

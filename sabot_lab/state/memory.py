@@ -1,10 +1,12 @@
-"""Keyed state in memory: one dense numpy array per field, indexed by slot.
+"""Keyed state in memory: numpy arrays indexed by slot, a key's fields kept together.
 
 A numba slot map (:mod:`.slotmap`) turns each batch's keys into slots in one pass. The
 arrays a block hands to the kernel *are* the storage, so ``release`` only records the access
-time. ``expire`` is a vectorized scan of the last-access times, skipped while no key can be
-old enough; expired keys' slots are reused, and the arrays are compacted once more than half
-of the slots (or of a string key heap) are free.
+time. The fields of a key sit together in one record (:meth:`StateSpec.allocate` with
+``records=True``), so a kernel that updates a key touches one or two cache lines; the field
+arrays are strided views. ``expire`` is a vectorized scan of the last-access times, skipped
+while no key can be old enough; expired keys' slots are reused, and the arrays are compacted
+once more than half of the slots (or of a string key heap) are free.
 
 Examples
 --------
@@ -68,7 +70,7 @@ class MemoryState(KeyedState):
     def __init__(self, spec: StateSpec) -> None:
         super().__init__(spec)
         self._map: SlotMap | None = None
-        self._data = spec.allocate(0)
+        self._data = spec.allocate(0, records=True)
         self._last = np.zeros(0, dtype=np.int64)
         self._oldest = _NO_KEYS  # no live key was last accessed before this
 
@@ -134,7 +136,7 @@ class MemoryState(KeyedState):
     @property
     def nbytes(self) -> int:
         """Bytes of the field arrays, access times and slot map (allocated capacity)."""
-        arrays = sum(a.nbytes for a in self._data.values()) + self._last.nbytes
+        arrays = len(self._last) * (self._spec.record_bytes + self._last.itemsize)
         return arrays + (0 if self._map is None else self._map.nbytes)
 
     def get(self, key: Any) -> dict[str, Any] | None:
@@ -200,7 +202,7 @@ class MemoryState(KeyedState):
         if slots <= capacity:
             return
         size = max(slots, 2 * capacity, 16)
-        grown = self._spec.allocate(size)
+        grown = self._spec.allocate(size, records=True)
         for name, array in self._data.items():
             grown[name][:capacity] = array
         self._data = grown
@@ -213,12 +215,15 @@ class MemoryState(KeyedState):
         log.debug("MemoryState: compact %d live of %d slots", len(self._map),
                   self._map.high_water)
         order = self._map.compact()
-        self._data = {name: array[order] for name, array in self._data.items()}
+        compacted = self._spec.allocate(len(order), records=True)
+        for name, array in self._data.items():
+            compacted[name][:] = array[order]
+        self._data = compacted
         self._last = self._last[order]
 
     def _load(self, table: pa.Table) -> None:
         self._map = None
-        self._data = self._spec.allocate(0)
+        self._data = self._spec.allocate(0, records=True)
         self._last = np.zeros(0, dtype=np.int64)
         self._oldest = _NO_KEYS
         if table.num_rows == 0:
