@@ -202,7 +202,9 @@ class MemoryState(KeyedState):
         if slots <= capacity:
             return
         size = max(slots, 2 * capacity, 16)
-        grown = self._spec.allocate(size, records=True)
+        # Unfilled: a slot gets its defaults when a key takes it (acquire), and untouched
+        # pages cost nothing until then.
+        grown = self._spec.allocate(size, records=True, fill=False)
         for name, array in self._data.items():
             grown[name][:capacity] = array
         self._data = grown
@@ -215,7 +217,7 @@ class MemoryState(KeyedState):
         log.debug("MemoryState: compact %d live of %d slots", len(self._map),
                   self._map.high_water)
         order = self._map.compact()
-        compacted = self._spec.allocate(len(order), records=True)
+        compacted = self._spec.allocate(len(order), records=True, fill=False)
         for name, array in self._data.items():
             compacted[name][:] = array[order]
         self._data = compacted

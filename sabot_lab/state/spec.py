@@ -125,8 +125,10 @@ class StateSpec:
         """
         return self._default_values[name]
 
-    def allocate(self, n: int, records: bool = False) -> dict[str, np.ndarray]:
-        """Fresh arrays for ``n`` keys, filled with the defaults.
+    def allocate(self, n: int, records: bool = False, fill: bool = True
+                 ) -> dict[str, np.ndarray]:
+        """Fresh arrays for ``n`` keys, filled with the defaults (``fill=False``: left
+        uninitialized, for a caller that fills or overwrites every row it uses).
 
         With ``records=True`` the arrays are views into one buffer that keeps each key's
         fields together, in a record of :attr:`record_bytes` starting on a cache-line
@@ -150,8 +152,9 @@ class StateSpec:
         else:
             out = {name: np.empty((n, *shape), dtype=dtype)
                    for name, (dtype, shape) in self._layout.items()}
-        for name, array in out.items():
-            array[...] = self._default_values[name]
+        if fill:
+            for name, array in out.items():
+                array[...] = self._default_values[name]
         return out
 
     @property
@@ -184,7 +187,7 @@ class StateSpec:
     def _record_views(self, n: int) -> dict[str, np.ndarray]:
         offsets, size = self._record_layout()
         records = max(n, 1)  # numpy wants the offset of an empty view inside its buffer too
-        raw = np.zeros(records * size + _CACHE_LINE, dtype=np.uint8)
+        raw = np.empty(records * size + _CACHE_LINE, dtype=np.uint8)
         start = -raw.ctypes.data % _CACHE_LINE  # the first record on a cache-line boundary
         buffer = raw[start:start + records * size]
         views = {}
