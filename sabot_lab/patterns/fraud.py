@@ -310,7 +310,7 @@ class FraudRules(ProcessFunction):
         start = time.perf_counter()
         n = batch.num_rows
         times = batch.column(self.time_col)
-        ts = (times.cast(pa.int64()) if pa.types.is_timestamp(times.type) else times).to_numpy()
+        ts = (times.view(pa.int64()) if pa.types.is_timestamp(times.type) else times).to_numpy()
         if self._constants is None or not self._constants[0].equals(batch.schema):
             self._constants = (batch.schema, *self._units(self._unit),
                                self.output_schema(batch.schema), self.state_spec().ttl or 0)

@@ -36,6 +36,7 @@ import numba
 import numpy as np
 import pyarrow as pa
 
+from sabot_lab.kernels import PREFETCH_DISTANCE, prefetch
 from sabot_lab.state.keys import int_values, string_buffers
 
 __all__ = ["Int64SlotMap", "SlotMap", "StringSlotMap"]
@@ -120,7 +121,10 @@ def _int_acquire(keys, insert, table, slot_key, alive, fresh, free, n_free, hw, 
     mask = table.shape[0] - 1
     n_new = 0
     filled = 0
-    for i in range(keys.shape[0]):
+    n_keys = keys.shape[0]
+    for i in range(n_keys):
+        if i + PREFETCH_DISTANCE < n_keys:  # the table is probed at random: overlap the loads
+            prefetch(table, _int_hash(keys[i + PREFETCH_DISTANCE]) & mask)
         k = keys[i]
         h = _int_hash(k) & mask
         tomb = -1
@@ -277,7 +281,10 @@ def _rehash(slots, rows, hashes, table):  # pragma: no cover - numba
     """Insert slots with their entries' other columns (``rows``), keys known distinct, into
     an empty table."""
     mask = table.shape[0] - 1
-    for j in range(slots.shape[0]):
+    n = slots.shape[0]
+    for j in range(n):
+        if j + PREFETCH_DISTANCE < n:
+            prefetch(table, hashes[j + PREFETCH_DISTANCE] & mask)
         h = hashes[j] & mask
         while table[h, 0] != EMPTY:
             h = (h + 1) & mask
