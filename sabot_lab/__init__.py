@@ -8,6 +8,7 @@ Examples
 2
 """
 
+from sabot_lab.dashboard import Dashboard
 from sabot_lab.expr import coalesce, col, lit
 from sabot_lab.plan.compare import compare_plans
 from sabot_lab.plan.graph import JobGraph
@@ -43,6 +44,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "Dashboard",
     "DaskRunner",
     "DuplicateKeyError",
     "JobGraph",

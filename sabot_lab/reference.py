@@ -26,13 +26,51 @@ import pyarrow.parquet as pq
 
 from sabot_lab.expr import Expr
 
-__all__ = ["DuplicateKeyError", "Table"]
+__all__ = ["ColumnConversionError", "DuplicateKeyError", "Table", "table_from_pandas"]
 
 log = logging.getLogger(__name__)
 
 
 class DuplicateKeyError(ValueError):
     """A reference table declared unique has repeated key values."""
+
+
+class ColumnConversionError(ValueError, TypeError):
+    """A DataFrame column does not convert to one Arrow column (e.g. an object column mixing
+    numbers and strings). Both a ``ValueError`` and a ``TypeError``, as pyarrow raises one or
+    the other for such a column."""
+
+
+def table_from_pandas(frame: pd.DataFrame) -> pa.Table:
+    """``frame`` as a pyarrow Table, without its index.
+
+    A column that does not convert raises :class:`ColumnConversionError` naming it and the
+    fix, in place of pyarrow's error.
+
+    >>> table_from_pandas(pd.DataFrame({"a": [1, 2]}, index=[5, 6])).to_pydict()
+    {'a': [1, 2]}
+    >>> table_from_pandas(pd.DataFrame({"k": [1, 2], "a": [1, "x"]}))
+    Traceback (most recent call last):
+    ...
+    sabot_lab.reference.ColumnConversionError: column 'a' of the DataFrame mixes value types ...
+    """
+    try:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        for j, name in enumerate(frame.columns):  # the error path: find the column
+            column = frame.iloc[:, j]
+            try:
+                pa.array(column, from_pandas=True)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as bad:
+                kinds = pd.api.types.infer_dtype(column, skipna=True)
+                raise ColumnConversionError(
+                    f"column {name!r} of the DataFrame mixes value types (pandas infers "
+                    f"{kinds!r}) and does not convert to one Arrow column: {bad.args[0]}. "
+                    f"Convert it to one type first, e.g. df[{name!r}] = "
+                    f"df[{name!r}].astype(str)") from None
+        raise ColumnConversionError(
+            f"the DataFrame does not convert to Arrow: {exc}. Give each column one type "
+            f"(and the columns unique string names)") from exc
 
 
 class Table:
@@ -63,7 +101,7 @@ class Table:
         unique: bool = True,
     ) -> None:
         if isinstance(data, pd.DataFrame):
-            data = pa.Table.from_pandas(data, preserve_index=False)
+            data = table_from_pandas(data)
         elif isinstance(data, str | Path):
             data = pq.read_table(data)
         if not isinstance(data, pa.Table):

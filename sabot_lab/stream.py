@@ -24,6 +24,7 @@ Sink[collect]
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from sabot_lab.dashboard import Dashboard
 from sabot_lab.expr import Expr, Literal, col
 from sabot_lab.ops.sinks import CallbackSink, CollectSink, ParquetSink
 from sabot_lab.ops.sources import (
@@ -62,7 +64,7 @@ from sabot_lab.plan.nodes import (
 )
 from sabot_lab.plan.optimizer import PlanOptimizer
 from sabot_lab.plan.windows import AggSpec, Hopping, Session, Tumbling, parse_duration
-from sabot_lab.reference import Table
+from sabot_lab.reference import Table, table_from_pandas
 from sabot_lab.result import Result
 
 __all__ = ["Stream", "WindowedStream"]
@@ -101,12 +103,14 @@ class Stream:
 
     @classmethod
     def from_pandas(cls, frame: pd.DataFrame, batch_size: int = DEFAULT_BATCH_SIZE) -> Stream:
-        """Stream a pandas DataFrame (its index is not kept).
+        """Stream a pandas DataFrame (its index is not kept). A column that does not convert
+        to one Arrow type (an object column mixing numbers and strings) raises
+        :class:`~sabot_lab.reference.ColumnConversionError` naming it.
 
         >>> Stream.from_pandas(pd.DataFrame({"a": [1.5]})).to_table().to_pydict()
         {'a': [1.5]}
         """
-        return cls.from_table(pa.Table.from_pandas(frame, preserve_index=False), batch_size)
+        return cls.from_table(table_from_pandas(frame), batch_size)
 
     @classmethod
     def from_batches(
@@ -406,7 +410,8 @@ class Stream:
 
     def run(self, runner: Any = None, target: SinkTarget | None = None,
             optimize: bool | PlanOptimizer = True, checkpoint_dir: str | Path | None = None,
-            checkpoint_every: int = 10, resume: bool = False) -> Result:
+            checkpoint_every: int = 10, resume: bool = False,
+            dashboard: bool | Dashboard = False) -> Result:
         """Execute the stream and return a :class:`~sabot_lab.result.Result`.
 
         Parameters
@@ -423,11 +428,22 @@ class Stream:
             Write a checkpoint (operator state, source positions, output so far) every
             ``checkpoint_every`` source batches; ``resume=True`` continues a run that
             stopped, with the same final output as an uninterrupted run (local runner).
+        dashboard
+            ``True`` or a :class:`~sabot_lab.dashboard.Dashboard`: watch the run live (rows/s
+            per operator, the watermark, state size; on Dask the partitions done and the Dask
+            dashboard link). In Jupyter it shows a widget; elsewhere it logs a summary.
         """
+        options: dict[str, Any] = {}
         if runner is None:
             from sabot_lab.runtime.local import LocalRunner
 
-            runner = LocalRunner()
+            runner = LocalRunner(dashboard=dashboard)
+        elif dashboard:
+            if hasattr(runner, "threads"):  # a LocalRunner: a copy of it with the dashboard
+                runner = copy.copy(runner)
+                runner.dashboard = dashboard
+            else:
+                options["dashboard"] = dashboard
         graph = self.graph(target)
         stats = None
         if optimize:
@@ -443,7 +459,7 @@ class Stream:
             result = runner.run(executed, checkpoint_dir=checkpoint_dir,
                                 checkpoint_every=checkpoint_every, resume=resume)
         else:
-            result = runner.run(executed)
+            result = runner.run(executed, **options)
         result.logical_plan = graph
         result.optimizer_stats = stats
         if os.environ.get("SABOT_LAB_CHECK_ACCOUNTING") == "1":

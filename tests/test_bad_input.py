@@ -41,7 +41,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sabot_lab as sl
@@ -176,8 +176,8 @@ def key_array(values: list[int | None], kind: str) -> pa.Array:
         return pa.array(values, pa.int64())
     if kind == "int32":
         return pa.array(each(lambda v: (v + 2**31) % 2**32 - 2**31), pa.int32())
-    if kind == "uint64":  # below 2**63: mixed signedness above it is a known bug (xfail)
-        return pa.array(each(lambda v: v % 2**63), pa.uint64())
+    if kind == "uint64":  # -1 is 2**64-1 and -(2**63) is 2**63: no int64 key matches them
+        return pa.array(each(lambda v: v % 2**64), pa.uint64())
     if kind == "float64":
         return pa.array(each(lambda v: _FLOATS.get(v, float(v))), pa.float64())
     labels = pa.array(each(lambda v: _LABELS.get(v, f"key{v}")), pa.string())
@@ -206,7 +206,7 @@ amounts = st.one_of(st.none(), st.sampled_from([math.nan, math.inf, -math.inf, 0
 
 @st.composite
 def enrichment_cases(draw):
-    ref_kind = draw(st.sampled_from([k for k in KEY_KINDS if k != "uint64"]))
+    ref_kind = draw(st.sampled_from(KEY_KINDS))
     stream_kind = draw(st.one_of(st.just(ref_kind), st.sampled_from(KEY_KINDS)))
     n = draw(st.integers(0, 40))
     stream = pa.table({
@@ -285,8 +285,6 @@ def test_enrichment_on_generated_keys(case, scratch):
         assert_actionable(exc, "rk")
         return
     assert not case["unique"] or len(set(ref_keys)) == len(ref_keys)
-    # A one-to-many reference with NaN twice matches only one of them: a known bug (xfail).
-    assume(case["unique"] or sum(k[0] == "NaN" for k in ref_keys) < 2)
     stream = make_stream(case["stream"], case["source"], case["batch_size"], case["cuts"],
                          scratch)
     if case["filter"]:
@@ -474,12 +472,9 @@ def window_job(case: dict, stream: sl.Stream) -> sl.Stream:
     windowed = events.window(case["window"])
     if case["keyed"]:
         windowed = windowed.group_by("k")
-    aggs = {"n": sl.count(), "lo": sl.min("v"), "hi": sl.max("v"), "total": sl.sum("v"),
-            "avg": sl.mean("v"), "p50": sl.quantile("v", 0.5)}
-    if not isinstance(case["window"], sl.plan.windows.Session):
-        # Sessions leak a closed session's sketch into a later one: a known bug (xfail).
-        aggs["p90"] = sl.approx_quantile("v", 0.9)
-    job = windowed.agg(**aggs)
+    job = windowed.agg(n=sl.count(), lo=sl.min("v"), hi=sl.max("v"), total=sl.sum("v"),
+                       avg=sl.mean("v"), p50=sl.quantile("v", 0.5),
+                       p90=sl.approx_quantile("v", 0.9))
     if case["drop_key"] is not None:
         job = job.filter(sl.col("k") != case["drop_key"])
     return job.top_n(case["top"], by="n") if case["top"] else job
@@ -860,7 +855,7 @@ def test_errors_name_what_to_fix(case):
     ("a,b\n1,x\n2,y\nthree,z\n", {"a": pa.int64()}, ["line 4", "'a'"]),
     ("a,b\n1,x\n99999999999999999999,y\n", {"a": pa.int64()}, ["line 3", "'a'"]),
     ("t,v\n2024-01-01T00:00:00,1\nnot a time,2\n", {"t": pa.timestamp("s")}, ["line 3", "'t'"]),
-    ("a,b\n1,x\n2\n", None, ["Row #3"]),  # pyarrow's words: 'line' elsewhere
+    ("a,b\n1,x\n\n2\n", None, ["line 4"]),  # (pyarrow says Row #3: it skips blank lines)
     ("a,b\n1,x\n", {"c": pa.int64()}, ["'c'"]),
 ])
 def test_csv_errors_name_file_line_and_column(text, schema, names, scratch):
@@ -994,11 +989,7 @@ def _fraud_table(account_ids, **columns) -> pa.Table:
     return table
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fraud alerts cast the key to int64 (FraudRules.output_schema/process: "
-    "keys.take(rows).cast(pa.int64())), so string, large_string or dictionary account ids "
-    "raise a raw ArrowInvalid 'Failed to parse string: 'a' as a scalar of type int64' as "
-    "soon as one alert fires; the output account_id should keep the key's type"))
+# Alerts used to cast the key to int64: string ids raised a raw ArrowInvalid at the first alert.
 @pytest.mark.parametrize("ids", [pa.array(["a", "a"]), pa.array(["a", "a"], pa.large_string()),
                                  pa.array(["a", "a"]).dictionary_encode()],
                          ids=["string", "large_string", "dictionary"])
@@ -1007,24 +998,31 @@ def test_fraud_string_account_ids_with_an_alert(ids):
     assert result.table["account_id"].to_pylist() == ["a"]  # the geo alert
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fraud accepts a string amount/lat/lon column at plan time and casts it per batch "
-    "(patterns/fraud.py _float): a value that is not a number raises a raw ArrowInvalid "
-    "'Failed to parse string: 'abc' as a scalar of type double' naming no column; it should "
-    "be a plan error naming the column, or the row in 'invalid' with a reason"))
+# String amounts/coordinates used to pass the plan and fail per batch with a raw ArrowInvalid.
 @pytest.mark.parametrize("column", ["amount", "lat", "lon"])
 def test_fraud_non_numeric_strings(column):
     table = _fraud_table(pa.array([1, 1]), **{column: pa.array(["12.5", "abc"])})
     result_or_actionable(lambda: detect_fraud(sl.Stream.from_table(table)).run(), column)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "uint64 account ids above 2**63-1 raise a raw ArrowInvalid 'Integer value "
-    "18446744073709551615 not in range: 0 to 9223372036854775807' (the keyed state casts "
-    "keys to int64); they should be keys like any other, or refused naming account_id"))
-def test_fraud_uint64_account_ids_above_int64():
-    table = _fraud_table(pa.array([2**64 - 1, 2**64 - 1], pa.uint64()))
-    result_or_actionable(lambda: detect_fraud(sl.Stream.from_table(table)).run(), "account_id")
+@pytest.mark.parametrize("state", ["memory", "rocksdict"])
+def test_fraud_uint64_account_ids_above_int64(state, scratch):
+    # They used to raise a raw ArrowInvalid (the keyed state cast keys to int64).
+    ids = [2**64 - 1, 2**63, 1, 2**64 - 1, 2**63, 1]
+    table = _fraud_table(pa.array(ids, pa.uint64()))
+    small = _fraud_table(pa.array([3, 2, 1, 3, 2, 1], pa.uint64()))
+    path = str(scratch / "state")
+    result = check_result(detect_fraud(sl.Stream.from_table(table), state=state,
+                                       state_path=path).run())
+    expected = check_result(detect_fraud(sl.Stream.from_table(small)).run())
+    back = {3: 2**64 - 1, 2: 2**63, 1: 1}
+    assert result.table["account_id"].type == pa.uint64()
+    assert result.table["account_id"].to_pylist() == [
+        back[k] for k in expected.table["account_id"].to_pylist()]
+    assert result.table.drop_columns(["account_id", "detection_latency_ms"]).equals(
+        expected.table.drop_columns(["account_id", "detection_latency_ms"]))
+    for keyed in result.keyed_state.values():
+        keyed.close()
 
 
 @pytest.mark.parametrize("poison", [math.inf, -math.inf])
@@ -1052,12 +1050,21 @@ def test_window_min_of_strings(window):
     result_or_actionable(lambda: _window_run(table, window, {"lo": sl.min("v")}), "v")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "uint64 aggregate columns are cast to int64 (ops/aggregates.py _numeric): a value above "
-    "2**63-1 raises a raw ArrowInvalid 'Integer value 18446744073709551615 not in range'"))
 def test_window_uint64_values_above_int64():
+    # uint64 columns were cast to int64: a value above 2**63-1 raised a raw ArrowInvalid.
     table = _EVENTS.set_column(2, "v", pa.array([2**64 - 1, 1], pa.uint64()))
-    result_or_actionable(lambda: _window_run(table, aggs={"hi": sl.max("v")}), "v")
+    result = check_result(_window_run(table, aggs={"hi": sl.max("v"), "lo": sl.min("v")}))
+    assert result.table.select(["hi", "lo"]).to_pylist() == [{"hi": 2**64 - 1, "lo": 1}]
+    assert result.table.schema.field("hi").type == pa.uint64()
+    # Their sum (2**64) passes uint64: the mean is refused like an int64 one, naming 'v'.
+    with pytest.raises(OverflowError, match="'v'"):
+        _window_run(table, aggs={"m": sl.mean("v")})
+    table = _EVENTS.set_column(2, "v", pa.array([2**63, 2**62], pa.uint64()))
+    result = check_result(_window_run(table, aggs={"m": sl.mean("v")}))
+    assert result.table["m"].to_pylist() == [(2**63 + 2**62) / 2]
+    # The sum's result is int64 (for every integer column): 3 * 2**62 is refused, naming 'v'.
+    with pytest.raises(OverflowError, match="'v'"):
+        _window_run(table, aggs={"s": sl.sum("v")})
 
 
 def test_window_list_group_key():
@@ -1119,10 +1126,8 @@ def test_csv_source_does_not_count_malformed_lines(scratch):
     assert (source.rows_in, source.rows_out, source.rows_side_output) == (3, 2, 1)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "CSV 'line' numbers are pyarrow's row numbers, not file lines: blank lines and quoted "
-    "newlines before a bad line are not counted, so errors and the 'malformed' side output "
-    "point at the wrong line (here line 3 or 4 instead of 5)"))
+# CSV 'line' numbers were pyarrow's row numbers, which skip blank lines and count a row with
+# a quoted newline once: errors and the 'malformed' side output said line 3 or 4, not 5.
 @pytest.mark.parametrize("text,schema", [
     ("a,b\n1,x\n\n\n2\n3,y\n", None),
     ('a,b\n1,"x\ny"\n\n2\n3,y\n', None),
@@ -1153,50 +1158,68 @@ def test_parquet_corrupt_file(scratch):
     result_or_actionable(lambda: sl.Stream.from_parquet(path).run(), str(path))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "from_batches: a batch that differs from the declared schema only in a field's "
-    "nullability raises SchemaMismatchError with an empty description ('does not match the "
-    "stream schema: . Cast or select...'), naming no column"))
 def test_batches_nullability_mismatch_names_no_column():
-    schema = pa.schema({"a": pa.int64()})
-    batch = pa.RecordBatch.from_arrays(
-        [pa.array([1])], schema=pa.schema([pa.field("a", pa.int64(), nullable=False)]))
+    # A batch differing only in nullability raised an error naming no column. Batches from
+    # other tools often differ so: they are taken under the stream's schema, unless a field
+    # the stream declares not null holds nulls (an error naming it).
+    nullable = pa.schema({"a": pa.int64()})
+    required = pa.schema([pa.field("a", pa.int64(), nullable=False)])
+    strict = pa.RecordBatch.from_arrays([pa.array([1])], schema=required)
+    loose = pa.RecordBatch.from_arrays([pa.array([2])], schema=nullable)
+    result = check_result(sl.Stream.from_batches([strict, loose], nullable).run())
+    assert result.table.schema == nullable and result.table["a"].to_pylist() == [1, 2]
+    result = check_result(sl.Stream.from_batches([strict, loose], required).run())
+    assert result.table.schema == required and result.table["a"].to_pylist() == [1, 2]
+    with_null = pa.RecordBatch.from_arrays([pa.array([3, None])], schema=nullable)
     with pytest.raises(Exception) as info:
-        sl.Stream.from_batches([batch], schema).run()
+        sl.Stream.from_batches([strict, with_null], required).run()
     assert_actionable(info.value, "'a'")
+    assert "batch 1" in str(info.value) and "null" in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "from_pandas (and sl.Table from a DataFrame) with a mixed-type object column raises a "
-    "raw ArrowInvalid from pa.Table.from_pandas ('Could not convert 'x' with type str: tried "
-    "to convert to int64', 'Conversion failed for column a'); it should be a sabot_lab "
-    "error naming the column"))
+# A mixed-type object column raised a raw ArrowInvalid (or ArrowTypeError) from
+# pa.Table.from_pandas; now a sabot_lab error naming the column and the fix.
+@pytest.mark.parametrize("values", [[1, "x"], ["x", 1], [1.5, "x"], [[1], 2]],
+                         ids=["int then str", "str then int", "float then str", "list then int"])
 @pytest.mark.parametrize("build", ["stream", "reference"])
-def test_pandas_mixed_object_column(build):
-    frame = pd.DataFrame({"a": [1, "x"], "k": [1, 2]})
-    if build == "stream":
-        result_or_actionable(lambda: sl.Stream.from_pandas(frame).run(), "'a'")
-    else:
-        result_or_actionable(lambda: sl.Table(frame, key="k"), "'a'")
+def test_pandas_mixed_object_column(build, values):
+    frame = pd.DataFrame({"k": [1, 2], "a": values})
+    with pytest.raises(sl.reference.ColumnConversionError) as info:
+        if build == "stream":
+            sl.Stream.from_pandas(frame).run()
+        else:
+            sl.Table(frame, key="k")
+    assert_actionable(info.value, "'a'")
+    assert "astype(str)" in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "enrich accepts any pair of integer key types, but the hash lookup (ops/lookup.py "
-    "_SetEncoder: pc.index_in) raises a raw ArrowInvalid when signed and unsigned keys "
-    "meet out of each other's range: a uint64 reference holding 2**64-1 against an int64 "
-    "stream key -1, or an int64 (sparse) reference against a uint64 stream key 2**64-1"))
+# Signed and unsigned keys out of each other's range raised a raw ArrowInvalid (index_in);
+# a value the other side's type cannot hold simply matches nothing. (The dense int64
+# reference read uint64 stream keys as int64: 2**64-1 matched -1.)
 @pytest.mark.parametrize("stream_keys,ref_keys", [
     (pa.array([1, -1, None], pa.int64()), pa.array([1, 2**64 - 1], pa.uint64())),
     (pa.array([1, 2**64 - 1, None], pa.uint64()), pa.array([1, -5, 2**62], pa.int64())),
-], ids=["int64 stream, uint64 reference", "uint64 stream, int64 reference"])
-def test_enrich_mixed_signedness_keys(stream_keys, ref_keys):
-    ref = sl.Table(pa.table({"rk": ref_keys, "v": range(len(ref_keys))}), key="rk")
+    (pa.array([1, 2**64 - 1, None], pa.uint64()), pa.array([1, -1, 2], pa.int64())),
+    (pa.array([1, 2**64 - 1, None], pa.uint64()).dictionary_encode(),
+     pa.array([1, -1, 2], pa.int64())),
+], ids=["int64 stream, uint64 reference", "uint64 stream, int64 reference",
+        "uint64 stream, dense int64 reference", "uint64 dictionary stream, int64 reference"])
+@pytest.mark.parametrize("unique", [True, False])
+def test_enrich_mixed_signedness_keys(stream_keys, ref_keys, unique):
+    ref = sl.Table(pa.table({"rk": ref_keys, "v": range(len(ref_keys))}), key="rk",
+                   unique=unique)
     stream = sl.Stream.from_table(pa.table({"sk": stream_keys}))
-    result = result_or_actionable(
-        lambda: stream.enrich(ref, on={"sk": "rk"}, unmatched="side_output").run(), "sk")
-    if result is not None:
-        assert result.table["sk"].to_pylist() == [1]
-        assert result.side_outputs["unmatched"].num_rows == 2
+    for optimize in (True, False):
+        result = check_result(stream.enrich(ref, on={"sk": "rk"}, unmatched="side_output")
+                              .run(optimize=optimize))
+        assert result.table.select(["sk", "v"]).to_pylist() == [{"sk": 1, "v": 0}]
+        side = result.side_outputs["unmatched"]
+        assert side["reason"].to_pylist() == ["no matching reference key", "null key"]
+        enrich = next(m for m in result.operator_metrics if m.label.startswith("Enrich"))
+        assert (enrich.unmatched, enrich.null_keys) == (2, 1)
+    flagged = sl.Stream.from_table(pa.table({"sk": stream_keys, "ok": [True] * 3}))
+    filtered = flagged.filter(sl.col("ok")).enrich(ref, on={"sk": "rk"})  # filter + lookup
+    assert check_result(filtered.run()).table["v"].to_pylist() == [0]
 
 
 @pytest.mark.parametrize("ref_keys", [pa.array([], pa.int64()), pa.array([None], pa.int64())],
@@ -1210,12 +1233,8 @@ def test_enrich_one_to_many_without_keys(ref_keys, how):
     assert result.table.num_rows == (2 if how == "left" else 0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "session windows: a session whose rows all have a null value reports the "
-    "approx_quantile of an earlier, already closed session (its sketch slot is reused "
-    "without being emptied: ops/sessions.py clear_keys/_release vs QuantileSketches.reset), "
-    "so the result depends on the batch size: 5.0 with batch_size=1, None with one batch"))
 def test_session_approx_quantile_of_null_only_session_leaks():
+    # A closed session's sketch slot was reused without being emptied: 5.0 with batch_size=1.
     table = pa.table({"t": pa.array([0, 100, 200], pa.timestamp("s")),
                       "v": pa.array([5.0, None, None], pa.float64())})
     for batch_size in (1, 3):
@@ -1226,24 +1245,22 @@ def test_session_approx_quantile_of_null_only_session_leaks():
         assert result.table["p90"].to_pylist() == [5.0, None, None], batch_size
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "one-to-many enrich (unique=False) splits equal NaN reference keys into separate groups "
-    "(ops/lookup.py Lookup.build groups with pc.not_equal, and NaN != NaN), so a stream NaN "
-    "key matches only the first of two NaN reference rows, while a unique reference does "
-    "match NaN to NaN; it should match all of them or none"))
 def test_enrich_one_to_many_nan_keys_match_one_row():
-    ref = sl.Table(pa.table({"rk": [math.nan, math.nan, 1.0], "v": [1, 2, 3]}), key="rk",
+    # One-to-many grouped NaN keys apart (NaN != NaN): a stream NaN matched one of two rows.
+    # A unique reference matches NaN to NaN, so one-to-many matches every NaN row.
+    ref = sl.Table(pa.table({"rk": [math.nan, 1.0, math.nan], "v": [1, 2, 3]}), key="rk",
                    unique=False)
-    result = check_result(sl.Stream.from_table(pa.table({"sk": [math.nan]})).enrich(
+    result = check_result(sl.Stream.from_table(pa.table({"sk": [math.nan, 1.0]})).enrich(
         ref, on={"sk": "rk"}).run())
-    assert result.table.num_rows in (0, 2)
+    assert result.table["v"].to_pylist() == [1, 3, 2]
+    unique = sl.Table(pa.table({"rk": [math.nan, 1.0], "v": [1, 2]}), key="rk")
+    result = check_result(sl.Stream.from_table(pa.table({"sk": [math.nan, 1.0]})).enrich(
+        unique, on={"sk": "rk"}).run())
+    assert result.table["v"].to_pylist() == [1, 2]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "exact quantile() is null as soon as an infinity is one of the two order statistics it "
-    "interpolates between ((hi - lo) * fraction is inf * 0 = NaN): quantile of [1.0, inf] "
-    "is null at q=0 (expected 1.0) and q=1 (expected inf), and null at every q for "
-    "[inf, inf] (DuckDB's quantile_cont gives inf)"))
+# Exact quantiles used to be null next to an infinity ((hi - lo) * fraction: inf * 0 = NaN);
+# the expected values are DuckDB's quantile_cont.
 @pytest.mark.parametrize("values,q,expected", [
     ([1.0, math.inf], 0.0, 1.0), ([1.0, math.inf], 1.0, math.inf),
     ([math.inf, math.inf], 0.5, math.inf), ([-math.inf, 2.0, 3.0], 0.0, -math.inf),

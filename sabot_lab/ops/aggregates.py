@@ -27,6 +27,7 @@ Examples
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,14 +48,11 @@ def _count(slots, counts):  # pragma: no cover - numba
             counts[slots[i]] += 1
 
 
-_INT_MAX, _INT_MIN = np.iinfo(np.int64).max, np.iinfo(np.int64).min
-
-
 @numba.njit(nogil=True, cache=True)
-def _accumulate(slots, values, valid, sums, nonnull, mins, maxs,
-                integers):  # pragma: no cover - numba
+def _accumulate(slots, values, valid, sums, nonnull, mins, maxs, checked, low,
+                high):  # pragma: no cover - numba
     """Sum, non-null count, min and max per slot; NaN counts as missing (like pandas).
-    Returns False if an integer sum would overflow int64 (it is then not added)."""
+    Returns False if ``checked`` and a sum would leave ``[low, high]`` (it is then not added)."""
     for i in range(slots.shape[0]):
         s = slots[i]
         if s < 0 or not valid[i]:
@@ -62,8 +60,7 @@ def _accumulate(slots, values, valid, sums, nonnull, mins, maxs,
         v = values[i]
         if v != v:
             continue
-        if integers and ((v > 0 and sums[s] > _INT_MAX - v)
-                         or (v < 0 and sums[s] < _INT_MIN - v)):
+        if checked and ((v > 0 and sums[s] > high - v) or (v < 0 and sums[s] < low - v)):
             return False
         sums[s] += v
         nonnull[s] += 1
@@ -72,6 +69,39 @@ def _accumulate(slots, values, valid, sums, nonnull, mins, maxs,
         if v > maxs[s]:
             maxs[s] = v
     return True
+
+
+@numba.njit(nogil=True, cache=True)
+def _merge_slots(into, source, sums, nonnull, mins, maxs, checked, low,
+                 high):  # pragma: no cover - numba
+    """Fold slot ``source[j]`` into slot ``into[j]`` for every ``j``, in order. Returns False
+    if ``checked`` and a sum would leave ``[low, high]`` (nothing is changed from that pair on)."""
+    for j in range(into.shape[0]):
+        t, s = into[j], source[j]
+        v = sums[s]
+        if checked and ((v > 0 and sums[t] > high - v) or (v < 0 and sums[t] < low - v)):
+            return False
+        sums[t] += v
+        nonnull[t] += nonnull[s]
+        if mins[s] < mins[t]:
+            mins[t] = mins[s]
+        if maxs[s] > maxs[t]:
+            maxs[t] = maxs[s]
+    return True
+
+
+@numba.njit(nogil=True, cache=True)
+def _interpolate(a, b, fraction):  # pragma: no cover - numba
+    """``a + fraction * (b - a)`` for order statistics ``a <= b``, as DuckDB's
+    ``quantile_cont``: exactly ``a`` at a whole rank or between equal values (also
+    infinities), and weighted (``a * (1 - fraction) + b * fraction``) where ``b - a``
+    overflows or is infinite, so ``[1, inf]`` gives ``inf`` and ``[-1e308, 1e308]`` ``0``."""
+    if fraction == 0.0 or a == b:
+        return a
+    spread = b - a
+    if math.isinf(spread):
+        return a * (1.0 - fraction) + b * fraction
+    return a + fraction * spread
 
 
 @numba.njit(nogil=True, cache=True)
@@ -150,7 +180,7 @@ def _group_quantiles_impl(keys, values, wanted, qs, out):  # pragma: no cover - 
                 for i in range(begin + lo + 2, stop):
                     if ordered[i] < b:
                         b = ordered[i]
-            out[j, c] = a + (h - lo) * (b - a)
+            out[j, c] = _interpolate(a, b, h - lo)
 
 
 _group_quantiles_serial = numba.njit(nogil=True, cache=True)(_group_quantiles_impl)
@@ -175,18 +205,47 @@ def warm_up() -> None:
     _count(slots, np.zeros(1, dtype=np.int64))
     for dtype in (np.float64, np.int64):
         one = np.zeros(1, dtype=dtype)
+        state = _ColumnState(dtype)
         _accumulate(slots, one, np.ones(1, dtype=np.bool_), one.copy(),
-                    np.zeros(1, dtype=np.int64), one.copy(), one.copy(), dtype is np.int64)
+                    np.zeros(1, dtype=np.int64), one.copy(), one.copy(), state.checked,
+                    state.low, state.high)
     _group_quantiles_serial(slots, np.zeros(1), slots, np.array([0.5]), np.empty((1, 1)))
 
 
+def _dtype(t: pa.DataType) -> type:
+    """The numpy type a column of type ``t`` is aggregated in: float64 for floats and
+    decimals, uint64 for uint64 (whose values pass int64's range), int64 otherwise."""
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return np.float64
+    return np.uint64 if t == pa.uint64() else np.int64
+
+
+def _signed_sums(column: str, sums: np.ndarray) -> np.ndarray:
+    """Integer sums as int64, the type of ``sum()``'s result; a uint64 sum beyond it is
+    refused, naming the column."""
+    if sums.dtype.kind == "u" and len(sums) and sums.max() > np.iinfo(np.int64).max:
+        raise OverflowError(
+            f"the sum of uint64 column {column!r} in one group passes the int64 range of "
+            f"sum()'s result; cast the column to float64 first (with_columns({column}="
+            f"sl.col({column!r}).cast(pa.float64())))")
+    return sums.astype(np.int64, copy=False)
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    """Quantile ``q`` of ``values`` as the window kernel computes it (NaN when empty)."""
+    out = np.empty((1, 1))
+    _group_quantiles_serial(np.zeros(len(values), np.int64), values, np.zeros(1, np.int64),
+                            np.array([q]), out)
+    return float(out[0, 0])
+
+
 def _numeric(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(values as int64 or float64, validity) of a numeric, temporal or boolean column."""
+    """(values as int64, uint64 or float64, validity) of a numeric, temporal or boolean
+    column."""
     t = column.type
     if pa.types.is_temporal(t):  # timestamps, durations, dates, times: their integer values
         column = column.view(pa.int64() if t.bit_width == 64 else pa.int32())
-    column = column.cast(pa.float64() if pa.types.is_floating(t) or pa.types.is_decimal(t)
-                         else pa.int64())
+    column = column.cast(pa.from_numpy_dtype(_dtype(t)))
     if column.null_count:
         valid = pc.is_valid(column).to_numpy(zero_copy_only=False)
         return column.fill_null(0).to_numpy(zero_copy_only=False), valid
@@ -194,14 +253,21 @@ def _numeric(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _ColumnState:
-    """Sum, non-null count, min and max of one input column, per slot."""
+    """Sum, non-null count, min and max of one input column, per slot.
 
-    def __init__(self, dtype: type) -> None:
+    Integer sums that a ``sum`` or ``mean`` reads (``summed``) are checked against the range
+    of ``dtype``, ``[low, high]``; unread ones (only min/max asked) may wrap around.
+    """
+
+    def __init__(self, dtype: type, summed: bool = True) -> None:
         self.dtype = np.dtype(dtype)
-        if self.dtype.kind == "f":
-            self.low, self.high = np.inf, -np.inf
+        self.integers = self.dtype.kind in "iu"
+        self.checked = self.integers and summed
+        if self.integers:
+            info = np.iinfo(self.dtype)
+            self.low, self.high = self.dtype.type(info.min), self.dtype.type(info.max)
         else:
-            self.low, self.high = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+            self.low, self.high = self.dtype.type(-np.inf), self.dtype.type(np.inf)
         self.sums = np.zeros(0, self.dtype)
         self.nonnull = np.zeros(0, np.int64)
         self.mins = np.zeros(0, self.dtype)
@@ -211,8 +277,15 @@ class _ColumnState:
         return ["sums", "nonnull", "mins", "maxs"]
 
     def fresh(self, name: str, size: int) -> np.ndarray:
-        fill = {"mins": self.low, "maxs": self.high}.get(name, 0)
+        fill = {"mins": self.high, "maxs": self.low}.get(name, 0)
         return np.full(size, fill, dtype=np.int64 if name == "nonnull" else self.dtype)
+
+    def overflow(self, name: str) -> OverflowError:
+        """The error for a sum of column ``name`` that leaves the range of ``dtype``."""
+        return OverflowError(
+            f"the sum of integer column {name!r} in one group passes the {self.dtype} range; "
+            f"cast the column to float64 first (with_columns({name}=sl.col({name!r})"
+            f".cast(pa.float64())))")
 
 
 class PartialAggregates:
@@ -236,17 +309,17 @@ class PartialAggregates:
         for _, agg in self.aggs:
             if agg.column is None:
                 continue
-            t = schema.field(agg.column).type
-            dtype = np.float64 if pa.types.is_floating(t) or pa.types.is_decimal(t) \
-                else np.int64
             if agg.function == "quantile":
                 if agg.column not in self.quantile_columns:
                     self.quantile_columns.append(agg.column)
             elif agg.function == "approx_quantile":
                 self.sketches.setdefault((agg.column, agg.relative_error),
                                          QuantileSketches(relative_error=agg.relative_error))
-            else:
-                self.columns.setdefault(agg.column, _ColumnState(dtype))
+            elif agg.column not in self.columns:
+                summed = any(a.column == agg.column and a.function in ("sum", "mean")
+                             for _, a in self.aggs)
+                self.columns[agg.column] = _ColumnState(_dtype(schema.field(agg.column).type),
+                                                        summed)
         self.key_capacity = 1
         self.row_capacity = 0
         self.rows = 0
@@ -338,13 +411,16 @@ class PartialAggregates:
         [0]
         """
         base = row * self.key_capacity
-        target, origin = base + np.asarray(into), base + np.asarray(source)
+        target = base + np.asarray(into, dtype=np.int64)
+        origin = base + np.asarray(source, dtype=np.int64)
         np.add.at(self.counts, target, self.counts[origin])
-        for state in self.columns.values():
-            np.add.at(state.sums, target, state.sums[origin])
-            np.add.at(state.nonnull, target, state.nonnull[origin])
-            np.minimum.at(state.mins, target, state.mins[origin])
-            np.maximum.at(state.maxs, target, state.maxs[origin])
+        for name, state in self.columns.items():
+            if not _merge_slots(target, origin, state.sums, state.nonnull, state.mins,
+                                state.maxs, state.checked, state.low, state.high):
+                raise state.overflow(name)
+        for sketches in self.sketches.values():
+            if len(origin):
+                sketches.merge(sketches.take(origin), target)
         self._reset(origin)
         if self.quantile_columns and len(origin):
             relabel = np.arange(self.key_capacity)
@@ -370,7 +446,7 @@ class PartialAggregates:
         >>> partials.arrays(row, np.array([0, 1]))["p50"].to_pylist()
         [None, 3.0]
         """
-        self._reset(row * self.key_capacity + np.asarray(keys))
+        self._reset(row * self.key_capacity + np.asarray(keys, dtype=np.int64))
         if self.quantile_columns and len(keys):
             drop = np.zeros(self.key_capacity, dtype=np.bool_)
             drop[keys] = True
@@ -381,8 +457,11 @@ class PartialAggregates:
                     chunks[i] = (k[keep], v[keep])
 
     def _reset(self, slots: np.ndarray) -> None:
+        """Empty the flat ``slots``: counts, column states and sketches."""
         for owner, name in self._arrays():
             getattr(owner, name)[slots] = self._fresh(owner, name, 1)[0]
+        for sketches in self.sketches.values():
+            sketches.reset(slots)
 
     def prepare(self, batch: pa.RecordBatch) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """The aggregated columns of ``batch`` as (values, validity) numpy arrays."""
@@ -405,11 +484,8 @@ class PartialAggregates:
             values, valid = data[name]
             if not _accumulate(slots, values.astype(state.dtype, copy=False), valid,
                                state.sums, state.nonnull, state.mins, state.maxs,
-                               state.dtype.kind == "i"):
-                raise OverflowError(
-                    f"the sum of integer column {name!r} in one group passes the int64 range; "
-                    f"cast the column to float64 first (with_columns({name}=sl.col({name!r})"
-                    f".cast(pa.float64())))")
+                               state.checked, state.low, state.high):
+                raise state.overflow(name)
         for (name, _), sketches in self.sketches.items():
             values, valid = data[name]
             keep = valid & (slots >= 0)  # NaN: the sketch skips (and counts) it
@@ -448,8 +524,8 @@ class PartialAggregates:
             if agg.function == "count":
                 out[name] = int(self.counts[slot])
             elif agg.function == "quantile":
-                values = self._values_of(row, agg.column, key)
-                out[name] = float(np.quantile(values, agg.q)) if len(values) else None
+                value = _quantile(self._values_of(row, agg.column, key), agg.q)
+                out[name] = None if np.isnan(value) else value
             elif agg.function == "approx_quantile":
                 value = self._approx(row, np.array([key]), agg)[0]
                 out[name] = None if np.isnan(value) else float(value)
@@ -460,6 +536,9 @@ class PartialAggregates:
                     out[name] = None
                 elif agg.function == "mean":
                     out[name] = float(state.sums[slot] / n)
+                elif agg.function == "sum":
+                    out[name] = int(_signed_sums(agg.column, state.sums[slot:slot + 1])[0]) \
+                        if state.integers else float(state.sums[slot])
                 else:
                     attribute = {"sum": "sums", "min": "mins", "max": "maxs"}[agg.function]
                     out[name] = getattr(state, attribute)[slot].item()
@@ -498,9 +577,11 @@ class PartialAggregates:
             if agg.function == "mean":
                 with np.errstate(invalid="ignore", divide="ignore"):
                     values = state.sums[slots] / state.nonnull[slots]
+            elif agg.function == "sum":
+                values = _signed_sums(agg.column, state.sums[slots]) if state.integers \
+                    else state.sums[slots]
             else:
-                values = getattr(state, {"sum": "sums", "min": "mins", "max": "maxs"}[
-                    agg.function])[slots]
+                values = getattr(state, {"min": "mins", "max": "maxs"}[agg.function])[slots]
             array = pa.array(values, mask=empty)
             out[name] = array if agg.function in ("sum", "mean") else array.cast(
                 self.schema.field(agg.column).type)

@@ -183,6 +183,11 @@ class Operator:
         """Continue from a :meth:`snapshot`."""
         raise TypeError(f"{self.metrics.label} is stateless: there is nothing to restore")
 
+    def state_size(self) -> tuple[int, int] | None:
+        """The state held now, as (keys, bytes), for live views (``None``: none to show).
+        Read-only, cheap enough to call between batches."""
+        return None
+
 
 def run_chain(ops: Sequence[Operator], batches: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
     """Send ``batches`` through ``ops`` in order, counting rows, batches and time per operator.

@@ -97,6 +97,10 @@ class KeyedProcessOp(Operator):
         self.metrics.state_keys = len(self.state)
         return []
 
+    def state_size(self) -> tuple[int, int]:
+        """Keys and bytes held now (what :meth:`finish` reports at the end)."""
+        return len(self.state), self.state.nbytes
+
     def snapshot(self) -> bytes:
         """The keyed state, as the backend's Arrow IPC snapshot."""
         return self.state.snapshot()

@@ -120,6 +120,29 @@ def _normalize(array: pa.Array) -> pa.Array:
     return array
 
 
+def _align(array: pa.Array, target: pa.DataType) -> pa.Array:
+    """A normalized stream key column in the reference key's type, where one is int64 and
+    the other uint64: a value the reference type cannot hold (a negative one against uint64,
+    one above ``2**63 - 1`` against int64) cannot match, so it becomes null here (the caller
+    counts null keys before aligning: these rows count as unmatched, not as null keys).
+
+    >>> _align(pa.array([1, -1, None]), pa.uint64()).to_pylist()
+    [1, None, None]
+    >>> _align(pa.array([1, 2**64 - 1], pa.uint64()), pa.int64()).to_pylist()
+    [1, None]
+    """
+    t = array.type
+    if pa.types.is_dictionary(t):
+        return pa.DictionaryArray.from_arrays(array.indices, _align(array.dictionary, target))
+    if t == target or not (pa.types.is_integer(t) and pa.types.is_integer(target)):
+        return array
+    if t == pa.int64():  # against uint64
+        fits = pc.greater_equal(array, pa.scalar(0, t))
+    else:  # uint64 against int64
+        fits = pc.less_equal(array, pa.scalar(np.iinfo(np.int64).max, t))
+    return pc.if_else(fits, array, pa.scalar(None, t)).cast(target)
+
+
 def _int_values(array: pa.Array) -> np.ndarray:
     """The int64 values of an int64 array, zero-copy (null slots hold arbitrary values)."""
     buffer = array.buffers()[1]
@@ -258,6 +281,10 @@ class Lookup:
     unique
         One reference row per key (``rows`` returns row numbers) or several
         (``rows`` returns group numbers; ``group_start``/``group_count`` index ``group_rows``).
+        Keys are equal as Arrow's hash kernels compare them, in both cases: NaN equals NaN,
+        ``-0.0`` and ``0.0`` differ.
+    key_types
+        The reference key types, normalized; stream keys are brought to them.
     """
 
     strategy: str
@@ -266,6 +293,7 @@ class Lookup:
     group_start: np.ndarray | None = None
     group_count: np.ndarray | None = None
     group_rows: np.ndarray | None = None
+    key_types: tuple[pa.DataType, ...] = ()
 
     @classmethod
     def build(cls, reference: pa.Table, keys: list[str], unique: bool = True) -> Lookup:
@@ -281,19 +309,20 @@ class Lookup:
         if unique:
             payload = rows
         else:
-            key_table = pa.table({str(i): a for i, a in enumerate(arrays)})
-            sort_keys = [(name, "ascending") for name in key_table.column_names]
-            order = pc.sort_indices(key_table, sort_keys=sort_keys).to_numpy()
-            arrays = [a.take(order) for a in arrays]
+            # Group equal keys as the hash lookup will match them (NaN with NaN): by their
+            # codes in a hash dictionary, rows of a group in reference order.
+            codes = [pc.dictionary_encode(a).indices.to_numpy(zero_copy_only=False)
+                     for a in arrays]
+            order = np.lexsort(codes[::-1]) if codes else np.zeros(0, np.int64)
             group_rows = rows[order]
             change = np.zeros(len(rows), dtype=np.bool_)
             if len(rows):
                 change[0] = True
-            for a in arrays:
-                if len(a) > 1:
-                    change[1:] |= pc.not_equal(a.slice(1), a.slice(0, len(a) - 1)).to_numpy(
-                        zero_copy_only=False)
+            for c in codes:
+                ordered = c[order]
+                change[1:] |= ordered[1:] != ordered[:-1]
             group_start = np.flatnonzero(change).astype(np.int64)
+            arrays = [a.take(order) for a in arrays]
             group_count = np.diff(np.append(group_start, len(rows))).astype(np.int64)
             arrays = [a.take(group_start) for a in arrays]
             payload = np.arange(len(group_start), dtype=np.int64)
@@ -308,7 +337,8 @@ class Lookup:
         else:
             encoder = _MultiEncoder(arrays, payload)
             strategy = "hash"
-        return cls(strategy, unique, encoder, group_start, group_count, group_rows)
+        return cls(strategy, unique, encoder, group_start, group_count, group_rows,
+                   tuple(a.type for a in arrays))
 
     def rows(self, arrays: list[pa.Array]) -> tuple[np.ndarray, int]:
         """Reference rows (or groups) for each stream row, ``-1`` for none; and the null-key count.
@@ -327,6 +357,7 @@ class Lookup:
                 if a.null_count:
                     valid &= _validity(a)
             nulls = len(valid) - int(np.count_nonzero(valid))
+        arrays = [_align(a, t) for a, t in zip(arrays, self.key_types, strict=True)]
         if isinstance(self.encoder, _MultiEncoder):
             return self.encoder.encode(arrays), nulls
         return _encode_column(arrays[0], self.encoder.encode), nulls
@@ -344,8 +375,8 @@ class Lookup:
         ([0, 3], [1, 0], 1)
         """
         arrays = [_normalize(a) for a in arrays]
-        if isinstance(self.encoder, _DenseEncoder) and not pa.types.is_dictionary(
-                arrays[0].type) and self.unique:
+        if isinstance(self.encoder, _DenseEncoder) and arrays[0].type == pa.int64() \
+                and self.unique:
             return self.encoder.select(arrays[0], mask)
         found, _ = self.rows(arrays)
         selected = mask.to_numpy(zero_copy_only=False)

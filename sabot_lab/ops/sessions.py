@@ -283,6 +283,12 @@ class SessionWindowOp(Operator):
         self.watermark = builtins.max(self.watermark, timestamp)
         return self._close(self.watermark)
 
+    def state_size(self) -> tuple[int, int]:
+        """Session slots in use (open sessions) and the bytes of their slots and partial
+        aggregates."""
+        arrays = sum(getattr(self, name).nbytes for name in (*_PER_SLOT, "free", "head"))
+        return len(self.start) - int(self.counters[_FREE]), arrays + self.partials.nbytes
+
     def finish(self) -> list[pa.RecordBatch]:
         """End of a bounded input: every open session closes."""
         return self._close(_END_OF_TIME)

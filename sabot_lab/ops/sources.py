@@ -18,10 +18,11 @@ import itertools
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -106,9 +107,43 @@ def describe_schema_difference(expected: pa.Schema, actual: pa.Schema) -> str:
     for f in expected:
         if f.name in actual.names and actual.field(f.name).type != f.type:
             parts.append(f"column {f.name!r} is {actual.field(f.name).type}, expected {f.type}")
+        elif f.name in actual.names and actual.field(f.name).nullable != f.nullable:
+            parts.append(f"column {f.name!r} is {_nullability(actual.field(f.name))}, "
+                         f"expected {_nullability(f)}")
     if not parts and expected.names != actual.names:
         parts.append(f"columns are in order {actual.names}, expected {expected.names}")
     return "; ".join(parts)
+
+
+def _nullability(field: pa.Field) -> str:
+    return "nullable" if field.nullable else "not null"
+
+
+def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch | None:
+    """``batch`` under ``schema``: as it is when the schemas are equal, relabelled when they
+    differ only in the nullability of top-level fields (as batches from other tools often
+    do), ``None`` otherwise. A field that ``schema`` declares not null must hold no null.
+
+    >>> schema = pa.schema([pa.field("a", pa.int64(), nullable=False)])
+    >>> conform(pa.record_batch({"a": [1]}), schema).schema
+    a: int64 not null
+    >>> conform(pa.record_batch({"a": [1, None]}), schema)
+    Traceback (most recent call last):
+    ...
+    sabot_lab.ops.sources.SchemaMismatchError: column 'a' holds 1 null(s), but ...
+    """
+    if not batch.schema.equals(schema):
+        if batch.schema.names != schema.names or any(
+                a.type != b.type for a, b in zip(batch.schema, schema, strict=True)):
+            return None
+        batch = pa.RecordBatch.from_arrays(batch.columns, schema=schema)
+    for j, field in enumerate(schema):
+        if not field.nullable and batch.column(j).null_count:
+            raise SchemaMismatchError(
+                f"column {field.name!r} holds {batch.column(j).null_count} null(s), but the stream "
+                f"schema declares it not null; fill the nulls (fill_null) or declare the "
+                f"field nullable")
+    return batch
 
 
 def _split(total: int, n: int) -> list[tuple[int, int]]:
@@ -156,7 +191,9 @@ class TableScan:
 class BatchesScan:
     """Batches from an iterable (or a zero-argument callable returning one, to run again).
 
-    Every batch is checked against ``schema``; a mismatch names the columns that differ.
+    Every batch is checked against ``schema``; a mismatch names the columns that differ. A
+    batch that differs only in nullability is taken under ``schema`` (a null in a field it
+    declares not null is an error naming the column).
     """
 
     def __init__(
@@ -191,12 +228,17 @@ class BatchesScan:
                 batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else None
                 if batch is None:
                     continue
-            if not batch.schema.equals(self._schema):
+            try:
+                conformed = conform(batch, self._schema)
+            except SchemaMismatchError as exc:
+                raise SchemaMismatchError(f"batch {i}: {exc}") from None
+            if conformed is None:
                 raise SchemaMismatchError(
                     f"batch {i} does not match the stream schema: "
                     f"{describe_schema_difference(self._schema, batch.schema)}. "
                     f"Cast or select columns before passing batches in."
                 )
+            batch = conformed
             if batch.num_rows:
                 yield batch
 
@@ -421,6 +463,135 @@ class CsvParseError(ValueError):
     """A CSV row does not parse; the message names the file, the line and the column."""
 
 
+# Where the CSV scanner is within a record (the states of pyarrow's CSV parser).
+_RECORD_START, _FIELD_START, _UNQUOTED, _QUOTED, _QUOTE_IN_QUOTED = range(5)
+_LF, _CR = 10, 13
+# Entries of the scanner state kept between chunks.
+_LINE, _ROWS, _MODE, _AFTER_CR = range(4)
+
+
+@numba.njit(nogil=True, cache=True)
+def _scan_rows(data, delimiter, quote, state, targets, first, out):  # pragma: no cover
+    r"""Scan CSV bytes as pyarrow's parser splits them into rows, and write to ``out[k]`` the
+    physical line on which row ``targets[k]`` (1-based, the header being row 1) starts.
+
+    A row is a non-empty record: empty lines are skipped, as ``ignore_empty_lines`` does; a
+    quote opens a quoted field only at the start of a field and a doubled quote inside one
+    is a quote, so line breaks there belong to the field. Lines end at ``\n``, ``\r\n`` or
+    ``\r``. ``state`` (line, rows so far, parser state, previous byte was ``\r``) carries
+    over from one chunk to the next. Returns the index of the first unresolved target and
+    the bytes consumed (fewer than ``len(data)`` once every target is resolved).
+    """
+    line, rows, mode, after_cr = state[_LINE], state[_ROWS], state[_MODE], state[_AFTER_CR]
+    k = first
+    n = data.shape[0]
+    used = n
+    for i in range(n):
+        b = data[i]
+        newline = b in (_LF, _CR)
+        if mode == _RECORD_START and not newline:
+            rows += 1
+            while k < targets.shape[0] and targets[k] == rows:
+                out[k] = line
+                k += 1
+            mode = _FIELD_START
+        if mode == _FIELD_START:
+            if b == quote:
+                mode = _QUOTED
+            elif newline:
+                mode = _RECORD_START
+            elif b != delimiter:
+                mode = _UNQUOTED
+        elif mode == _UNQUOTED:
+            if b == delimiter:
+                mode = _FIELD_START
+            elif newline:
+                mode = _RECORD_START
+        elif mode == _QUOTED:
+            if b == quote:
+                mode = _QUOTE_IN_QUOTED
+        elif mode == _QUOTE_IN_QUOTED:
+            if b == quote:
+                mode = _QUOTED
+            elif b == delimiter:
+                mode = _FIELD_START
+            elif newline:
+                mode = _RECORD_START
+            else:
+                mode = _UNQUOTED
+        if b == _CR or (b == _LF and not after_cr):
+            line += 1
+        after_cr = b == _CR
+        if k == targets.shape[0]:
+            used = i + 1
+            break
+    state[_LINE], state[_ROWS], state[_MODE], state[_AFTER_CR] = line, rows, mode, after_cr
+    return k, used
+
+
+_MALFORMED_SCHEMA = pa.schema({"file": pa.string(), "line": pa.int64(), "text": pa.string(),
+                               "reason": pa.string()})
+
+
+class _RowLines:
+    r"""The file lines on which CSV rows start, the rows numbered as pyarrow numbers them
+    (``InvalidRow.number``, the ``Row #`` of its errors): that numbering skips empty lines
+    and counts a row with a quoted line break once, so it is not the line number.
+
+    Used only when a row is malformed or does not convert: the file is scanned forward from
+    where the last question left off, a chunk at a time (memory bounded by the chunk), by a
+    numba kernel. Rows asked for in increasing order (as the reader reports them) cost one
+    pass over the file in all; an earlier row rescans from the start.
+
+    >>> import os, tempfile
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as f:
+    ...     _ = f.write('a,b\n1,"x\ny"\n\n2\n3,z\n')
+    >>> _RowLines(f.name).lines([3, 4, 9])
+    [5, 6, None]
+    >>> os.remove(f.name)
+    """
+
+    def __init__(self, path: str | Path, delimiter: str = ",", quote: str = '"',
+                 chunk_bytes: int = 1 << 20) -> None:
+        self.path = Path(path)
+        self.delimiter, self.quote = ord(delimiter), ord(quote)
+        self.chunk_bytes = chunk_bytes
+        self._rewind()
+
+    def _rewind(self) -> None:
+        self.offset = 0  # file bytes scanned (the state is that after them)
+        self.state = np.array([1, 0, _RECORD_START, 0], dtype=np.int64)
+
+    def lines(self, rows: Sequence[int | None]) -> list[int | None]:
+        """The line on which each of ``rows`` starts (``None`` for ``None`` and for rows
+        the file does not have)."""
+        wanted = sorted({r for r in rows if r is not None})
+        if not wanted:
+            return [None] * len(rows)
+        if wanted[0] <= self.state[_ROWS]:
+            self._rewind()
+        targets = np.array(wanted, dtype=np.int64)
+        out = np.full(len(targets), -1, dtype=np.int64)
+        k = 0
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            while k < len(targets):
+                chunk = f.read(self.chunk_bytes)
+                if not chunk:
+                    break
+                k, used = _scan_rows(np.frombuffer(chunk, dtype=np.uint8), self.delimiter,
+                                     self.quote, self.state, targets, k, out)
+                self.offset += used
+        found = {r: int(line) for r, line in zip(wanted, out.tolist(), strict=True)
+                 if line >= 0}
+        return [None if r is None else found.get(r) for r in rows]
+
+    def where(self, row: int) -> str:
+        """``"line N"`` for pyarrow's row ``row``, or ``"row N"`` if its line is unknown."""
+        line = self.lines([row])[0]
+        return f"line {line}" if line is not None else f"row {row}"
+
+
 class ParquetReadError(ValueError):
     """A Parquet file cannot be read; the message names it."""
 
@@ -441,6 +612,12 @@ class CsvScan:
         convert, raises :class:`CsvParseError` naming file and line. ``"side_output"``: rows
         with the wrong number of fields go to the ``malformed`` side output with the line
         number, the text and the reason (unconvertible values still raise).
+
+    Notes
+    -----
+    Lines are the file's physical lines (empty lines and line breaks inside quoted values
+    count), where the row starts. pyarrow numbers rows instead, so they are looked up in the
+    file when a row is malformed or does not convert, never on the way of good rows.
     """
 
     def __init__(
@@ -509,7 +686,7 @@ class CsvScan:
                 convert_options=pacsv.ConvertOptions(column_types=types),
             )
         except pa.ArrowInvalid as exc:
-            raise self._explain(exc) from None
+            raise self._explain(exc, _RowLines(self.path)) from None
 
     @property
     def schema(self) -> pa.Schema:
@@ -518,21 +695,26 @@ class CsvScan:
     def describe(self) -> str:
         return f"csv {self.path.name}"
 
-    def _explain(self, exc: pa.ArrowInvalid) -> CsvParseError:
+    def _explain(self, exc: pa.ArrowInvalid, lines: _RowLines) -> CsvParseError:
+        """Our error for pyarrow's, naming the file line of its ``Row #``."""
         message = str(exc)
         where = re.search(r"In CSV column #(\d+): Row #(\d+): ", message)
         if where is not None:
             column = self._schema_names[int(where.group(1))]
             return CsvParseError(
-                f"{self.path}: line {where.group(2)}, column {column!r}: "
+                f"{self.path}: {lines.where(int(where.group(2)))}, column {column!r}: "
                 f"{message[where.end():]}. Fix the value, or read the column as string "
                 f"(schema=) and convert it with with_columns"
             )
+        row = re.search(r"Row #(\d+): ", message)
+        if row is not None:  # pyarrow's words kept: its row numbers skip empty lines
+            message = f"{lines.where(int(row.group(1)))}: {message}"
         return CsvParseError(f"{self.path}: {message}. Fix the line, or pass "
                              f"bad_lines='side_output' to route malformed lines aside")
 
     def batches(self, side_outputs: SideOutputs | None = None) -> Iterator[pa.RecordBatch]:
         malformed: list[dict] = []
+        lines = _RowLines(self.path)
 
         def on_invalid(row: pacsv.InvalidRow) -> str:
             if self.bad_lines == "raise":
@@ -542,6 +724,16 @@ class CsvScan:
                                         f"got {row.actual_columns}"})
             return "skip"
 
+        def emit() -> None:
+            """The malformed rows so far, their row numbers turned into file lines."""
+            if malformed and side_outputs is not None:
+                found = lines.lines([m["line"] for m in malformed])
+                for m, line in zip(malformed, found, strict=True):
+                    m["line"] = line
+                side_outputs.emit("malformed", pa.RecordBatch.from_pylist(
+                    malformed, schema=_MALFORMED_SCHEMA))
+            malformed.clear()
+
         reader = self._open(on_invalid)
         while True:
             try:
@@ -549,14 +741,11 @@ class CsvScan:
             except StopIteration:
                 break
             except pa.ArrowInvalid as exc:
-                raise self._explain(exc) from None
-            if malformed and side_outputs is not None:
-                side_outputs.emit("malformed", pa.RecordBatch.from_pylist(malformed))
-                malformed.clear()
+                raise self._explain(exc, lines) from None
+            emit()
             if batch.num_rows:
                 yield batch
-        if malformed and side_outputs is not None:  # lines after the last good row
-            side_outputs.emit("malformed", pa.RecordBatch.from_pylist(malformed))
+        emit()  # lines after the last good row
 
 
 def pushes_down(source: Source) -> bool:

@@ -364,6 +364,12 @@ class WindowAggregateOp(Operator):
     def on_watermark(self, timestamp: int) -> list[pa.RecordBatch]:
         return self._fire(timestamp)
 
+    def state_size(self) -> tuple[int, int]:
+        """Groups with state (window × key, over the windows still open) and the bytes of
+        their partial aggregates."""
+        groups = sum(len(self.partials.present(w.row)) for w in self.open.values())
+        return groups, self.partials.nbytes
+
     def snapshot(self) -> bytes:
         """Key ids, partial aggregates, open windows and the watermark (pickled: restore
         with the same version of sabot_lab)."""

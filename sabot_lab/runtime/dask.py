@@ -34,9 +34,10 @@ from html import escape
 import pandas as pd
 import pyarrow as pa
 
+from sabot_lab.dashboard import Dashboard, make_dashboard
 from sabot_lab.ops.base import COUNTERS, OperatorMetrics
 from sabot_lab.ops.sinks import CollectSink
-from sabot_lab.ops.sources import BatchesScan, CsvScan, TableScan
+from sabot_lab.ops.sources import BatchesScan, CsvScan, ParquetScan, TableScan
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import (
     STATELESS,
@@ -58,6 +59,10 @@ __all__ = ["ClusterError", "DaskRunner", "ExecutionPlan", "JobManager", "Partiti
            "SchedulerUnreachableError"]
 
 log = logging.getLogger(__name__)
+
+#: Default input per partition task (bytes of Arrow data): 10x the data makes 10x the
+#: partitions, not 10x the memory per worker.
+PARTITION_BYTES = 64 * 2**20
 
 
 class SchedulerUnreachableError(ConnectionError):
@@ -254,7 +259,11 @@ class JobManager:
     client
         A connected ``distributed.Client``.
     partitions_per_worker
-        Partitions each source is split into, per worker thread.
+        Partitions each source is split into, per worker thread (at least).
+    partition_bytes
+        A source larger than this many bytes per partition (Arrow size in memory; for
+        Parquet the uncompressed size of its row groups) is split into more partitions, so
+        a worker holds about this much input per task whatever the size of the data.
     max_in_flight
         Partition tasks submitted but not finished at any time (backpressure); default two
         per worker thread.
@@ -263,10 +272,12 @@ class JobManager:
     """
 
     def __init__(self, client: object, partitions_per_worker: int = 2,
-                 max_in_flight: int | None = None, retries: int = 2) -> None:
+                 max_in_flight: int | None = None, retries: int = 2,
+                 partition_bytes: int = PARTITION_BYTES) -> None:
         self.client = client
         threads = sum(client.nthreads().values()) or 1
         self.n_partitions = max(1, partitions_per_worker * threads)
+        self.partition_bytes = partition_bytes
         self.max_in_flight = max_in_flight or 2 * threads
         self.retries = retries
 
@@ -293,7 +304,8 @@ class JobManager:
             if isinstance(scan, BatchesScan):
                 # Batches from an iterator exist only in this process: read them here, once.
                 scan = TableScan(pa.Table.from_batches(list(scan.batches()), scan.schema))
-            parts = [scan] if isinstance(scan, CsvScan) else scan.partitions(self.n_partitions)
+            parts = [scan] if isinstance(scan, CsvScan) else scan.partitions(
+                self.partitions_for(scan))
             scans.append(parts)
             tasks += [PartitionTask(i, p, part.describe()) for p, part in enumerate(parts)]
         workers = sorted(self.client.scheduler_info()["workers"])
@@ -301,8 +313,21 @@ class JobManager:
         execution = ExecutionPlan(graph, tasks, broadcast, workers, stateful=stages)
         return execution, template, scans, references
 
-    def submit_job(self, graph: JobGraph) -> Result:
-        """Run ``graph`` on the cluster and return its :class:`~sabot_lab.result.Result`."""
+    def partitions_for(self, scan: object) -> int:
+        """How many partitions to split ``scan`` into: ``partitions_per_worker`` per worker
+        thread, or more for a source larger than ``partition_bytes`` per partition."""
+        if isinstance(scan, TableScan):
+            size = scan.table.nbytes
+        elif isinstance(scan, ParquetScan):
+            size = sum(group.total_byte_size for fragment in scan.dataset.get_fragments()
+                       for group in fragment.row_groups)
+        else:  # generated batches: their size is known only once they are made
+            return self.n_partitions
+        return max(self.n_partitions, -(-size // self.partition_bytes))
+
+    def submit_job(self, graph: JobGraph, monitor: Dashboard | None = None) -> Result:
+        """Run ``graph`` on the cluster and return its :class:`~sabot_lab.result.Result`;
+        ``monitor`` hears of every partition that comes back (stateless jobs)."""
         from distributed import as_completed
 
         start = time.perf_counter()
@@ -351,7 +376,10 @@ class JobManager:
                 window.add(future)
             for future in window:
                 # Fetch straight from the worker that holds it, not relayed by the scheduler.
-                outputs[index_of.pop(future.key)] = self.client.gather(future, direct=True)
+                done = outputs[index_of.pop(future.key)] = self.client.gather(future, direct=True)
+                if monitor is not None:
+                    monitor.partition_done(done["metrics"], done["table"].num_rows,
+                                           len(outputs), len(execution.tasks))
                 # Hand finished partitions to the sink in partition order, as soon as they
                 # are contiguous, and let go of their tables (bounded memory for file sinks).
                 while written in outputs:
@@ -465,7 +493,10 @@ class DaskRunner:
     n_workers, threads_per_worker
         Size of a LocalCluster this runner starts (default 2 × 1: this machine has 2 cores).
     partitions_per_worker
-        Partitions per worker thread for each source.
+        Partitions per worker thread for each source (at least).
+    partition_bytes
+        More partitions for a source larger than this per partition (default 64 MiB of
+        Arrow data), so a worker's memory follows this, not the size of the data.
     security
         A ``distributed.Security`` for TLS to a remote scheduler.
     timeout
@@ -482,6 +513,7 @@ class DaskRunner:
         partitions_per_worker: int = 2,
         security: object = None,
         timeout: float = 10,
+        partition_bytes: int = PARTITION_BYTES,
     ) -> None:
         from distributed import Client, LocalCluster
 
@@ -514,25 +546,34 @@ class DaskRunner:
         self._address = self.client.scheduler.address
         self.startup_ms = (time.perf_counter() - start) * 1000
         self.partitions_per_worker = partitions_per_worker
+        self.partition_bytes = partition_bytes
 
     @property
     def dashboard_link(self) -> str:
         """The Dask dashboard of the cluster."""
         return self.client.dashboard_link
 
-    def run(self, graph: JobGraph) -> Result:
+    def run(self, graph: JobGraph, dashboard: bool | Dashboard = False) -> Result:
         """Execute ``graph`` on the cluster.
 
         Raises :class:`ClusterError` when the cluster fails the job (the scheduler goes away,
         or a partition kills every worker that tries it, e.g. out of memory); the sink is
-        then left unwritten (file sinks write a temporary file and remove it)."""
+        then left unwritten (file sinks write a temporary file and remove it).
+        ``dashboard`` (``True`` or a :class:`~sabot_lab.dashboard.Dashboard`) shows the run
+        live: the Dask dashboard link, partitions done of all as they come back (jobs without
+        windows or keyed state), and the final counters."""
         from distributed import KilledWorker
         from distributed.client import FutureCancelledError
         from distributed.comm.core import CommClosedError
 
-        manager = JobManager(self.client, self.partitions_per_worker)
+        monitor = make_dashboard(dashboard)
+        if monitor is not None:
+            monitor.start(graph, self.name, link=self.dashboard_link)
+        manager = JobManager(self.client, self.partitions_per_worker,
+                             partition_bytes=self.partition_bytes)
+        result = None
         try:
-            result = manager.submit_job(graph)
+            result = manager.submit_job(graph, monitor)
         except KilledWorker as exc:
             raise ClusterError(
                 f"a task of this job killed every worker that ran it ({exc}): most likely a "
@@ -540,12 +581,19 @@ class DaskRunner:
                 f"(DaskRunner(partitions_per_worker=...)), smaller batches, or workers with "
                 f"more memory. The sink was not written.") from exc
         except (CommClosedError, FutureCancelledError, OSError, TimeoutError) as exc:
-            if self.client.status == "running" and not isinstance(exc, CommClosedError):
+            # A future cancelled under the job means its client lost the scheduler, even
+            # when the client has reconnected since (its futures are gone all the same).
+            lost = isinstance(exc, CommClosedError | FutureCancelledError)
+            if self.client.status == "running" and not lost:
                 raise  # an error of the job itself (e.g. a file a worker could not read)
             raise ClusterError(
                 f"lost the Dask cluster during the job ({type(exc).__name__}: {exc}); the "
                 f"sink was not written. Rerun when the scheduler "
                 f"({self._address}) is back.") from exc
+        finally:
+            if monitor is not None:  # failed when no result came back
+                monitor.finish(None if result is None else result.operator_metrics,
+                               failed=result is None)
         result.execution.timings["cluster_start_ms"] = self.startup_ms
         return result
 

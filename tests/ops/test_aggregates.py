@@ -3,14 +3,18 @@ arrives in time), for random data, window shapes, keys, nulls and batch sizes.""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sabot_lab as sl
-from tests.oracle import assert_balanced
+from tests.oracle import assert_balanced, duck
 
 
 def _oracle(frame: pd.DataFrame, size: int, slide: int, keys: list[str]) -> pd.DataFrame:
@@ -114,3 +118,87 @@ def test_approx_quantiles_are_within_their_relative_error(seed, batch_size, shap
             assert abs(got - exact) <= alpha * abs(exact) * (1 + 1e-9), (q, got, exact)
         checked += 1
     assert checked == len(final) > 0
+
+
+# --- bad-input regressions --------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch_size", [1, 7, 1_000])
+def test_uint64_columns_are_aggregated_exactly_past_int64(batch_size):
+    """uint64 values above 2**63 - 1 used to raise a raw ArrowInvalid (cast to int64).
+    Oracle: pyarrow's hash aggregates."""
+    rng = np.random.default_rng(3)
+    n = 200
+    table = pa.table({
+        "t": pa.array(np.sort(rng.integers(0, 60, n))),
+        "k": pa.array(rng.integers(0, 3, n)),
+        "big": pa.array(rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True),
+                        mask=rng.random(n) < 0.1),
+        "small": pa.array(rng.integers(0, 2**40, n, dtype=np.uint64)),
+    })
+    result = (sl.Stream.from_table(table, batch_size=batch_size).with_watermark("t", unit="s")
+              .window(sl.tumbling("10s")).group_by("k")
+              .agg(lo=sl.min("big"), hi=sl.max("big"), total=sl.sum("small"),
+                   avg=sl.mean("small"))
+              .run())
+    assert_balanced(result.operator_metrics)
+    assert result.table.schema.field("hi").type == pa.uint64()
+    grouped = table.append_column("window_start", pc.multiply(pc.divide(table["t"], 10), 10))
+    expected = grouped.group_by(["window_start", "k"]).aggregate(
+        [("big", "min"), ("big", "max"), ("small", "sum"), ("small", "mean")])
+    got = {(r["window_start"], r["k"]): (r["lo"], r["hi"], r["total"], r["avg"])
+           for r in result.table.to_pylist()}
+    want = {(r["window_start"], r["k"]): (r["big_min"], r["big_max"], r["small_sum"],
+                                          r["small_mean"]) for r in expected.to_pylist()}
+    assert got.keys() == want.keys()
+    for key, (lo, hi, total, avg) in want.items():
+        assert got[key][:3] == (lo, hi, total), key
+        assert got[key][3] == pytest.approx(avg, rel=1e-12), key
+
+
+def test_min_and_max_of_integers_whose_sum_passes_int64():
+    """Only a sum or a mean refuses an integer sum beyond int64; min and max are exact."""
+    table = pa.table({"t": pa.array([0, 1, 2], pa.timestamp("s")),
+                      "v": pa.array([2**63 - 1, 2**63 - 1, -5])})
+    job = sl.Stream.from_table(table).with_watermark("t").window(sl.tumbling("1min"))
+    result = job.agg(lo=sl.min("v"), hi=sl.max("v")).run()
+    assert result.table.select(["lo", "hi"]).to_pylist() == [{"lo": -5, "hi": 2**63 - 1}]
+    with pytest.raises(OverflowError, match="'v'"):
+        job.agg(total=sl.sum("v")).run()
+
+
+INFINITE_QUANTILES = [
+    ([1.0, math.inf], [0.0, 0.5, 1.0]),
+    ([math.inf, math.inf], [0.0, 0.3, 1.0]),
+    ([-math.inf, 2.0, 3.0], [0.0, 0.25, 0.5, 1.0]),
+    ([-math.inf, -math.inf, 4.0], [0.2, 0.5, 0.9]),
+    ([1.0, 2.0, math.inf], [0.25, 0.75]),
+    ([-1e308, 1e308], [0.5]),
+    ([1e308, 1.7e308], [0.5]),
+]
+
+
+@pytest.mark.parametrize("values,qs", INFINITE_QUANTILES)
+@pytest.mark.parametrize("late", [False, True], ids=["fired", "updated"])
+def test_exact_quantiles_next_to_infinities_equal_duckdb(values, qs, late):
+    """Interpolating next to an infinity gave inf * 0 = NaN (a null). ``late``: the last
+    value arrives after the window fired, within the allowed lateness, so the final result
+    is an update (computed on the per-row path)."""
+    n = len(values)
+    if late:  # a row at 120 s fires window [0, 60); the last value comes after it
+        times, column = [0] * (n - 1) + [120, 0], [*values[:-1], 0.0, values[-1]]
+    else:
+        times, column = [0] * n, values
+    table = pa.table({"t": pa.array(times, pa.timestamp("s")), "v": column})
+    aggs = {f"p{i}": sl.quantile("v", q) for i, q in enumerate(qs)}
+    result = (sl.Stream.from_table(table, batch_size=1)
+              .with_watermark("t", allowed_lateness="10min")
+              .window(sl.tumbling("1min")).agg(**aggs).run())
+    assert_balanced(result.operator_metrics)
+    first = [r for r in result.table.to_pylist() if r["window_start"].timestamp() == 0]
+    final = max(first, key=lambda r: r["revision"])
+    assert final["revision"] == (1 if late else 0)
+    columns = ", ".join(f"quantile_cont(v, {q}) AS p{i}" for i, q in enumerate(qs))
+    expected = duck(f"SELECT {columns} FROM v", v=pa.table({"v": values})).to_pylist()[0]
+    for name, want in expected.items():
+        want = None if math.isnan(want) else want
+        assert final[name] == want, (name, final[name], want)

@@ -181,3 +181,54 @@ def test_dictionary_strings_have_unique_dictionaries_for_pandas_and_group_by():
     expected = duck("SELECT a.state, count(*) AS n FROM f JOIN a ON f.origin = a.iata "
                     "GROUP BY a.state", f=f, a=a)
     assert groups.num_rows == expected.num_rows == frame["state"].nunique(dropna=False)
+
+
+# --- bad-input regressions --------------------------------------------------------------------
+
+@pytest.mark.parametrize("keys", [["k"], ["k", "s"]], ids=["one key", "two keys"])
+def test_one_to_many_float_keys_match_as_the_unique_lookup_does(keys):
+    """A one-to-many reference grouped keys by ``!=`` after sorting: each NaN alone (a NaN
+    matched one row of several), -0.0 and 0.0 together under one sign. Keys now match as in
+    the unique lookup (Arrow's hash kernels): NaN = NaN, -0.0 != 0.0. The oracle: a unique
+    reference per row, built from that row alone."""
+    nan = float("nan")
+    ref = pa.table({"k": [nan, -0.0, 0.0, nan, -0.0, 1.0], "s": ["a"] * 6,
+                    "v": [0, 1, 2, 3, 4, 5]})
+    stream = pa.table({"k": [nan, 0.0, -0.0, 1.0, 2.0], "s": ["a"] * 5})
+    lookup = Lookup.build(ref, keys, unique=False)
+    groups, nulls = lookup.rows([stream.column(k).combine_chunks() for k in keys])
+    got = [sorted(lookup.group_rows[lookup.group_start[g]:lookup.group_start[g]
+                                    + lookup.group_count[g]].tolist()) if g >= 0 else []
+           for g in groups.tolist()]
+    expected = []
+    for i in range(stream.num_rows):
+        matches = []
+        for r in range(ref.num_rows):
+            one = Lookup.build(ref.slice(r, 1), keys)
+            if one.rows([stream.column(k).slice(i, 1).combine_chunks() for k in keys])[0][0] >= 0:
+                matches.append(r)
+        expected.append(matches)
+    assert got == expected == [[0, 3], [2], [1, 4], [5], []]
+    assert nulls == 0
+
+
+@pytest.mark.parametrize("unique", [True, False])
+def test_integer_keys_of_other_signedness_match_by_value(unique):
+    """int64 against uint64 keys: equal values match, values the other type cannot hold
+    match nothing (they raised, or for a dense int64 reference, 2**64 - 1 matched -1).
+    Oracle: DuckDB joining on the same columns."""
+    stream = pa.table({"sk": pa.array([2**64 - 1, 0, 7, 2**63, None, 3], pa.uint64()),
+                       "n": range(6)})
+    last = 8 if unique else 3  # a repeated key for one-to-many
+    dense = pa.table({"rk": [-1, 0, 3, 7, last], "v": range(5)})
+    sparse = pa.table({"rk": [-1, 0, 3, 7, 2**62], "v": range(5)})
+    for ref, strategy in ((dense, "dense"), (sparse, "hash")):
+        assert Lookup.build(ref, ["rk"], unique=unique).strategy == strategy
+        result = _run(sl.Stream.from_table(stream, batch_size=4).enrich(
+            sl.Table(ref, key="rk", unique=unique), on={"sk": "rk"}, how="left"))
+        expected = duck("SELECT s.*, r.v FROM s LEFT JOIN r ON s.sk = r.rk", s=stream, r=ref)
+        assert_same_rows(result.table, expected)
+        back = _run(sl.Stream.from_table(ref).enrich(
+            sl.Table(stream, key="sk"), on={"rk": "sk"}, how="left"))
+        expected = duck("SELECT r.*, s.n FROM r LEFT JOIN s ON s.sk = r.rk", s=stream, r=ref)
+        assert_same_rows(back.table, expected)

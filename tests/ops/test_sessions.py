@@ -260,3 +260,64 @@ def test_merge_and_clear_slots_equal_aggregating_the_relabelled_rows():
         for name in AGGS:
             assert got[name][j].as_py() == pytest.approx(expected[name]), (slot, name)
     assert set(partials.present(row).tolist()) == set(wanted)
+
+
+# --- bad-input regressions --------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_a_bridged_session_keeps_the_sketch_of_the_session_it_absorbed(batch_size):
+    """Merging sessions used to drop the absorbed session's sketch (and leave it in the slot
+    for the next session to reuse). The row at 10 s bridges [0, 15) and [20, 35)."""
+    events = pa.table({"t": [0, 20, 10, 100], "v": [1.0, 100.0, 10.0, None]})
+    result = (sl.Stream.from_table(events, batch_size=batch_size)
+              .with_watermark("t", unit="s", out_of_orderness="30s")
+              .window(sl.session("15s"))
+              .agg(n=sl.count(), lo=sl.approx_quantile("v", 0.0),
+                   mid=sl.approx_quantile("v", 0.5), hi=sl.approx_quantile("v", 1.0))
+              .run())
+    rows = result.table.select(["window_start", "n", "lo", "mid", "hi"]).to_pylist()
+    # Oracle: the lower quantiles of [1, 10, 100] (the extremes exact, the median within 1 %).
+    assert [r["window_start"] for r in rows] == [0, 100]
+    first, second = rows
+    assert (first["n"], first["lo"], first["hi"]) == (3, 1.0, 100.0)
+    assert first["mid"] == pytest.approx(10.0, rel=0.01)
+    assert (second["n"], second["lo"], second["mid"], second["hi"]) == (1, None, None, None)
+
+
+def test_an_integer_sum_that_overflows_when_sessions_merge_is_refused():
+    """Merged sums used to wrap around silently (np.add.at)."""
+    events = pa.table({"t": [0, 20, 10], "v": [2**63 - 1, 1, 0]})
+    job = (sl.Stream.from_table(events, batch_size=1)
+           .with_watermark("t", unit="s", out_of_orderness="30s").window(sl.session("15s")))
+    with pytest.raises(OverflowError, match="'v'"):
+        job.agg(total=sl.sum("v")).run()
+    hi = job.agg(hi=sl.max("v"), n=sl.count()).run().table.select(["hi", "n"]).to_pylist()
+    assert hi == [{"hi": 2**63 - 1, "n": 3}]
+
+
+def test_merge_and_clear_slots_keep_approx_quantiles_with_their_rows():
+    rng = np.random.default_rng(11)
+    n, slots = 3_000, 40
+    values = rng.lognormal(0, 2, n)
+    ids = rng.integers(0, slots, n)
+    partials = PartialAggregates((("p90", sl.approx_quantile("v", 0.9)),),
+                                 pa.schema([("v", pa.float64())]))
+    row = partials.new_row()
+    partials.ensure_keys(slots)
+    third = n // 3
+    partials.accumulate(row, ids[:third], pa.record_batch({"v": values[:third]}))
+    into, source = np.array([0, 0, 5, 9]), np.array([1, 2, 6, 30])
+    partials.merge_keys(row, into, source)
+    partials.accumulate(row, ids[third:2 * third], pa.record_batch({"v": values[third:2 * third]}))
+    partials.clear_keys(row, np.array([3, 9]))
+    partials.accumulate(row, ids[2 * third:], pa.record_batch({"v": values[2 * third:]}))
+    # The oracle: a row of the first third counts in its slot's merge target; rows of the
+    # first two thirds in slots 3 and 9 are forgotten.
+    relabel = dict(zip(source.tolist(), into.tolist(), strict=True))
+    final = np.array([relabel.get(i, i) if r < third else i for r, i in enumerate(ids.tolist())])
+    kept = ~(np.isin(final, [3, 9]) & (np.arange(n) < 2 * third))
+    wanted = np.unique(final[kept])
+    got = partials.arrays(row, wanted)["p90"].to_pylist()
+    for slot, estimate in zip(wanted.tolist(), got, strict=True):
+        exact = np.quantile(values[kept & (final == slot)], 0.9, method="lower")
+        assert abs(estimate - exact) <= 0.01 * exact * (1 + 1e-9), (slot, estimate, exact)
