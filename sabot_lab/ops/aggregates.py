@@ -7,7 +7,13 @@ and reused once the window can no longer change. Memory is bounded by the open w
 the keys seen, never by the rows.
 
 Exact quantiles keep the (key, value) pairs of their window until it fires, then select the
-needed order statistics per key (numba ``np.partition``: linear time, no full sort).
+needed order statistics per key (numba ``np.partition``: linear time, no full sort), and
+interpolate between them as DuckDB's ``quantile_cont`` does, infinities included.
+
+Integer columns are summed, and their minimum and maximum kept, as int64, uint64 columns as
+uint64 (exact past ``2**63 - 1``); a sum that a ``sum`` or ``mean`` reads and that leaves that
+range raises ``OverflowError`` naming the column, as does a uint64 sum beyond the int64 result
+of ``sum``.
 
 Examples
 --------
@@ -276,9 +282,13 @@ class _ColumnState:
     def arrays(self) -> list[str]:
         return ["sums", "nonnull", "mins", "maxs"]
 
+    def empty_value(self, name: str) -> object:
+        """What an empty slot of array ``name`` holds."""
+        return {"mins": self.high, "maxs": self.low}.get(name, 0)
+
     def fresh(self, name: str, size: int) -> np.ndarray:
-        fill = {"mins": self.high, "maxs": self.low}.get(name, 0)
-        return np.full(size, fill, dtype=np.int64 if name == "nonnull" else self.dtype)
+        return np.full(size, self.empty_value(name),
+                       dtype=np.int64 if name == "nonnull" else self.dtype)
 
     def overflow(self, name: str) -> OverflowError:
         """The error for a sum of column ``name`` that leaves the range of ``dtype``."""
@@ -347,6 +357,10 @@ class PartialAggregates:
             return np.zeros(size, np.int64)
         return owner.fresh(name, size)
 
+    def _empty_value(self, owner: object, name: str) -> object:
+        """The value of an empty slot of array ``name`` (what :meth:`_fresh` fills)."""
+        return 0 if owner is self else owner.empty_value(name)
+
     def ensure_keys(self, n_keys: int) -> None:
         """Make room for key ids below ``n_keys`` (doubling; existing slots keep their data)."""
         if n_keys <= self.key_capacity:
@@ -387,16 +401,53 @@ class PartialAggregates:
         """Reset a row's slots and make it reusable."""
         window = slice(row * self.key_capacity, (row + 1) * self.key_capacity)
         for owner, name in self._arrays():
-            getattr(owner, name)[window] = self._fresh(owner, name, 1)[0]
+            getattr(owner, name)[window] = self._empty_value(owner, name)
         self.kept.pop(row, None)
         self.sorted_kept -= {(row, c) for c in self.quantile_columns}
         for sketches in self.sketches.values():
             sketches.reset(np.arange(window.start, window.stop))
         self.free_rows.append(row)
 
+    def compact(self, live: Sequence[int]) -> dict[int, int]:
+        """Keep only the rows ``live`` (renumbered ``0 ..``, in that order) and let go of the
+        memory of every other row; returns old row -> new row.
+
+        Rows are reused as windows come and go, but a batch that spans many windows leaves
+        as many rows behind; compacting drops them (and keeps snapshots small).
+
+        >>> from sabot_lab.plan.windows import count
+        >>> partials = PartialAggregates((("n", count()),), pa.schema([]))
+        >>> rows = [partials.new_row() for _ in range(3)]
+        >>> partials.accumulate(2, np.array([0]), pa.record_batch({}), None)
+        >>> partials.compact([2])
+        {2: 0}
+        >>> partials.arrays(0, np.array([0]))["n"].to_pylist(), partials.row_capacity
+        ([1], 1)
+        """
+        live = [int(r) for r in live]
+        mapping = {old: new for new, old in enumerate(live)}
+        kc = self.key_capacity
+        for owner, name in self._arrays():
+            grid = getattr(owner, name).reshape(self.row_capacity, kc)
+            setattr(owner, name, np.ascontiguousarray(grid[live]).reshape(-1))
+        for index, sketches in self.sketches.items():
+            slots = np.arange(sketches.n_slots)
+            row = np.array([mapping.get(r, -1) for r in range(self.row_capacity)]
+                           + [-1], dtype=np.int64)[np.minimum(slots // kc, self.row_capacity)]
+            moved = QuantileSketches(relative_error=sketches.relative_error)
+            moved.merge(sketches, np.where(row >= 0, row * kc + slots % kc, -1))
+            self.sketches[index] = moved
+        self.kept = {mapping[r]: chunks for r, chunks in self.kept.items() if r in mapping}
+        self.sorted_kept = {(mapping[r], c) for r, c in self.sorted_kept if r in mapping}
+        self.rows = self.row_capacity = len(live)
+        self.free_rows = []
+        return mapping
+
     def merge_keys(self, row: int, into: np.ndarray, source: np.ndarray) -> None:
-        """Add the slots ``(row, source)`` to ``(row, into)`` pairwise and clear the sources
-        (e.g. two sessions joined by a row between them). A source must not also be a target.
+        """Add the slots ``(row, source)`` to ``(row, into)`` pairwise (counts, sums, minima,
+        maxima, sketches and kept values) and clear the sources (e.g. two sessions joined by a
+        row between them). A source must not also be a target. An integer sum that would
+        leave its range raises ``OverflowError`` naming the column.
 
         >>> from sabot_lab.plan.windows import count, max
         >>> partials = PartialAggregates((("n", count()), ("hi", max("v"))),
@@ -431,8 +482,8 @@ class PartialAggregates:
                 self.sorted_kept.discard((row, column))
 
     def clear_keys(self, row: int, keys: np.ndarray) -> None:
-        """Reset the slots ``(row, keys)`` (and forget their values kept for quantiles),
-        leaving the rest of the row as it is.
+        """Reset the slots ``(row, keys)`` (and empty their sketches and forget their values
+        kept for quantiles), leaving the rest of the row as it is.
 
         >>> from sabot_lab.plan.windows import quantile
         >>> partials = PartialAggregates((("p50", quantile("v", 0.5)),),
@@ -459,7 +510,7 @@ class PartialAggregates:
     def _reset(self, slots: np.ndarray) -> None:
         """Empty the flat ``slots``: counts, column states and sketches."""
         for owner, name in self._arrays():
-            getattr(owner, name)[slots] = self._fresh(owner, name, 1)[0]
+            getattr(owner, name)[slots] = self._empty_value(owner, name)
         for sketches in self.sketches.values():
             sketches.reset(slots)
 
@@ -558,10 +609,12 @@ class PartialAggregates:
         low, high = np.searchsorted(ids, key, "left"), np.searchsorted(ids, key, "right")
         return np.concatenate([values[low:high], *(v[k == key] for k, v in chunks[1:])])
 
-    def arrays(self, row: int, keys: np.ndarray) -> dict[str, pa.Array]:
-        """Aggregates of the slots ``(row, keys)``, one Arrow array per output column."""
-        slots = row * self.key_capacity + keys
-        quantiles = self._quantiles(row, keys)
+    def arrays(self, row: int | np.ndarray, keys: np.ndarray) -> dict[str, pa.Array]:
+        """Aggregates of the slots ``(row, keys)``, one Arrow array per output column;
+        ``row`` is one row or a row per key (several windows at once)."""
+        rows = np.broadcast_to(np.asarray(row, dtype=np.int64), np.shape(keys))
+        slots = rows * self.key_capacity + keys
+        quantiles = self._quantiles_of_rows(rows, keys)
         out = {}
         for name, agg in self.aggs:
             if agg.function == "count":
@@ -587,7 +640,7 @@ class PartialAggregates:
                 self.schema.field(agg.column).type)
         return out
 
-    def _approx(self, row: int, keys: np.ndarray, agg: Any) -> np.ndarray:
+    def _approx(self, row: int | np.ndarray, keys: np.ndarray, agg: Any) -> np.ndarray:
         """Sketch estimates of quantile ``agg.q`` for the slots ``(row, keys)``."""
         sketches = self.sketches[(agg.column, agg.relative_error)]
         slots = row * self.key_capacity + np.asarray(keys, dtype=np.int64)
@@ -595,6 +648,21 @@ class PartialAggregates:
         known = slots < sketches.n_slots
         if known.any():
             out[known] = sketches.quantiles(slots[known], agg.q)
+        return out
+
+    def _quantiles_of_rows(self, rows: np.ndarray, keys: np.ndarray
+                           ) -> dict[str, dict[float, np.ndarray]]:
+        """:meth:`_quantiles` for keys of several rows (a row per key)."""
+        if not self.quantile_columns:
+            return {}
+        if len(rows) == 0 or (rows == rows[0]).all():
+            return self._quantiles(int(rows[0]) if len(rows) else 0, keys)
+        out: dict[str, dict[float, np.ndarray]] = {}
+        for row in np.unique(rows):
+            at = np.flatnonzero(rows == row)
+            for column, by_q in self._quantiles(int(row), keys[at]).items():
+                for q, values in by_q.items():
+                    out.setdefault(column, {}).setdefault(q, np.empty(len(keys)))[at] = values
         return out
 
     def _quantiles(self, row: int, keys: np.ndarray) -> dict[str, dict[float, np.ndarray]]:

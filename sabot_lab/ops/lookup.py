@@ -313,7 +313,7 @@ class Lookup:
             # codes in a hash dictionary, rows of a group in reference order.
             codes = [pc.dictionary_encode(a).indices.to_numpy(zero_copy_only=False)
                      for a in arrays]
-            order = np.lexsort(codes[::-1]) if codes else np.zeros(0, np.int64)
+            order = np.lexsort(codes[::-1])
             group_rows = rows[order]
             change = np.zeros(len(rows), dtype=np.bool_)
             if len(rows):
@@ -322,9 +322,8 @@ class Lookup:
                 ordered = c[order]
                 change[1:] |= ordered[1:] != ordered[:-1]
             group_start = np.flatnonzero(change).astype(np.int64)
-            arrays = [a.take(order) for a in arrays]
             group_count = np.diff(np.append(group_start, len(rows))).astype(np.int64)
-            arrays = [a.take(group_start) for a in arrays]
+            arrays = [a.take(order[group_start]) for a in arrays]  # a key per group
             payload = np.arange(len(group_start), dtype=np.int64)
         if len(arrays) == 1 and arrays[0].type == pa.int64() and _DenseEncoder.fits(
             _int_values(arrays[0])

@@ -49,6 +49,8 @@ _NO_WATERMARK = np.iinfo(np.int64).min
 #: Event times beyond +-2**62 (in the column's unit) are refused: windows and watermarks add
 #: and subtract durations to them, which must not overflow int64.
 _LIMIT = 1 << 62
+#: Rows of released windows kept for reuse before the partial aggregates are compacted.
+_SPARE_ROWS = 64
 
 
 def event_times(array: pa.Array) -> np.ndarray:
@@ -373,6 +375,7 @@ class WindowAggregateOp(Operator):
     def snapshot(self) -> bytes:
         """Key ids, partial aggregates, open windows and the watermark (pickled: restore
         with the same version of sabot_lab)."""
+        self._compact()  # no rows of windows gone in the snapshot
         return pickle.dumps((self.keys, self.partials, self.open, self.watermark))
 
     def restore(self, state: bytes) -> None:
@@ -389,22 +392,29 @@ class WindowAggregateOp(Operator):
     def _fire(self, watermark: int) -> list[pa.RecordBatch]:
         ready = sorted(s for s, w in self.open.items()
                        if not w.fired and s + self.size <= watermark)
-        parts = []
-        for start in ready:
+        if not ready:
+            return []
+        starts, rows, keys = [], [], []
+        for start in ready:  # one result batch for all of them: cheap when many fire at once
             window = self.open[start]
-            keys = self.partials.present(window.row)
-            parts.append(self._batch(np.full(len(keys), start), keys,
-                                     self.partials.arrays(window.row, keys),
-                                     np.zeros(len(keys), dtype=np.int32)))
+            present = self.partials.present(window.row)
+            starts.append(np.full(len(present), start))
+            rows.append(np.full(len(present), window.row))
+            keys.append(present)
+        keys = np.concatenate(keys)
+        batch = self._batch(np.concatenate(starts), keys,
+                            self.partials.arrays(np.concatenate(rows), keys),
+                            np.zeros(len(keys), dtype=np.int32))
+        for start, present in zip(ready, np.split(keys, np.cumsum([len(s) for s in starts])),
+                                  strict=False):
+            window = self.open[start]
             window.fired = True
             if self.lateness:
-                window.set_revision(keys, 0)
+                window.set_revision(present, 0)
             else:
                 self.partials.release(window.row)
                 del self.open[start]
-        if not parts:
-            return []
-        table = sort_by_window_and_keys(pa.Table.from_batches(parts), self.node.keys)
+        table = sort_by_window_and_keys(pa.Table.from_batches([batch]), self.node.keys)
         return table.combine_chunks().to_batches()
 
     def _updates(self, batch: pa.RecordBatch, key_ids: np.ndarray, rows: np.ndarray,
@@ -435,6 +445,15 @@ class WindowAggregateOp(Operator):
         for start in [s for s, w in self.open.items()
                       if w.fired and s + self.size + self.lateness <= watermark]:
             self.partials.release(self.open.pop(start).row)
+        if len(self.partials.free_rows) > builtins.max(_SPARE_ROWS, len(self.open)):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Let go of the rows of windows gone (a batch spanning many windows leaves many)."""
+        starts = sorted(self.open)
+        mapping = self.partials.compact([self.open[s].row for s in starts])
+        for start in starts:
+            self.open[start].row = mapping[self.open[start].row]
 
     def _batch(self, starts: np.ndarray, keys: np.ndarray, aggs: dict[str, pa.Array],
                revisions: np.ndarray) -> pa.RecordBatch:

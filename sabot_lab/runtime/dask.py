@@ -562,8 +562,9 @@ class DaskRunner:
         ``dashboard`` (``True`` or a :class:`~sabot_lab.dashboard.Dashboard`) shows the run
         live: the Dask dashboard link, partitions done of all as they come back (jobs without
         windows or keyed state), and the final counters."""
+        from concurrent.futures import CancelledError
+
         from distributed import KilledWorker
-        from distributed.client import FutureCancelledError
         from distributed.comm.core import CommClosedError
 
         monitor = make_dashboard(dashboard)
@@ -580,10 +581,10 @@ class DaskRunner:
                 f"partition too large for a worker's memory. Use more, smaller partitions "
                 f"(DaskRunner(partitions_per_worker=...)), smaller batches, or workers with "
                 f"more memory. The sink was not written.") from exc
-        except (CommClosedError, FutureCancelledError, OSError, TimeoutError) as exc:
-            # A future cancelled under the job means its client lost the scheduler, even
-            # when the client has reconnected since (its futures are gone all the same).
-            lost = isinstance(exc, CommClosedError | FutureCancelledError)
+        except (CommClosedError, CancelledError, OSError, TimeoutError) as exc:
+            # Futures cancelled under the job (one, or a group) mean its client lost the
+            # scheduler, even when it has reconnected since: the futures are gone.
+            lost = isinstance(exc, CommClosedError | CancelledError)
             if self.client.status == "running" and not lost:
                 raise  # an error of the job itself (e.g. a file a worker could not read)
             raise ClusterError(

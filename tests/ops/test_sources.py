@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sabot_lab as sl
-from sabot_lab.ops.sources import CsvParseError, SchemaMismatchError
+from sabot_lab.ops.sources import CsvParseError, SchemaMismatchError, _RowLines
 from sabot_lab.reference import ColumnConversionError
 from tests.oracle import assert_balanced
 
@@ -95,8 +95,6 @@ def test_a_value_that_does_not_convert_is_named_by_its_file_line(case, at, batch
 
 def test_line_numbers_of_a_file_larger_than_the_scan_chunk(tmp_path):
     """The lines are found by scanning the file a chunk at a time: across chunk edges too."""
-    from sabot_lab.ops.sources import _RowLines
-
     lines, rows = ["a,b"], []
     for i in range(2_000):
         lines.append(f'{i},"x\r\ny"' if i % 7 == 0 else f"{i},v")

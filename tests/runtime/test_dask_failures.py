@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import sabot_lab as sl
-from sabot_lab.datasets import securities
+from sabot_lab.datasets import securities, transactions
+from sabot_lab.ops.sinks import ParquetSink
 from sabot_lab.patterns.enrichment import enrich_quotes, quote_stream
 from sabot_lab.runtime.dask import ClusterError, DaskRunner
+from tests.oracle import assert_same_rows
 
 distributed = pytest.importorskip("distributed")
 
@@ -92,3 +99,146 @@ def test_a_partition_that_kills_every_worker_is_a_clear_error(tmp_path):
         with pytest.raises(ClusterError, match="killed every worker"):
             table.to_parquet(out, runner=DaskRunner(client))
         assert not out.exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _run_in_thread(job: Callable[[], object]) -> tuple[threading.Thread, dict]:
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = job()
+        except BaseException as exc:  # handed to the test thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def _wait_for_finished_tasks(client: object, n: int) -> None:
+    """Until ``n`` tasks of the job hold results on the cluster (the job is under way)."""
+    def finished() -> int:
+        return client.run_on_scheduler(lambda dask_scheduler: sum(
+            ts.state == "memory" for ts in dask_scheduler.tasks.values()))
+
+    deadline = time.monotonic() + 60
+    while finished() < n and time.monotonic() < deadline:
+        time.sleep(0.02)  # polling the scheduler, not standing in for work
+
+
+def test_scheduler_restart_mid_job_is_a_clear_error_then_a_rerun_is_complete(tmp_path):
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
+             "env": {**os.environ, "PYTHONPATH": os.getcwd()}}
+
+    def start_scheduler() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler",
+                                 "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                                **quiet)
+
+    def start_worker() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
+                                 "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
+                                **quiet)
+
+    processes = [start_scheduler()]
+    try:
+        processes.append(start_worker())
+        runner = DaskRunner(address, timeout=30, partitions_per_worker=40)
+        runner.client.wait_for_workers(1, timeout=60)
+        job = enrich_quotes(quote_stream(2_000_000, batch_rows=20_000),
+                            sl.Table(securities(), key="instrument_id"))
+        out = tmp_path / "out" / "quotes.parquet"
+        thread, outcome = _run_in_thread(lambda: job.to_parquet(out, runner=runner))
+        _wait_for_finished_tasks(runner.client, 2)
+        for process in processes:  # the scheduler goes down, and its worker with it
+            process.kill()
+            process.wait(timeout=30)
+        thread.join(timeout=120)
+        assert isinstance(outcome.get("error"), ClusterError), outcome
+        assert not out.exists() and not list((tmp_path / "out").glob("*"))
+        processes = [start_scheduler(), start_worker()]  # the same address again
+        runner.client.wait_for_workers(1, timeout=60)  # the client reconnects by itself
+        job.to_parquet(out, runner=runner)
+        assert pq.read_metadata(out).num_rows == job.run().table.num_rows
+        runner.client.close(timeout=5)
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait(timeout=30)
+
+
+def _windows_job() -> sl.Stream:
+    return (sl.Stream.from_table(transactions(200_000, n_accounts=2_000), batch_size=2_000)
+            .with_watermark("ts").window(sl.tumbling("10min")).group_by("account_id")
+            .agg(n=sl.count(), total=sl.sum("amount")))
+
+
+class _DropConnection(sl.Dashboard):
+    """Drops the client's connection to the scheduler (as a network would) once two
+    partitions are back, with most of the job still to run."""
+
+    def __init__(self, client: object) -> None:
+        super().__init__()
+        self.client = client
+
+    def partition_done(self, metrics: object, rows_out: int, done: int, total: int) -> None:
+        super().partition_done(metrics, rows_out, done, total)
+        if done == 2:
+            self.client.loop.add_callback(self.client.scheduler_comm.comm.abort)
+
+
+@pytest.mark.parametrize("pattern", ["enrichment", "windows"])
+def test_client_losing_the_scheduler_mid_job_is_a_clear_error(pattern, tmp_path):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
+            distributed.Client(cluster) as client:
+        runner = DaskRunner(client, partitions_per_worker=20)
+        out = tmp_path / "out" / "rows.parquet"
+        if pattern == "enrichment":
+            job = enrich_quotes(quote_stream(2_000_000, batch_rows=20_000),
+                                sl.Table(securities(), key="instrument_id"))
+            thread, outcome = _run_in_thread(lambda: job.run(
+                runner, ParquetSink(out), dashboard=_DropConnection(client)))
+        else:  # stateful jobs report no partitions as they go: watch the scheduler
+            job = _windows_job()
+            thread, outcome = _run_in_thread(lambda: job.to_parquet(out, runner=runner))
+            _wait_for_finished_tasks(client, 6)
+            client.loop.add_callback(client.scheduler_comm.comm.abort)
+        thread.join(timeout=120)
+        assert isinstance(outcome.get("error"), ClusterError), outcome
+        assert "sink was not written" in str(outcome["error"])
+        assert not out.exists() and not list((tmp_path / "out").glob("*"))
+        client.wait_for_workers(2, timeout=60)  # reconnected: the next run is whole
+        assert_same_rows(job.run(runner).table, job.run().table)
+
+
+def _hog(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Touch 1.5 GB, three times the worker's memory limit."""
+    np.ones(1_500_000_000 // 8).sum()
+    return batch
+
+
+def test_a_worker_out_of_memory_is_a_clear_error_and_writes_nothing(tmp_path):
+    from distributed import LocalCluster
+
+    # A real limit: the nanny kills the worker process when it passes it.
+    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="500MiB",
+                      host="127.0.0.1", dashboard_address=None,
+                      silence_logs=logging.CRITICAL) as cluster, \
+            distributed.Client(cluster) as client:
+        data = pa.table({"x": list(range(100))})
+        job = sl.Stream.from_table(data).map_batches(_hog, data.schema)
+        out = tmp_path / "out.parquet"
+        with pytest.raises(ClusterError, match="killed every worker"):
+            job.to_parquet(out, runner=DaskRunner(client))
+        assert not out.exists() and not list(tmp_path.glob("*.tmp"))
