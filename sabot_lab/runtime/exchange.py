@@ -117,7 +117,7 @@ def stateful_stages(graph: JobGraph) -> StatefulStages | None:
             raise NotImplementedError(
                 "the DaskRunner runs one stateful stage per job: windows or keyed state after "
                 f"{chain[bottom].label} need an exchange of their own")
-        return StatefulStages(below, None, (), tuple(chain[:bottom + 1]), ())
+        return StatefulStages(below, None, (), _detached(tuple(chain[:bottom + 1])), ())
     windows = [i for i, n in enumerate(above) if isinstance(n, WindowAggregate)]
     if len(windows) > 1 or any(isinstance(n, Watermark | KeyedProcess) for n in above):
         raise NotImplementedError("the DaskRunner runs one window per job, after one watermark")
@@ -125,9 +125,24 @@ def stateful_stages(graph: JobGraph) -> StatefulStages | None:
     cut_client = max(tops) + 1 if tops else 0
     cut_middle = windows[0] + 1 if windows else len(above)
     return StatefulStages(
-        below=below, watermark=chain[bottom],
-        middle=tuple(above[cut_middle:]), reducer=tuple(above[cut_client:cut_middle]),
+        below=below, watermark=_detached((chain[bottom],))[0],
+        middle=_detached(tuple(above[cut_middle:])),
+        reducer=_detached(tuple(above[cut_client:cut_middle])),
         client=tuple(above[:cut_client]))
+
+
+def _detached(chain: tuple[Node, ...]) -> tuple[Node, ...]:
+    """The chain (top to bottom) on an empty source of its input's schema. Plan nodes hold
+    their inputs down to the source, and a source holds its table: a chain sent with every
+    task as it is would carry the whole input partitions x key ranges times."""
+    if not chain:
+        return chain
+    node = rebase(chain, _source(chain[-1].children[0].schema.empty_table()))
+    out = []
+    for _ in chain:
+        out.append(node)
+        node = node.children[0]
+    return tuple(out)
 
 
 def rebase(chain: tuple[Node, ...], bottom: Node) -> Node:
