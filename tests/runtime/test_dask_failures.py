@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from sabot_lab.runtime.dask import ClusterError, DaskRunner
 from tests.oracle import assert_same_rows
 
 distributed = pytest.importorskip("distributed")
+CommClosedError = pytest.importorskip("distributed.comm.core").CommClosedError
 
 
 def test_scheduler_lost_mid_job_is_a_clear_error_and_writes_nothing(tmp_path):
@@ -200,8 +202,8 @@ def test_client_losing_the_scheduler_mid_job_is_a_clear_error(pattern, tmp_path)
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
-            distributed.Client(cluster) as client:
+                      dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+        client = distributed.Client(cluster)  # closed below, once it has reconnected
         runner = DaskRunner(client, partitions_per_worker=20)
         out = tmp_path / "out" / "rows.parquet"
         if pattern == "enrichment":
@@ -221,6 +223,11 @@ def test_client_losing_the_scheduler_mid_job_is_a_clear_error(pattern, tmp_path)
         # The cluster is unharmed: a client connected afresh runs the job whole.
         with distributed.Client(cluster) as fresh:
             assert_same_rows(job.run(DaskRunner(fresh)).table, job.run().table)
+        deadline = time.monotonic() + 60
+        while client.status != "running" and time.monotonic() < deadline:
+            time.sleep(0.05)  # the dropped client reconnects in the background
+        with contextlib.suppress(CommClosedError, OSError):
+            client.close(timeout=10)
 
 
 def _hog(batch: pa.RecordBatch) -> pa.RecordBatch:
