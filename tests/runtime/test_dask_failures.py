@@ -26,7 +26,6 @@ from sabot_lab.runtime.dask import ClusterError, DaskRunner
 from tests.oracle import assert_same_rows
 
 distributed = pytest.importorskip("distributed")
-CommClosedError = pytest.importorskip("distributed.comm.core").CommClosedError
 
 
 def test_scheduler_lost_mid_job_is_a_clear_error_and_writes_nothing(tmp_path):
@@ -226,7 +225,9 @@ def test_client_losing_the_scheduler_mid_job_is_a_clear_error(pattern, tmp_path)
         deadline = time.monotonic() + 60
         while client.status != "running" and time.monotonic() < deadline:
             time.sleep(0.05)  # the dropped client reconnects in the background
-        with contextlib.suppress(CommClosedError, OSError):
+        # Closing a client whose connection was cut can fail inside Dask in several ways
+        # (none of them what this test is about): best effort.
+        with contextlib.suppress(Exception):
             client.close(timeout=10)
 
 
