@@ -18,7 +18,8 @@ demo: $(STAMP)
 	$(BIN)/python -m sabot_lab.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest sabot_lab tests notebooks --nbval-lax --nbval-current-env -q
+	$(BIN)/python -m pytest sabot_lab tests notebooks --nbval-lax --nbval-current-env -q \
+		--nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
@@ -27,9 +28,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/enrichment.py
 	$(BIN)/python benchmarks/optimizer.py
 	$(BIN)/python benchmarks/distributed.py
+	$(BIN)/python benchmarks/fraud.py
+	$(BIN)/python benchmarks/windows.py
+	$(BIN)/python benchmarks/scaling.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check sabot_lab tests benchmarks
+	$(BIN)/ruff check sabot_lab tests benchmarks notebooks
 
 clean:
 	rm -rf $(VENV) out
