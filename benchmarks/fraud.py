@@ -120,60 +120,69 @@ ACCOUNT = np.dtype([("last_t", np.int64), ("ring", np.int64, (MAX_COUNT,)),
                     ("m2", np.float64), ("lat", np.float64), ("lon", np.float64)], align=True)
 
 
-@numba.njit(nogil=True, cache=True)
-def _hand_kernel(account, ts, amount, lat, lon, state, out_row, out_rule,
-                 out_severity, ahead):  # pragma: no cover - numba
-    """The three rules over one chunk, in arrival order; returns the number of alerts.
-    ``ahead`` > 0 prefetches the record of the account that many rows ahead."""
-    k = 0
-    n_rows = account.shape[0]
-    for i in range(n_rows):
-        if ahead and i + ahead < n_rows:
-            prefetch(state, account[i + ahead])
-        s = state[account[i]]
-        t = ts[i]
-        n = s.seen
-        if n > 0 and t < s.last_t:
-            continue  # out of order: no alert, no state change
-        c = 1
-        for j in range(MAX_COUNT):
-            if n > j and t - s.ring[j] < WINDOW_MS:
-                c += 1
-        s.ring[s.next] = t
-        s.next = (s.next + 1) % MAX_COUNT
-        if c > MAX_COUNT:
-            out_row[k], out_rule[k], out_severity[k] = i, VELOCITY, c / MAX_COUNT
-            k += 1
-        x = amount[i]
-        mu = s.mean
-        if n >= MIN_HISTORY:
-            std = np.sqrt(s.m2 / (n - 1))
-            if std > 0:
-                z = (x - mu) / std
-                if z > Z_MAX:
-                    out_row[k], out_rule[k], out_severity[k] = i, AMOUNT, z / Z_MAX
-                    k += 1
-        delta = x - mu
-        mu += delta / (n + 1)
-        s.mean = mu
-        s.m2 += delta * (x - mu)
-        moved = True
-        if n > 0:
-            p1, p2 = np.radians(s.lat), np.radians(lat[i])
-            h = (np.sin((p2 - p1) / 2) ** 2
-                 + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon[i] - s.lon) / 2) ** 2)
-            km = 2 * EARTH_KM * np.arcsin(min(1.0, np.sqrt(h)))
-            kmh = km / (max(t - s.last_t, MIN_ELAPSED_MS) / HOUR_MS)
-            if kmh > MAX_KMH:
-                out_row[k], out_rule[k], out_severity[k] = i, GEO, kmh / MAX_KMH
+def _make_hand_kernel(ahead: int) -> Callable:
+    """The hand kernel; ``ahead`` > 0 prefetches the record of the account that many rows
+    ahead. ``ahead`` is a constant of the compiled code: with 0 the kernel has no trace of it.
+    """
+
+    @numba.njit(nogil=True)
+    def kernel(account, ts, amount, lat, lon, state, out_row, out_rule,
+               out_severity):  # pragma: no cover - numba
+        """The three rules over one chunk, in arrival order; returns the number of alerts."""
+        k = 0
+        n_rows = account.shape[0]
+        for i in range(n_rows):
+            if ahead > 0 and i + ahead < n_rows:
+                prefetch(state, account[i + ahead])
+            s = state[account[i]]
+            t = ts[i]
+            n = s.seen
+            if n > 0 and t < s.last_t:
+                continue  # out of order: no alert, no state change
+            c = 1
+            for j in range(MAX_COUNT):
+                if n > j and t - s.ring[j] < WINDOW_MS:
+                    c += 1
+            s.ring[s.next] = t
+            s.next = (s.next + 1) % MAX_COUNT
+            if c > MAX_COUNT:
+                out_row[k], out_rule[k], out_severity[k] = i, VELOCITY, c / MAX_COUNT
                 k += 1
-                moved = False
-        if moved:
-            s.lat = lat[i]
-            s.lon = lon[i]
-        s.last_t = t
-        s.seen = n + 1
-    return k
+            x = amount[i]
+            mu = s.mean
+            if n >= MIN_HISTORY:
+                std = np.sqrt(s.m2 / (n - 1))
+                if std > 0:
+                    z = (x - mu) / std
+                    if z > Z_MAX:
+                        out_row[k], out_rule[k], out_severity[k] = i, AMOUNT, z / Z_MAX
+                        k += 1
+            delta = x - mu
+            mu += delta / (n + 1)
+            s.mean = mu
+            s.m2 += delta * (x - mu)
+            moved = True
+            if n > 0:
+                p1, p2 = np.radians(s.lat), np.radians(lat[i])
+                h = (np.sin((p2 - p1) / 2) ** 2
+                     + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon[i] - s.lon) / 2) ** 2)
+                km = 2 * EARTH_KM * np.arcsin(min(1.0, np.sqrt(h)))
+                kmh = km / (max(t - s.last_t, MIN_ELAPSED_MS) / HOUR_MS)
+                if kmh > MAX_KMH:
+                    out_row[k], out_rule[k], out_severity[k] = i, GEO, kmh / MAX_KMH
+                    k += 1
+                    moved = False
+            if moved:
+                s.lat = lat[i]
+                s.lon = lon[i]
+            s.last_t = t
+            s.seen = n + 1
+        return k
+
+    return kernel
+
+
+_KERNELS = {ahead: _make_hand_kernel(ahead) for ahead in (0, PREFETCH_DISTANCE)}
 
 
 def clock() -> tuple[float, float]:
@@ -210,8 +219,8 @@ def run_hand(txns: pa.Table, n_accounts: int,
     for lo in range(0, len(account), BATCH):
         start = clock()
         hi = lo + BATCH
-        k = _hand_kernel(account[lo:hi], ts[lo:hi], amount[lo:hi], lat[lo:hi], lon[lo:hi],
-                         state, out_row, out_rule, out_severity, ahead)
+        k = _KERNELS[ahead](account[lo:hi], ts[lo:hi], amount[lo:hi], lat[lo:hi], lon[lo:hi],
+                            state, out_row, out_rule, out_severity)
         rows.append(out_row[:k] + lo)
         rules.append(out_rule[:k].copy())
         severities.append(out_severity[:k].copy())
