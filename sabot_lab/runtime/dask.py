@@ -523,6 +523,11 @@ class DaskRunner:
         if isinstance(client_or_address, Client):
             self.client = client_or_address
         elif isinstance(client_or_address, str):
+            if client_or_address.startswith("tls://") and security is None:
+                raise ValueError(
+                    f"the scheduler at {client_or_address} talks TLS: pass its certificates, "
+                    f"DaskRunner(address, security=distributed.Security(tls_ca_file=..., "
+                    f"tls_client_cert=..., tls_client_key=..., require_encryption=True))")
             try:
                 self.client = Client(client_or_address, security=security, timeout=timeout)
             except OSError as exc:
