@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 #: Default input per partition task (bytes of Arrow data): 10x the data makes 10x the
 #: partitions, not 10x the memory per worker.
-PARTITION_BYTES = 64 * 2**20
+PARTITION_BYTES = 16 * 2**20
 
 
 class SchedulerUnreachableError(ConnectionError):
@@ -495,7 +495,7 @@ class DaskRunner:
     partitions_per_worker
         Partitions per worker thread for each source (at least).
     partition_bytes
-        More partitions for a source larger than this per partition (default 64 MiB of
+        More partitions for a source larger than this per partition (default 16 MiB of
         Arrow data), so a worker's memory follows this, not the size of the data.
     security
         A ``distributed.Security`` for TLS to a remote scheduler.

@@ -16,7 +16,6 @@ Examples
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import time
@@ -62,6 +61,7 @@ from sabot_lab.plan.nodes import (
 from sabot_lab.plan.windows import Session
 from sabot_lab.result import Result
 from sabot_lab.runtime.checkpoint import Checkpoints, Epoch
+from sabot_lab.runtime.gcpause import paused as gc_paused
 
 __all__ = ["LocalRunner", "make_operator"]
 
@@ -294,26 +294,23 @@ class LocalRunner:
         start = time.perf_counter()
         serial = self.threads <= 1 or checkpoint_dir is not None
         pool = None if serial else ThreadPoolExecutor(self.threads)
-        # What exists before the run stays out of Python's cyclic garbage collector during
-        # it: a full collection scanning a notebook's heap paused a batch for 50+ ms.
-        gc.freeze()
-        try:
-            execution = _Execution(graph, pool, self.threads)
-            execution.finish = finish
-            operators = execution.by_id()
-            for op_id, state in (restore or {}).items():
-                operators[op_id].restore(state)
-            epoch = None
-            if checkpoint_dir is not None:
-                checkpoints = Checkpoints(checkpoint_dir, checkpoint_every, resume,
-                                          graph.explain(show_schema=True))
-                epoch = execution.enable_checkpoints(checkpoints, sink.schema)
-            setup_ms = (time.perf_counter() - start) * 1000
-            table = self._drain(execution, sink, epoch)
-        finally:
-            gc.unfreeze()
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
+        with gc_paused():  # no 50+ ms full garbage collection in the middle of the stream
+            try:
+                execution = _Execution(graph, pool, self.threads)
+                execution.finish = finish
+                operators = execution.by_id()
+                for op_id, state in (restore or {}).items():
+                    operators[op_id].restore(state)
+                epoch = None
+                if checkpoint_dir is not None:
+                    checkpoints = Checkpoints(checkpoint_dir, checkpoint_every, resume,
+                                              graph.explain(show_schema=True))
+                    epoch = execution.enable_checkpoints(checkpoints, sink.schema)
+                setup_ms = (time.perf_counter() - start) * 1000
+                table = self._drain(execution, sink, epoch)
+            finally:
+                if pool is not None:
+                    pool.shutdown(cancel_futures=True)
         elapsed_ms = (time.perf_counter() - start) * 1000
         log.info("local run finished in %.1f ms", elapsed_ms)
         return Result(
