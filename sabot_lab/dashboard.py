@@ -181,6 +181,12 @@ class Dashboard:
         self.partitions = (done, total)
         self.update(self.metrics)
 
+    def partitions_through(self, done: int, total: int) -> None:
+        """A stateful Dask job has taken ``done`` of ``total`` partitions through its keyed
+        stage (its counters arrive with :meth:`finish`)."""
+        self.partitions = (done, total)
+        self.update(self.metrics)
+
     def finish(self, metrics: Sequence[OperatorMetrics] | None = None,
                failed: bool = False) -> None:
         """The run ended (or ``failed``): record the final ``metrics``, redraw."""

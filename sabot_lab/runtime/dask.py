@@ -327,7 +327,8 @@ class JobManager:
 
     def submit_job(self, graph: JobGraph, monitor: Dashboard | None = None) -> Result:
         """Run ``graph`` on the cluster and return its :class:`~sabot_lab.result.Result`;
-        ``monitor`` hears of every partition that comes back (stateless jobs)."""
+        ``monitor`` hears of every partition that comes back (with its counters), or for
+        windows and keyed state, of every partition through the keyed stage."""
         from distributed import as_completed
 
         start = time.perf_counter()
@@ -339,7 +340,7 @@ class JobManager:
 
             table, side, metrics = submit_stateful_job(
                 self, graph, execution.stateful, scans, template, references, execution,
-                _run_partition)
+                _run_partition, monitor)
             done = time.perf_counter()
             execution.timings.update(planning_ms=(planned - start) * 1000,
                                      execution_ms=(done - planned) * 1000)
@@ -565,8 +566,9 @@ class DaskRunner:
         or a partition kills every worker that tries it, e.g. out of memory); the sink is
         then left unwritten (file sinks write a temporary file and remove it).
         ``dashboard`` (``True`` or a :class:`~sabot_lab.dashboard.Dashboard`) shows the run
-        live: the Dask dashboard link, partitions done of all as they come back (jobs without
-        windows or keyed state), and the final counters."""
+        live: the Dask dashboard link, partitions done of all as they come back (with their
+        counters for stateless jobs; through the keyed stage for windows and keyed state),
+        and the final counters."""
         from concurrent.futures import CancelledError
 
         from distributed import KilledWorker

@@ -214,8 +214,11 @@ def key_range_step(reducer: tuple[Node, ...], state: dict[str, bytes] | None,
 
 def submit_stateful_job(manager: object, graph: JobGraph, stages: StatefulStages,
                         scans: list, template: Node, references: list, execution: object,
-                        run_partition: object) -> tuple[pa.Table, dict, list]:
+                        run_partition: object, monitor: object = None
+                        ) -> tuple[pa.Table, dict, list]:
     """Run the stages on ``manager.client``; returns (table, side outputs, metrics).
+    ``monitor`` (a :class:`~sabot_lab.dashboard.Dashboard`) hears how many partitions are
+    through the keyed stage.
 
     Partitions stream through: each one's rows are exchanged and handed to one step per key
     range as soon as they are ready, and at most ``manager.max_in_flight`` partitions are
@@ -258,8 +261,14 @@ def submit_stateful_job(manager: object, graph: JobGraph, stages: StatefulStages
         if k >= manager.max_in_flight:  # backpressure: bounded partitions ahead of the state
             wait(steps_of[k - manager.max_in_flight])
             steps_of[k - manager.max_in_flight] = []
+            if monitor is not None:
+                monitor.partitions_through(k - manager.max_in_flight + 1, len(execution.tasks))
     for r in range(n_ranges):
         step_out[r].append(submit(key_range_step, stages.reducer, states[r], empty, True))
+    for done, steps in enumerate(steps_of, 1):
+        if steps and monitor is not None:
+            wait(steps)
+            monitor.partitions_through(done, len(execution.tasks))
     first_out = client.gather(first_meta, direct=True)
     split_out = client.gather(split_meta, direct=True)
     reduce_out = [out for outs in client.gather(step_out, direct=True) for out in outs]
