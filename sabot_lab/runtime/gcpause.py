@@ -1,15 +1,16 @@
 """No full garbage collections while jobs run.
 
 A full (oldest-generation) collection of CPython's cyclic garbage collector scans every
-object of the process: in a notebook with pandas, Dask and sabot_lab loaded (about 180K
-objects) it takes 50-110 ms, and it starts whenever allocation counts say so, so a stream
-sees it as one batch that suddenly takes 50+ ms. While any job runs, :func:`paused` raises
+object of the process: with pandas, Dask and sabot_lab loaded that is tens of milliseconds,
+and it starts whenever allocation counts say so, so a stream sees it as one batch that
+suddenly takes that much longer. While any job runs, :func:`paused` raises
 the threshold of the oldest generation out of reach; young generations are still collected
 (most garbage of a batch is freed by reference counting anyway), and the threshold comes
 back when the last running job ends, so garbage that reached the oldest generation meanwhile
 is collected afterwards as usual. (``gc.freeze`` would keep such pauses away too, but it also
 keeps the garbage that exists when a job starts until the next full collection, which rarely
-comes after many short runs: Dask workers running thousands of tasks held 700 MB of it.)
+comes after many short runs: Dask workers running thousands of tasks held on to dead Arrow
+buffers.)
 
 Examples
 --------

@@ -294,7 +294,7 @@ class LocalRunner:
         start = time.perf_counter()
         serial = self.threads <= 1 or checkpoint_dir is not None
         pool = None if serial else ThreadPoolExecutor(self.threads)
-        with gc_paused():  # no 50+ ms full garbage collection in the middle of the stream
+        with gc_paused():  # no full garbage collection in the middle of a stream
             try:
                 execution = _Execution(graph, pool, self.threads)
                 execution.finish = finish

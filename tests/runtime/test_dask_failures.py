@@ -9,9 +9,7 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +22,7 @@ from sabot_lab.ops.sinks import ParquetSink
 from sabot_lab.patterns.enrichment import enrich_quotes, quote_stream
 from sabot_lab.runtime.dask import ClusterError, DaskRunner
 from tests.oracle import assert_same_rows
+from tests.runtime.killing import run_in_thread, wait_for_done_tasks
 
 distributed = pytest.importorskip("distributed")
 
@@ -50,25 +49,8 @@ def test_scheduler_lost_mid_job_is_a_clear_error_and_writes_nothing(tmp_path):
         job = enrich_quotes(quote_stream(2_000_000, batch_rows=20_000),
                             sl.Table(securities(), key="instrument_id"))
         out = tmp_path / "out" / "quotes.parquet"
-        outcome: dict = {}
-
-        def run() -> None:
-            try:
-                job.to_parquet(out, runner=runner)
-            except BaseException as exc:  # handed to the test thread
-                outcome["error"] = exc
-
-        thread = threading.Thread(target=run)
-        thread.start()
-
-        def finished() -> int:
-            return runner.client.run_on_scheduler(lambda dask_scheduler: sum(
-                ts.state == "memory" for key, ts in dask_scheduler.tasks.items()
-                if str(key).startswith("sabot-partition")))
-
-        deadline = time.monotonic() + 60
-        while finished() < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)  # polling the scheduler, not standing in for work
+        thread, outcome = run_in_thread(lambda: job.to_parquet(out, runner=runner))
+        wait_for_done_tasks(runner.client, 2, "sabot-partition")
         scheduler.kill()  # in the middle of the job
         thread.join(timeout=120)
         assert isinstance(outcome.get("error"), ClusterError), outcome
@@ -108,31 +90,6 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _run_in_thread(job: Callable[[], object]) -> tuple[threading.Thread, dict]:
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            outcome["result"] = job()
-        except BaseException as exc:  # handed to the test thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, outcome
-
-
-def _wait_for_finished_tasks(client: object, n: int) -> None:
-    """Until ``n`` tasks of the job hold results on the cluster (the job is under way)."""
-    def finished() -> int:
-        return client.run_on_scheduler(lambda dask_scheduler: sum(
-            ts.state == "memory" for ts in dask_scheduler.tasks.values()))
-
-    deadline = time.monotonic() + 60
-    while finished() < n and time.monotonic() < deadline:
-        time.sleep(0.02)  # polling the scheduler, not standing in for work
-
-
 def test_scheduler_restart_mid_job_is_a_clear_error_then_a_rerun_is_complete(tmp_path):
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
@@ -157,8 +114,8 @@ def test_scheduler_restart_mid_job_is_a_clear_error_then_a_rerun_is_complete(tmp
         job = enrich_quotes(quote_stream(2_000_000, batch_rows=20_000),
                             sl.Table(securities(), key="instrument_id"))
         out = tmp_path / "out" / "quotes.parquet"
-        thread, outcome = _run_in_thread(lambda: job.to_parquet(out, runner=runner))
-        _wait_for_finished_tasks(runner.client, 2)
+        thread, outcome = run_in_thread(lambda: job.to_parquet(out, runner=runner))
+        wait_for_done_tasks(runner.client, 2)
         for process in processes:  # the scheduler goes down, and its worker with it
             process.kill()
             process.wait(timeout=30)
@@ -208,12 +165,12 @@ def test_client_losing_the_scheduler_mid_job_is_a_clear_error(pattern, tmp_path)
         if pattern == "enrichment":
             job = enrich_quotes(quote_stream(2_000_000, batch_rows=20_000),
                                 sl.Table(securities(), key="instrument_id"))
-            thread, outcome = _run_in_thread(lambda: job.run(
+            thread, outcome = run_in_thread(lambda: job.run(
                 runner, ParquetSink(out), dashboard=_DropConnection(client)))
         else:  # stateful jobs report no partitions as they go: watch the scheduler
             job = _windows_job()
-            thread, outcome = _run_in_thread(lambda: job.to_parquet(out, runner=runner))
-            _wait_for_finished_tasks(client, 6)
+            thread, outcome = run_in_thread(lambda: job.to_parquet(out, runner=runner))
+            wait_for_done_tasks(client, 6)
             client.loop.add_callback(client.scheduler_comm.comm.abort)
         thread.join(timeout=120)
         assert isinstance(outcome.get("error"), ClusterError), outcome

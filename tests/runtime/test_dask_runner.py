@@ -5,10 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
-import signal
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -23,6 +21,7 @@ from sabot_lab.patterns.enrichment import enrich_quotes, quote_stream
 from sabot_lab.plan.nodes import Sink, _Unary
 from sabot_lab.runtime.dask import DaskRunner, JobManager, SchedulerUnreachableError
 from tests.oracle import assert_balanced, assert_same_rows
+from tests.runtime.killing import run_killing_a_worker
 
 distributed = pytest.importorskip("distributed")
 
@@ -141,28 +140,9 @@ def test_keyed_plans_are_refused_with_a_clear_error(runner):
 def test_lost_worker_reruns_its_tasks_and_the_result_is_unchanged(runner):
     stream = enrich_quotes(quote_stream(600_000, batch_rows=10_000),
                            sl.Table(securities(), key="instrument_id"))
-    expected = stream.run()
-    client = runner.client
-    dask_runner = DaskRunner(client, partitions_per_worker=15)
-    outcome: dict = {}
-    job = threading.Thread(target=lambda: outcome.setdefault("result", stream.run(dask_runner)))
-    job.start()
-
-    def finished() -> int:
-        return client.run_on_scheduler(lambda dask_scheduler: sum(
-            ts.state == "memory" for key, ts in dask_scheduler.tasks.items()
-            if str(key).startswith("sabot-partition")))
-
-    deadline = time.monotonic() + 60
-    while finished() < 3 and time.monotonic() < deadline:
-        time.sleep(0.02)  # polling the scheduler, not standing in for work
-    pids = client.run(os.getpid)
-    victim = sorted(pids)[0]
-    os.kill(pids[victim], signal.SIGKILL)
-    job.join(timeout=120)
-    assert "result" in outcome, "the job did not finish after a worker was killed"
-    assert_same_rows(outcome["result"].table, expected.table)
-    client.wait_for_workers(2, timeout=60)
+    killed = run_killing_a_worker(stream, DaskRunner(runner.client, partitions_per_worker=15),
+                                  "sabot-partition", after=3)
+    assert_same_rows(killed.table, stream.run().table)
 
 
 def test_scheduler_and_workers_as_separate_processes(tmp_path):
