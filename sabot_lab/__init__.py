@@ -29,6 +29,7 @@ from sabot_lab.plan.windows import (
 from sabot_lab.process import ProcessFunction, PythonProcessFunction
 from sabot_lab.reference import DuplicateKeyError, Table
 from sabot_lab.result import Result
+from sabot_lab.runtime.checkpoint import CheckpointError
 from sabot_lab.runtime.local import LocalRunner
 from sabot_lab.stream import Stream
 from sabot_lab.testing import assert_same_results
@@ -44,6 +45,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "CheckpointError",
     "Dashboard",
     "DaskRunner",
     "DuplicateKeyError",

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from sabot_lab.plan.fingerprint import fingerprint_value
 from sabot_lab.state import StateBlock, StateSpec
 
 __all__ = ["ProcessFunction", "PythonProcessFunction"]
@@ -73,6 +74,27 @@ class ProcessFunction:
         their keys) in arrival order; return the output rows, or (output rows, bool mask of
         input rows refused, reason per refused row) to send refused rows to ``invalid``."""
         raise NotImplementedError
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What this function is, for checkpoints: its class, the code of every method its
+        classes define, its public attributes (parameters) and its state layout. A resumed
+        run must have the same; override to add what lives elsewhere.
+
+        >>> fn = PythonProcessFunction(lambda k, row, s: [], {"n": "int64"}, ["v"],
+        ...                            pa.schema([("k", pa.int64())]))
+        >>> fn.fingerprint()["state"]["fields"]
+        {'n': ['<i8', 0]}
+        """
+        code = {f"{klass.__qualname__}.{name}": fingerprint_value(member)
+                for klass in type(self).__mro__ if klass not in (ProcessFunction, object)
+                for name, member in sorted(vars(klass).items())
+                if callable(member) and not name.startswith("__")}
+        public = {k: v for k, v in sorted(vars(self).items()) if not k.startswith("_")}
+        spec = self.state_spec()
+        return {"class": f"{type(self).__module__}.{type(self).__qualname__}", "code": code,
+                "parameters": fingerprint_value(public),
+                "state": {"fields": spec.describe(), "defaults": fingerprint_value(spec.defaults),
+                          "ttl": fingerprint_value(spec.ttl)}}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name})"

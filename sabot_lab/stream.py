@@ -117,18 +117,22 @@ class Stream:
         cls,
         batches: Iterable[pa.RecordBatch] | Callable[[], Iterable[pa.RecordBatch]],
         schema: pa.Schema,
+        source_id: str | None = None,
     ) -> Stream:
         """Stream record batches from an iterable, checking each against ``schema``.
 
         A one-shot iterator can run once; pass a list, or a function that returns a fresh
-        iterator, to run the stream again.
+        iterator, to run the stream again. A list is identified by its contents; an iterator
+        or a function cannot be, so a checkpointed run over one resumes only when
+        ``source_id`` names its data (change it when the data changes) or with
+        ``resume="trust"``.
 
         >>> schema = pa.schema({"a": pa.int64()})
         >>> batches = [pa.record_batch({"a": [1]}), pa.record_batch({"a": [2]})]
         >>> Stream.from_batches(batches, schema).to_table().num_rows
         2
         """
-        return cls(Source(BatchesScan(batches, schema)))
+        return cls(Source(BatchesScan(batches, schema), source_id=source_id))
 
     @classmethod
     def from_parquet(cls, path: str | Path, batch_size: int = DEFAULT_BATCH_SIZE) -> Stream:
@@ -156,8 +160,13 @@ class Stream:
         make_batch: Callable[[int], pa.RecordBatch],
         n_batches: int,
         schema: pa.Schema | None = None,
+        source_id: str | None = None,
     ) -> Stream:
         """Synthetic data: batch ``i`` is ``make_batch(i)`` for ``i`` in ``range(n_batches)``.
+
+        What a function makes cannot be identified without calling it: a checkpointed run
+        resumes only when ``source_id`` names the data (e.g. ``"txns-seed-2"``; change it
+        when the data changes) or with ``resume="trust"``.
 
         >>> make = lambda i: pa.record_batch({"i": [i, i]})
         >>> Stream.from_generator(make, n_batches=3).to_table()["i"].to_pylist()
@@ -165,7 +174,7 @@ class Stream:
         """
         if schema is None:
             schema = make_batch(0).schema
-        return cls(Source(GeneratorScan(make_batch, n_batches, schema)))
+        return cls(Source(GeneratorScan(make_batch, n_batches, schema), source_id=source_id))
 
     @classmethod
     def replay(cls, table: pa.Table, time_col: str | None = None, speed: float = 1.0,
@@ -410,7 +419,7 @@ class Stream:
 
     def run(self, runner: Any = None, target: SinkTarget | None = None,
             optimize: bool | PlanOptimizer = True, checkpoint_dir: str | Path | None = None,
-            checkpoint_every: int = 10, resume: bool = False,
+            checkpoint_every: int = 10, resume: bool | str = False,
             dashboard: bool | Dashboard = False) -> Result:
         """Execute the stream and return a :class:`~sabot_lab.result.Result`.
 
@@ -427,7 +436,11 @@ class Stream:
         checkpoint_dir, checkpoint_every, resume
             Write a checkpoint (operator state, source positions, output so far) every
             ``checkpoint_every`` source batches; ``resume=True`` continues a run that
-            stopped, with the same final output as an uninterrupted run (local runner).
+            stopped, with the same final output as an uninterrupted run (local runner). A
+            checkpoint is bound to the job and its input: resuming another job, other
+            parameters or other data raises ``CheckpointError`` saying what differs, as does
+            a damaged checkpoint. ``resume="trust"`` also resumes sources that cannot be
+            identified (iterators, generator functions without ``source_id``).
         dashboard
             ``True`` or a :class:`~sabot_lab.dashboard.Dashboard`: watch the run live (rows/s
             per operator, the watermark, state size; on Dask the partitions done and the Dask

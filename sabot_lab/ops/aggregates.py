@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sabot_lab.ops.sketch import QuantileSketches
+from sabot_lab.ops.snapshot import SnapshotReader, in_range
 
 __all__ = ["PartialAggregates"]
 
@@ -442,6 +443,87 @@ class PartialAggregates:
         self.rows = self.row_capacity = len(live)
         self.free_rows = []
         return mapping
+
+    def save(self, prefix: str) -> tuple[dict, dict[str, np.ndarray]]:
+        """(meta, arrays) for a snapshot: every slot array, sketch and kept value.
+
+        >>> from sabot_lab.ops.snapshot import SnapshotReader, pack
+        >>> from sabot_lab.plan.windows import count, quantile
+        >>> aggs = (("n", count()), ("p50", quantile("v", 0.5)))
+        >>> schema = pa.schema([("v", pa.float64())])
+        >>> partials = PartialAggregates(aggs, schema)
+        >>> batch = pa.record_batch({"v": [1.0, 3.0]})
+        >>> partials.accumulate(partials.new_row(), np.array([0, 0]), batch)
+        >>> again = PartialAggregates(aggs, schema)
+        >>> again.load(SnapshotReader(pack("p", *partials.save("aggs")), "p"), "aggs")
+        >>> {name: a.to_pylist() for name, a in again.arrays(0, np.array([0])).items()}
+        {'n': [2], 'p50': [2.0]}
+        """
+        meta = {f"{prefix}.shape": [self.row_capacity, self.key_capacity, self.rows],
+                f"{prefix}.free_rows": [int(r) for r in self.free_rows]}
+        arrays = {f"{prefix}.{i}.{name}": getattr(owner, name)
+                  for i, (owner, name) in enumerate(self._arrays())}
+        for i, sketches in enumerate(self.sketches.values()):
+            arrays[f"{prefix}.sketch{i}"] = np.frombuffer(sketches.to_bytes(), np.uint8)
+        index, ids, values = [], [], []
+        for row, by_column in sorted(self.kept.items()):
+            for c, column in enumerate(self.quantile_columns):
+                chunks = by_column[column]
+                length = sum(len(k) for k, _ in chunks)
+                index.append((row, c, length))
+                ids.extend(k for k, _ in chunks)
+                values.extend(v for _, v in chunks)
+        arrays[f"{prefix}.kept.index"] = np.array(index, np.int64).reshape(-1, 3)
+        arrays[f"{prefix}.kept.ids"] = np.concatenate(ids or [np.zeros(0, np.int64)])
+        arrays[f"{prefix}.kept.values"] = np.concatenate(values or [np.zeros(0)])
+        return meta, arrays
+
+    def load(self, reader: SnapshotReader, prefix: str) -> None:
+        """Replace all slots by those of a snapshot written by :meth:`save`, checking every
+        size and index against the others before any kernel sees them."""
+        shape = reader.integers(f"{prefix}.shape")
+        reader.check(len(shape) == 3, f"{prefix}.shape has {len(shape)} values")
+        row_capacity, key_capacity, rows = shape
+        reader.check(0 <= rows <= row_capacity and key_capacity >= 1,
+                     f"{rows} rows of {row_capacity} with {key_capacity} keys each")
+        free_rows = reader.integers(f"{prefix}.free_rows")
+        reader.check(in_range(np.array(free_rows, np.int64), 0, rows)
+                     and len(set(free_rows)) == len(free_rows), "free rows out of range")
+        size = row_capacity * key_capacity
+        loaded = []
+        for i, (owner, name) in enumerate(self._arrays()):
+            array = reader.array(f"{prefix}.{i}.{name}", self._fresh(owner, name, 0).dtype)
+            reader.check(len(array) == size, f"{prefix}.{i}.{name} has {len(array)} slots, "
+                                             f"expected {size}")
+            loaded.append((owner, name, array))
+        sketches = {}
+        for i, (spec, old) in enumerate(self.sketches.items()):
+            raw = reader.array(f"{prefix}.sketch{i}", np.uint8).tobytes()
+            try:
+                sketches[spec] = QuantileSketches.from_bytes(raw)
+            except ValueError as exc:
+                raise reader.error(f"sketch {i}: {exc}") from None
+            reader.check(sketches[spec].relative_error == old.relative_error,
+                         f"sketch {i} has relative error {sketches[spec].relative_error}")
+        index = reader.array(f"{prefix}.kept.index", np.int64, ndim=2)
+        ids = reader.array(f"{prefix}.kept.ids", np.int64)
+        values = reader.array(f"{prefix}.kept.values", np.float64)
+        reader.check(index.shape[1:] == (3,) and len(ids) == len(values) == index[:, 2].sum()
+                     and (index[:, 2] >= 0).all() and in_range(index[:, 0], 0, row_capacity)
+                     and in_range(index[:, 1], 0, len(self.quantile_columns))
+                     and in_range(ids, 0, key_capacity), "kept quantile values out of range")
+        kept: dict[int, dict[str, list[tuple[np.ndarray, np.ndarray]]]] = {}
+        bounds = np.cumsum(index[:, 2])
+        for (row, c, length), end in zip(index.tolist(), bounds.tolist(), strict=True):
+            kept.setdefault(row, {column: [] for column in self.quantile_columns})[
+                self.quantile_columns[c]].append((ids[end - length:end], values[end - length:end]))
+        for owner, name, array in loaded:
+            setattr(owner, name, array)
+        self.row_capacity, self.key_capacity, self.rows = row_capacity, key_capacity, rows
+        self.free_rows = free_rows
+        self.sketches = sketches
+        self.kept = kept
+        self.sorted_kept = set()
 
     def merge_keys(self, row: int, into: np.ndarray, source: np.ndarray) -> None:
         """Add the slots ``(row, source)`` to ``(row, into)`` pairwise (counts, sums, minima,

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sabot_lab.ops.base import Operator
+from sabot_lab.ops.snapshot import SnapshotError
 from sabot_lab.plan.nodes import KeyedProcess
 from sabot_lab.state import KeyedState, MemoryState, StateSpec
 
@@ -21,12 +22,15 @@ __all__ = ["KeyedProcessOp", "make_state"]
 
 
 def make_state(kind: str, spec: StateSpec, path: str | None = None) -> KeyedState:
-    """A state backend by name: ``"memory"`` or ``"rocksdict"`` (at ``path``)."""
+    """An empty state backend by name: ``"memory"`` or ``"rocksdict"`` (at ``path``; a
+    store an earlier run left there is deleted, see
+    :meth:`~sabot_lab.state.RocksDictState.fresh`). A resumed run fills it from its
+    checkpoint (:meth:`KeyedProcessOp.restore`)."""
     if kind == "memory":
         return MemoryState(spec)
     from sabot_lab.state import RocksDictState
 
-    return RocksDictState(spec, path)
+    return RocksDictState.fresh(spec, path)
 
 
 class KeyedProcessOp(Operator):
@@ -106,4 +110,8 @@ class KeyedProcessOp(Operator):
         return self.state.snapshot()
 
     def restore(self, state: bytes) -> None:
-        self.state.restore(state)
+        """Replace all keyed state by a :meth:`snapshot` (the store's earlier content too)."""
+        try:
+            self.state.restore(state)
+        except (ValueError, KeyError, TypeError, pa.ArrowException) as exc:
+            raise SnapshotError(f"keyed state is damaged: {exc}") from None

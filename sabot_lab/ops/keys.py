@@ -29,6 +29,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sabot_lab.ops.snapshot import SnapshotReader, table_to_array
+
 __all__ = ["KeyDictionary"]
 
 _MAX_TABLE = 1 << 22  # entries of the dense integer-key table (32 MB)
@@ -150,6 +152,49 @@ class KeyDictionary:
             uniques = uniques.astype(np.int64)
             positions = [p[uniques // width] for p in positions] + [uniques % width]
         return codes.astype(np.int64), positions, [d for _, d in parts]
+
+    def _stored_schema(self) -> pa.Schema:
+        """The schema of the stored key values (dictionary keys are kept decoded)."""
+        return pa.schema([pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type)
+                                   else f.type) for f in self.schema])
+
+    def save(self, prefix: str) -> tuple[dict, dict[str, np.ndarray]]:
+        """(meta, arrays) for a snapshot: the key values in id order, as Arrow IPC.
+
+        >>> from sabot_lab.ops.snapshot import SnapshotReader, pack
+        >>> keys = KeyDictionary(pa.schema([("user", pa.string())]))
+        >>> _ = keys.encode(pa.record_batch({"user": ["b", "a", None]}))
+        >>> again = KeyDictionary(keys.schema)
+        >>> again.load(SnapshotReader(pack("k", *keys.save("keys")), "k"), "keys")
+        >>> again.encode(pa.record_batch({"user": ["a", None, "c"]})).tolist()
+        [1, 2, 3]
+        """
+        stored = self._stored_schema()
+        columns = self.values(np.arange(len(self))) if len(self.schema) else []
+        table = pa.Table.from_arrays(
+            [c.cast(f.type) for c, f in zip(columns, stored, strict=True)], schema=stored)
+        return ({f"{prefix}.count": len(self)},
+                {f"{prefix}.values": table_to_array(table)})
+
+    def load(self, reader: SnapshotReader, prefix: str) -> None:
+        """Replace every key by those of a snapshot written by :meth:`save`."""
+        count = reader.scalar(f"{prefix}.count", int)
+        table = reader.table(f"{prefix}.values")
+        stored = self._stored_schema()
+        reader.check(table.schema.remove_metadata().equals(stored),
+                     f"the key columns are {table.schema}, this job's are {stored}")
+        if not len(self.schema):
+            reader.check(count in (0, 1), f"{count} keys for a job without group keys")
+            self._ids = {(): 0} if count else {}
+            return
+        reader.check(table.num_rows == count, f"{table.num_rows} key values for {count} keys")
+        rows = zip(*(table.column(i).to_pylist() for i in range(table.num_columns)),
+                   strict=True)
+        self._ids = {key: i for i, key in enumerate(rows)}
+        reader.check(len(self._ids) == count, "a key is stored twice")
+        self._chunks = [[table.column(i).combine_chunks()] for i in range(table.num_columns)]
+        self._columns = None
+        self._base, self._table = 0, np.zeros(0, dtype=np.int64)
 
     def values(self, ids: Sequence[int] | np.ndarray) -> list[pa.Array]:
         """The key columns of ``ids``, typed as in :attr:`schema`."""

@@ -45,7 +45,6 @@ watermark (170) had passed its proto-window's end.
 from __future__ import annotations
 
 import builtins
-import pickle
 
 import numba
 import numpy as np
@@ -53,6 +52,7 @@ import pyarrow as pa
 
 from sabot_lab.ops import aggregates
 from sabot_lab.ops.base import Operator
+from sabot_lab.ops.snapshot import SnapshotReader, in_range, pack
 from sabot_lab.ops.windows import event_times, set_up_window_state, sort_by_window_and_keys
 from sabot_lab.plan.nodes import WATERMARK_COLUMN, PlanError, WindowAggregate
 from sabot_lab.plan.windows import parse_duration, to_unit
@@ -181,6 +181,33 @@ def _warm_up() -> None:
     _close_due(np.full(1, -1), one, one, 0, one.copy(), np.zeros(3, dtype=np.int64))
 
 
+def _check_sessions(reader: SnapshotReader, arrays: dict[str, np.ndarray], n_keys: int,
+                    key_slots: int) -> None:
+    """Refuse session slots that the kernels could not use safely: indices out of range, a
+    free stack that overlaps the open sessions, or a key's chain that loops or is shared."""
+    slots = len(arrays["start"])
+    counters, free, head = arrays["counters"], arrays["free"], arrays["head"]
+    reader.check(all(len(arrays[n]) == slots for n in (*_PER_SLOT, "free"))
+                 and len(counters) == 3 and slots <= key_slots
+                 and 0 <= counters[_FREE] <= slots and counters[_CLOSED] == 0
+                 and 0 <= counters[_MERGED] <= slots and not (head[n_keys:] >= 0).any()
+                 and in_range(free[:counters[_FREE]], 0, slots)
+                 and in_range(head, -1, slots) and in_range(arrays["nxt"], -1, slots)
+                 and in_range(arrays["owner"], 0, builtins.max(n_keys, 1))
+                 and in_range(arrays["parent"], 0, builtins.max(slots, 1)),
+                 "session slots out of range")
+    seen = np.zeros(slots, dtype=np.bool_)
+    seen[free[:counters[_FREE]]] = True
+    reader.check(int(seen.sum()) == counters[_FREE], "a free session slot is listed twice")
+    nxt, owner = arrays["nxt"].tolist(), arrays["owner"].tolist()
+    for key, s in enumerate(head.tolist()):  # once per open session: restore only
+        while s >= 0:
+            reader.check(not seen[s] and owner[s] == key,
+                         f"the open sessions of key {key} loop or overlap the free slots")
+            seen[s] = True
+            s = nxt[s]
+
+
 class SessionWindowOp(Operator):
     """Session-window aggregation per key; see the module docstring for the rules.
 
@@ -269,15 +296,25 @@ class SessionWindowOp(Operator):
         return self._close(self.watermark)
 
     def snapshot(self) -> bytes:
-        """Key ids, partial aggregates, open sessions and the watermark (pickled: restore
-        with the same version of sabot_lab)."""
-        arrays = {name: getattr(self, name) for name in (*_PER_SLOT, "free", "head", "counters")}
-        return pickle.dumps((self.keys, self.partials, arrays, self.watermark))
+        """Key ids, partial aggregates, open sessions and the watermark, as numeric arrays
+        and JSON (:mod:`sabot_lab.ops.snapshot`: no pickle)."""
+        key_meta, key_arrays = self.keys.save("keys")
+        agg_meta, agg_arrays = self.partials.save("aggs")
+        arrays = {f"slots.{name}": getattr(self, name)
+                  for name in (*_PER_SLOT, "free", "head", "counters")}
+        return pack("session", {**key_meta, **agg_meta, "watermark": int(self.watermark)},
+                    {**key_arrays, **agg_arrays, **arrays})
 
     def restore(self, state: bytes) -> None:
-        self.keys, self.partials, arrays, self.watermark = pickle.loads(state)
+        reader = SnapshotReader(state, "session")
+        self.keys.load(reader, "keys")
+        self.partials.load(reader, "aggs")
+        arrays = {name: reader.array(f"slots.{name}", np.int64)
+                  for name in (*_PER_SLOT, "free", "head", "counters")}
+        _check_sessions(reader, arrays, len(self.keys), self.partials.key_capacity)
         for name, array in arrays.items():
             setattr(self, name, array)
+        self.watermark = reader.scalar("watermark", int)
 
     def on_watermark(self, timestamp: int) -> list[pa.RecordBatch]:
         self.watermark = builtins.max(self.watermark, timestamp)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-import pickle
 from dataclasses import dataclass
 
 import numba
@@ -40,6 +39,7 @@ from sabot_lab.ops import aggregates
 from sabot_lab.ops.aggregates import PartialAggregates
 from sabot_lab.ops.base import Operator
 from sabot_lab.ops.keys import KeyDictionary
+from sabot_lab.ops.snapshot import SnapshotError, SnapshotReader, in_range, pack
 from sabot_lab.plan.nodes import WATERMARK_COLUMN, TopN, Watermark, WindowAggregate
 from sabot_lab.plan.windows import parse_duration, to_unit
 
@@ -156,6 +156,9 @@ class WatermarkOp(Operator):
         return self.state.tobytes()
 
     def restore(self, state: bytes) -> None:
+        if len(state) != self.state.nbytes:
+            raise SnapshotError(f"watermark state is damaged: {len(state)} bytes, expected "
+                                f"{self.state.nbytes}")
         self.state[:] = np.frombuffer(state, dtype=np.int64)
         self.metrics.watermark = self.watermark
 
@@ -373,13 +376,47 @@ class WindowAggregateOp(Operator):
         return groups, self.partials.nbytes
 
     def snapshot(self) -> bytes:
-        """Key ids, partial aggregates, open windows and the watermark (pickled: restore
-        with the same version of sabot_lab)."""
+        """Key ids, partial aggregates, open windows and the watermark, as numeric arrays
+        and JSON (:mod:`sabot_lab.ops.snapshot`: no pickle)."""
         self._compact()  # no rows of windows gone in the snapshot
-        return pickle.dumps((self.keys, self.partials, self.open, self.watermark))
+        starts = sorted(self.open)
+        windows = [self.open[s] for s in starts]
+        key_meta, key_arrays = self.keys.save("keys")
+        agg_meta, agg_arrays = self.partials.save("aggs")
+        return pack("window", {**key_meta, **agg_meta, "watermark": int(self.watermark)}, {
+            **key_arrays, **agg_arrays,
+            "open.start": np.array(starts, np.int64),
+            "open.row": np.array([w.row for w in windows], np.int64),
+            "open.fired": np.array([w.fired for w in windows], np.bool_),
+            "open.revisions": np.concatenate(
+                [w.revisions for w in windows] or [np.zeros(0, np.int32)]),
+            "open.revision_counts": np.array([len(w.revisions) for w in windows], np.int64)})
 
     def restore(self, state: bytes) -> None:
-        self.keys, self.partials, self.open, self.watermark = pickle.loads(state)
+        reader = SnapshotReader(state, "window")
+        self.keys.load(reader, "keys")
+        self.partials.load(reader, "aggs")
+        starts = reader.array("open.start", np.int64)
+        rows = reader.array("open.row", np.int64)
+        fired = reader.array("open.fired", np.bool_)
+        revisions = reader.array("open.revisions", np.int32)
+        lengths = reader.array("open.revision_counts", np.int64)
+        reader.check(len(starts) == len(rows) == len(fired) == len(lengths)
+                     and len(np.unique(starts)) == len(starts)
+                     and len(np.unique(rows)) == len(rows)
+                     and in_range(rows, 0, self.partials.rows)
+                     and not set(rows.tolist()) & set(self.partials.free_rows)
+                     and (lengths >= 0).all() and int(lengths.sum()) == len(revisions),
+                     "open windows do not match their slots")
+        reader.check(self.partials.key_capacity >= len(self.keys),
+                     "fewer key slots than keys")
+        self.open = {}
+        for start, row, was_fired, part in zip(
+                starts.tolist(), rows.tolist(), fired.tolist(),
+                np.split(revisions, np.cumsum(lengths)[:-1]) if len(lengths) else [],
+                strict=True):
+            self.open[start] = _OpenWindow(row, was_fired, part.copy())
+        self.watermark = reader.scalar("watermark", int)
 
     def finish(self) -> list[pa.RecordBatch]:
         """End of a bounded input: every open window fires."""

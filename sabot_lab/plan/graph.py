@@ -20,6 +20,7 @@ Sink[collect]
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import pyarrow as pa
 
@@ -93,6 +94,23 @@ class JobGraph:
     def node_ids(self) -> dict[int, str]:
         """Stable operator ids (``"<position>:<kind>"``) keyed by ``id(node)``."""
         return {id(n): f"{i}:{type(n).__name__.lower()}" for i, n in enumerate(self.operators())}
+
+    def fingerprint(self) -> dict[str, dict[str, Any]]:
+        """Every operator's parameters and inputs by operator id: what a checkpoint of this
+        job is bound to (see :mod:`sabot_lab.plan.fingerprint`).
+
+        >>> import pyarrow as pa
+        >>> import sabot_lab as sl
+        >>> graph = sl.Stream.from_table(pa.table({"a": [1]}), batch_size=5).graph()
+        >>> graph.fingerprint()["0:source"]["scan"]["batch_size"]
+        5
+        """
+        ids = self.node_ids()
+        for n in self.nodes:
+            if isinstance(n, Fused):
+                ids[id(n)] = ids[id(n.top)]
+        return {ids[id(n)]: {**n.fingerprint(), "inputs": [ids[id(c)] for c in n.children]}
+                for n in self.operators()}
 
     def explain(
         self,

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from sabot_lab.expr import Column, Expr, ExprError
+from sabot_lab.plan.fingerprint import fingerprint_value
 from sabot_lab.reference import Table
 
 __all__ = [
@@ -83,6 +84,11 @@ def _structural(value: Any) -> Any:
     return value
 
 
+def _holds_nodes(value: Any) -> bool:
+    return isinstance(value, Node) or (isinstance(value, tuple) and any(
+        isinstance(v, Node) for v in value))
+
+
 @dataclass(frozen=True, eq=False)
 class Node:
     """Base class of plan nodes."""
@@ -119,6 +125,20 @@ class Node:
     def _infer_schema(self) -> pa.Schema:
         raise NotImplementedError
 
+    def fingerprint(self) -> dict[str, Any]:
+        """Every parameter of this node (not its inputs) as JSON-able values, so that a
+        checkpoint is resumed only by the same job (see :mod:`sabot_lab.plan.fingerprint`).
+
+        >>> from sabot_lab.expr import col
+        >>> from sabot_lab.ops.sources import TableScan
+        >>> src = Source(TableScan(pa.table({"a": [1, 2]})))
+        >>> Filter(src, col("a") > 1).fingerprint()
+        {'node': 'Filter', 'predicate': "(col('a') > 1)"}
+        """
+        return {"node": type(self).__name__, **{
+            f.name: fingerprint_value(getattr(self, f.name)) for f in dataclasses.fields(self)
+            if not _holds_nodes(getattr(self, f.name))}}
+
     def _fields(self) -> tuple:
         return tuple(_structural(getattr(self, f.name)) for f in dataclasses.fields(self))
 
@@ -136,6 +156,9 @@ class Source(Node):
     scan: Scan
     columns: tuple[str, ...] | None = None
     predicate: Expr | None = None
+    #: Names the data of a source that cannot be identified by reading it (an iterator, a
+    #: generator function), so that a checkpoint of the job can be resumed.
+    source_id: str | None = None
 
     @property
     def label(self) -> str:
@@ -369,6 +392,10 @@ class Sink(_Unary):
     @property
     def label(self) -> str:
         return f"Sink[{self.target.describe()}]"
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Any sink: a resumed run replays the committed output into whichever it has."""
+        return {"node": "Sink"}
 
     def _infer_schema(self) -> pa.Schema:
         return self.child.schema

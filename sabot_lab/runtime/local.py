@@ -39,6 +39,7 @@ from sabot_lab.ops.enrich import EnrichOp, fuse_scan_filter_into_enrich
 from sabot_lab.ops.fused import FusedOp
 from sabot_lab.ops.keyed import KeyedProcessOp
 from sabot_lab.ops.sessions import SessionWindowOp
+from sabot_lab.ops.snapshot import SnapshotError
 from sabot_lab.ops.sources import ScanFilterOp, pushes_down, read_source
 from sabot_lab.ops.stateless import FilterOp, MapBatchesOp, ProjectOp
 from sabot_lab.ops.windows import TopNOp, WatermarkOp, WindowAggregateOp
@@ -60,7 +61,7 @@ from sabot_lab.plan.nodes import (
 )
 from sabot_lab.plan.windows import Session
 from sabot_lab.result import Result
-from sabot_lab.runtime.checkpoint import Checkpoints, Epoch
+from sabot_lab.runtime.checkpoint import CheckpointError, Checkpoints, Epoch, Resume
 from sabot_lab.runtime.gcpause import paused as gc_paused
 
 __all__ = ["LocalRunner", "make_operator"]
@@ -143,11 +144,19 @@ class _Execution:
                 raise NotImplementedError(f"{op.metrics.label} cannot be checkpointed yet")
         self.checkpoints = checkpoints
         self.sink_schema = sink_schema
-        epoch = checkpoints.load()
+        operators = self.by_id()
+        sources = {self.metrics[id(n)].op_id for n in self.graph.nodes if isinstance(n, Source)}
+        epoch = checkpoints.load({op_id for op_id, op in operators.items() if op.stateful},
+                                 sources)
         if epoch is not None:
-            operators = self.by_id()
             for op_id, state in epoch.states.items():
-                operators[op_id].restore(state)
+                try:
+                    operators[op_id].restore(state)
+                except (SnapshotError, ValueError, KeyError, TypeError, pa.ArrowException
+                        ) as exc:
+                    raise CheckpointError(
+                        f"the state of {op_id} in {checkpoints.directory} cannot be restored: "
+                        f"{exc}") from None
             self.positions = dict(epoch.positions)
             self.resume_positions = dict(epoch.positions)
             self.saved_metrics = epoch.metrics
@@ -165,7 +174,7 @@ class _Execution:
             saved = self.saved_metrics.get(m.op_id)
             if saved:
                 for name in COUNTERS:
-                    setattr(m, name, saved[name])
+                    setattr(m, name, saved.get(name, 0))
 
     def checkpoint(self) -> None:
         """Write an epoch: nothing is in flight between two source batches (serial run)."""
@@ -174,7 +183,9 @@ class _Execution:
         side = {name: (b[self.side_marks.get(name, 0):], self.side_outputs.schema(name))
                 for name, b in batches.items()}
         self.checkpoints.write(
-            dict(self.positions), {m.op_id: m.as_dict() for m in self.metrics.values()},
+            dict(self.positions),
+            {m.op_id: {name: getattr(m, name) for name in COUNTERS}
+             for m in self.metrics.values()},
             {k: v for k, v in states.items() if v is not None}, self.output_delta,
             self.sink_schema, side)
         self.output_delta = []
@@ -278,14 +289,15 @@ class LocalRunner:
 
     def run(self, graph: JobGraph, restore: dict[str, bytes] | None = None,
             checkpoint_dir: str | Path | None = None, checkpoint_every: int = 10,
-            resume: bool = False, finish: bool = True) -> Result:
+            resume: Resume = False, finish: bool = True) -> Result:
         """Execute ``graph`` (whose root is a Sink) and return its :class:`Result`.
 
         ``restore`` maps operator ids (``graph.node_ids()`` values) to states from their
         ``snapshot()``, to continue where an earlier run stopped. With ``checkpoint_dir``
         the run writes a checkpoint every ``checkpoint_every`` source batches (and runs in
-        one thread); ``resume=True`` continues from the last one (see
-        :mod:`sabot_lab.runtime.checkpoint`). ``finish=False`` treats the end of the input
+        one thread); ``resume=True`` continues from the last one, ``resume="trust"`` also
+        when a source cannot be identified (see :mod:`sabot_lab.runtime.checkpoint`).
+        ``finish=False`` treats the end of the input
         as a pause, not its end: stateful operators keep their state (windows stay open) and
         ``result.snapshots`` holds it, to continue with ``restore=`` on more input."""
         sink = graph.root
@@ -294,6 +306,7 @@ class LocalRunner:
         start = time.perf_counter()
         serial = self.threads <= 1 or checkpoint_dir is not None
         pool = None if serial else ThreadPoolExecutor(self.threads)
+        checkpoints = None
         with gc_paused():  # no full garbage collection in the middle of a stream
             try:
                 execution = _Execution(graph, pool, self.threads)
@@ -304,13 +317,15 @@ class LocalRunner:
                 epoch = None
                 if checkpoint_dir is not None:
                     checkpoints = Checkpoints(checkpoint_dir, checkpoint_every, resume,
-                                              graph.explain(show_schema=True))
+                                              graph.fingerprint())
                     epoch = execution.enable_checkpoints(checkpoints, sink.schema)
                 setup_ms = (time.perf_counter() - start) * 1000
                 table = self._drain(execution, sink, epoch)
             finally:
                 if pool is not None:
                     pool.shutdown(cancel_futures=True)
+                if checkpoints is not None:
+                    checkpoints.close()
         elapsed_ms = (time.perf_counter() - start) * 1000
         log.info("local run finished in %.1f ms", elapsed_ms)
         return Result(

@@ -206,6 +206,11 @@ class KeyedState(ABC):
         if meta.get("format") != _FORMAT:
             raise ValueError(f"{where} has format {meta.get('format')}, expected {_FORMAT}")
         self._spec.check_layout(meta["fields"], where)
+        if meta.get("key") not in (None, "int64", "string"):
+            raise ValueError(f"{where} has keys of kind {meta.get('key')!r}")
+        missing = {"key", "last_access", *self._spec.names} - set(table.column_names)
+        if missing:
+            raise ValueError(f"{where} lacks the columns {sorted(missing)}")
         if pc.count_distinct(table.column("key")).as_py() != table.num_rows:
             raise ValueError(f"{where} holds a key more than once")
         self._block = None

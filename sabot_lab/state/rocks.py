@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import weakref
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,8 @@ _LAYOUT = b"layout"
 _COUNT = b"count"
 _SIGN = np.uint64(1 << 63)
 _LOAD_CHUNK = 1 << 16
+#: The stores open in this process, by resolved path: a new run at a path closes the old one.
+_OPEN: weakref.WeakValueDictionary[str, RocksDictState] = weakref.WeakValueDictionary()
 
 
 def _options() -> Options:
@@ -71,6 +74,32 @@ def _ordered(values: np.ndarray) -> np.ndarray:
 
 def _time_bytes(t: int) -> bytes:
     return _ordered(np.array([t])).tobytes()
+
+
+def _remove_store(path: Path) -> None:
+    """Delete the sabot_lab store at ``path`` (nothing to do where there is none); refuse
+    anything else, and a store another process has open."""
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    refuse = (f"state_path {path} holds files that are not a sabot_lab state store: choose a "
+              f"new or empty directory (a run starts from an empty store and deletes the "
+              f"store an earlier run left there)")
+    if not path.is_dir() or not (path / "CURRENT").exists():
+        raise FileExistsError(refuse)
+    families = {_EXPIRY: Options(raw_mode=True), _META: Options(raw_mode=True)}
+    try:
+        db = Rdict(str(path), _options(), column_families=families)
+    except Exception as exc:  # rocksdict raises plain Exceptions (a lock held, damage)
+        raise FileExistsError(f"state_path {path} cannot be reset: {exc}. Is another run "
+                              f"using it? Choose another directory") from None
+    try:
+        layout = db.get_column_family(_META).get(_LAYOUT)
+    finally:
+        db.close()
+    if layout is None or json.loads(layout).get("format") != _FORMAT:
+        raise FileExistsError(refuse)
+    log.info("starting from an empty store: deleting the one an earlier run left at %s", path)
+    shutil.rmtree(path)
 
 
 def _split(buffer: bytes | np.ndarray, width: int) -> list[bytes]:
@@ -98,6 +127,7 @@ class RocksDictState(KeyedState):
     def __init__(self, spec: StateSpec, path: str | Path) -> None:
         super().__init__(spec)
         self._path = Path(path)
+        _OPEN[str(self._path.resolve())] = self
         self._record = np.dtype(
             [("last_access", "<i8")]
             + [(name, dtype.newbyteorder("<"), shape)
@@ -106,6 +136,26 @@ class RocksDictState(KeyedState):
         self._families: dict[str, tuple[Rdict, Any]] = {}
         self._count = 0
         self._open()
+
+    @classmethod
+    def fresh(cls, spec: StateSpec, path: str | Path) -> RocksDictState:
+        """An empty store at ``path``, for a run that does not resume: a sabot_lab store
+        left there by an earlier run is deleted (one still open in this process is closed
+        first), and a directory holding anything else is refused.
+
+        >>> import tempfile
+        >>> spec, path = StateSpec({"n": np.int64}), tempfile.mkdtemp() + "/db"
+        >>> with RocksDictState(spec, path) as old:
+        ...     old.release(old.acquire(np.array([1, 2])))
+        >>> len(RocksDictState.fresh(spec, path))
+        0
+        """
+        path = Path(path)
+        previous = _OPEN.get(str(path.resolve()))
+        if previous is not None:
+            previous.close()
+        _remove_store(path)
+        return cls(spec, path)
 
     @property
     def path(self) -> Path:

@@ -21,6 +21,10 @@ class Crash:
     def __init__(self, at: int | None) -> None:
         self.at, self.seen = at, 0
 
+    def fingerprint(self) -> str:
+        """The same stage whether armed or not (a crash is not part of the job)."""
+        return "crash"
+
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         self.seen += 1
         if self.at is not None and self.seen == self.at:
