@@ -28,7 +28,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sabot_lab.plan.graph import JobGraph
-from sabot_lab.plan.nodes import Enrich, KeyedProcess, MapBatches, Node, Sink, Source
+from sabot_lab.plan.nodes import (
+    Enrich,
+    KeyedProcess,
+    MapBatches,
+    Node,
+    Sink,
+    Source,
+    Watermark,
+    WindowAggregate,
+)
 
 __all__ = ["Diagnosis", "Finding", "diagnose"]
 
@@ -38,13 +47,17 @@ SMALL_BATCH_ROWS = 2_000
 LARGE_STATE_BYTES = 512 * 2**20
 #: Reference tables larger than this cost memory in every process (or worker) that uses them.
 LARGE_REFERENCE_BYTES = 256 * 2**20
+#: A window that sends more than this share of its rows to ``late`` is worth a look.
+LATE_SHARE = 0.5
+#: The watermark before any row with a usable event time (the operators' sentinel).
+_NO_WATERMARK = -(2**63)
 
 
 @dataclass
 class Finding:
     """One thing :func:`diagnose` noticed."""
 
-    kind: str  # "empty join", "throughput" or "memory"
+    kind: str  # "empty join", "event time", "throughput" or "memory"
     title: str
     evidence: list[str] = field(default_factory=list)
     fix: str = ""
@@ -67,7 +80,8 @@ class Diagnosis:
 
     def __repr__(self) -> str:
         if not self.findings:
-            return "Diagnosis: nothing looks wrong (no empty joins, no slow or memory-hungry spots)"
+            return ("Diagnosis: nothing looks wrong (no empty joins, no stalled or jumping "
+                    "watermarks, no slow or memory-hungry spots)")
         return "Diagnosis:\n" + "\n".join(str(f) for f in self.findings)
 
     def _repr_html_(self) -> str:
@@ -90,6 +104,7 @@ def diagnose(result: Any) -> Diagnosis:
     for node in operators:
         if isinstance(node, Enrich):
             findings += _join_findings(node, metrics[id(node)])
+    findings += _event_time_findings(result, operators, metrics)
     findings += _throughput_findings(result, operators, metrics)
     findings += _memory_findings(result, operators, metrics)
     return Diagnosis(findings)
@@ -181,6 +196,104 @@ def _key_fix(left: pa.Array, right: pa.Array, s: str, r: str) -> str:
         if _normalized(left, how) & _normalized(right, how):
             return advice
     return ""
+
+
+# --- event time -------------------------------------------------------------------------------
+
+def _event_time_findings(result: Any, operators: tuple[Node, ...],
+                         metrics: dict[int, Any]) -> list[Finding]:
+    watermarks = [n for n in operators if isinstance(n, Watermark)]
+    windows = [n for n in operators if isinstance(n, WindowAggregate)]
+    late, flooded = [], set()
+    for node in windows:
+        source = next((w for w in watermarks if w.time_col == node.time_col), None)
+        finding = _late_flood(node, metrics[id(node)], source,
+                              metrics[id(source)] if source is not None else None,
+                              result.side_outputs.get("late"))
+        if finding is not None:
+            late.append(finding)
+            flooded.add(id(source))
+    stalled = []
+    for node in watermarks:
+        # A watermark that jumped far ahead at once also stands still after; the rows then
+        # go to 'late', which that finding explains: not state held, so not this one.
+        finding = _stalled_watermark(node, metrics[id(node)], windows, metrics)
+        if finding is not None and id(node) not in flooded:
+            stalled.append(finding)
+    return stalled + late
+
+def _event_time(node: Watermark, value: int | None) -> str:
+    """A watermark (in the time column's unit) as the column shows its values.
+
+    >>> import pyarrow as pa
+    >>> from sabot_lab.ops.sources import TableScan
+    >>> t = pa.table({"t": pa.array([0], pa.timestamp("s"))})
+    >>> _event_time(Watermark(Source(TableScan(t)), "t"), 86_400)
+    '1970-01-02 00:00:00'
+    """
+    if value is None or value == _NO_WATERMARK:
+        return "none (no row with a usable event time yet)"
+    column = node.child.schema.field(node.time_col).type
+    if not pa.types.is_timestamp(column):
+        return f"{value:,} {node.time_unit}"
+    try:
+        return str(pa.scalar(value, pa.timestamp(node.time_unit, column.tz)).as_py())
+    except (OverflowError, ValueError, pa.ArrowInvalid):  # beyond what datetime can show
+        return f"{value:,} {node.time_unit} after the epoch"
+
+
+def _stalled_watermark(node: Watermark, m: Any, windows: list[WindowAggregate],
+                       metrics: dict[int, Any]) -> Finding | None:
+    """A watermark that never moved after its first batch while rows kept coming: the
+    windows after it cannot close, so their state grows until the input ends."""
+    if m.watermark_moves > 1 or not m.rows_watermark_stalled:
+        return None
+    finding = Finding(
+        "event time",
+        f"the watermark of {node.label} stayed at its first value while "
+        f"{m.rows_watermark_stalled:,} of {m.rows_in:,} rows arrived",
+        [f"watermark {_event_time(node, m.watermark)} (the largest {node.time_col!r} so far "
+         f"minus out_of_orderness {node.out_of_orderness}) after its first batch and after "
+         f"every batch since"])
+    for window in windows:
+        finding.evidence.append(
+            f"{window.label} closes a window only when the watermark passes its end, so the "
+            f"windows of the rows that came since stayed open (in state) until the input "
+            f"ended; {metrics[id(window)].rows_side_output:,} rows went to 'late'")
+    finding.fix = (
+        f"the watermark follows the largest {node.time_col!r} seen so far: check that "
+        f"{node.time_col!r} is each row's event time (not a constant such as a load date) "
+        f"and that its unit is right; if a row far in the future set it, pass "
+        f"max_future_skew (with_watermark(..., max_future_skew='1h'), or max_future_skew= "
+        f"of the analytics patterns) so that such rows go to the 'rejected' side output")
+    return finding
+
+
+def _late_flood(node: WindowAggregate, m: Any, source: Watermark | None, wm: Any,
+                late: pa.Table | None) -> Finding | None:
+    """Most rows of a window operator were late: usually one row far ahead of the rest
+    (a bad clock) pushed the watermark past them."""
+    rows = m.rows_in + m.rows_expanded  # a row counts once per window it belongs to
+    if not rows or m.rows_side_output / rows <= LATE_SHARE:
+        return None
+    finding = Finding(
+        "event time",
+        f"{m.rows_side_output:,} of {rows:,} rows reaching {node.label} were late",
+        ["they went to the 'late' side output: the watermark had passed the end of "
+         "their window (plus allowed lateness)"])
+    if source is not None and wm is not None:
+        finding.evidence.append(f"the watermark ended at {_event_time(source, wm.watermark)}")
+    if late is not None and late.num_rows and "late_by" in late.column_names:
+        late_by = late["late_by"]  # duration: min_max has no kernel for it, int64 has
+        low, high = (pa.scalar(v.as_py(), late_by.type).as_py()
+                     for v in pc.min_max(late_by.cast(pa.int64())).values())
+        finding.evidence.append(f"late by {low} to {high}")
+    finding.fix = (
+        "if a row far ahead of the others (a bad clock) pushed the watermark, pass "
+        "max_future_skew (with_watermark(..., max_future_skew='1h'), or max_future_skew= of "
+        "the analytics patterns) so that such rows go to the 'rejected' side output; if the "
+        "stream really is this far out of order, raise out_of_orderness or allowed_lateness")
+    return finding
 
 
 # --- throughput and memory --------------------------------------------------------------------

@@ -487,9 +487,12 @@ class Stream:
         """Run and return the output as a pandas DataFrame."""
         return self.to_table(runner, optimize).to_pandas()
 
-    def to_parquet(self, path: str | Path, runner: Any = None, optimize: bool = True) -> Result:
-        """Run and write the output to one Parquet file (which appears only on success)."""
-        return self.run(runner, ParquetSink(path), optimize)
+    def to_parquet(self, path: str | Path, runner: Any = None, optimize: bool = True,
+                   overwrite: bool = False) -> Result:
+        """Run and write the output to one Parquet file, which appears whole or not at all.
+        An existing file or directory at ``path`` is refused before the job runs; pass
+        ``overwrite=True`` to replace a file."""
+        return self.run(runner, ParquetSink(path, overwrite=overwrite), optimize)
 
     def for_each_batch(self, fn: Callable[[pa.RecordBatch], object], runner: Any = None,
                        optimize: bool = True) -> Result:

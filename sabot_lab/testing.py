@@ -13,6 +13,8 @@ AssertionError: row 2 of 3 (after sorting ...) differs in column 'v': {'k': 3, '
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -32,8 +34,19 @@ def _table(value: object) -> pa.Table:
     return pa.table(columns) if columns else table
 
 
+def _without(a: pa.Table, b: pa.Table, ignore: Iterable[str]) -> tuple[pa.Table, pa.Table]:
+    """``a`` and ``b`` without the columns ``ignore`` names (each must be in one of them)."""
+    names = [ignore] if isinstance(ignore, str) else list(ignore)
+    unknown = [n for n in names if n not in a.column_names and n not in b.column_names]
+    if unknown:
+        raise ValueError(f"ignore_columns names {unknown}, a column of neither side; the "
+                         f"columns are {a.column_names} and {b.column_names}")
+    return (a.drop_columns([n for n in names if n in a.column_names]),
+            b.drop_columns([n for n in names if n in b.column_names]))
+
+
 def assert_same_results(left: object, right: object, rtol: float = 1e-12,
-                        atol: float = 0.0) -> None:
+                        atol: float = 0.0, ignore_columns: Iterable[str] = ()) -> None:
     """Assert that two results hold the same multiset of rows, in any order.
 
     Parameters
@@ -47,14 +60,26 @@ def assert_same_results(left: object, right: object, rtol: float = 1e-12,
     atol
         Absolute tolerance for floating-point columns, for values that should be zero but
         are sums in another order (``1e-15`` against ``0.0``).
+    ignore_columns
+        Columns left out of the comparison: measurements that differ from run to run, such
+        as the fraud pattern's ``detection_latency_ms``. Each must be a column of ``left``
+        or ``right`` (a misspelt name is an error, not a silently weaker check).
 
     Raises
     ------
     AssertionError
         Naming the first difference: column names, types, row counts, or the first row (in
         sorted order) that differs, with both versions of it.
+    ValueError
+        If a name in ``ignore_columns`` is a column of neither side.
+
+    Examples
+    --------
+    >>> a = pa.table({"k": [1, 2], "latency_ms": [0.5, 0.7]})
+    >>> assert_same_results(a, a.set_column(1, "latency_ms", pa.array([0.9, 0.1])),
+    ...                     ignore_columns=["latency_ms"])
     """
-    a, b = _table(left), _table(right)
+    a, b = _without(_table(left), _table(right), ignore_columns)
     if a.column_names != b.column_names:
         raise AssertionError(f"different columns: {a.column_names} != {b.column_names}")
     for name in a.column_names:

@@ -1,7 +1,7 @@
 """Bad input through every pattern: generated schemas, nulls, NaN/inf, empty and mixed-size
 batches, extreme keys, out-of-order and far-future event times, malformed CSV lines.
 
-Every case must end in one of these ways:
+Every generated case must end in one of these ways, the test deciding which from the case:
 
 * a :class:`~sabot_lab.result.Result` in which every operator balances (rows in = out +
   filtered + side output), consecutive operators agree (one's rows out are the next one's rows
@@ -15,9 +15,10 @@ Every case must end in one of these ways:
 A handful of the same bad inputs also run on a Dask LocalCluster, which must give the local
 rows and side outputs.
 
-The bugs this suite found close the file, one minimal case each: fixed ones as regression
-tests, open ones as strict xfails that the property tests draw around (so each open bug
-fails in exactly one place).
+The bugs this suite found close the file, one minimal case each, as regression tests that
+pin what happens now: the rows, or the error and what its message names (never "a result or
+an error"). An open bug would be a strict xfail that the property tests draw around, so that
+it fails in exactly one place.
 
 sabot_lab has no JSON source (``Stream`` has no ``from_json``), so there are no JSON-lines
 cases; add them here when one exists.
@@ -28,9 +29,12 @@ The property tests are derandomized (the same examples on every run). To explore
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import math
 import os
+import re
 import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -45,7 +49,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sabot_lab as sl
+from sabot_lab.ops.sources import CsvParseError, ParquetReadError
 from sabot_lab.patterns.fraud import RULES, FraudRules, detect_fraud
+from sabot_lab.plan.nodes import PlanError
 from sabot_lab.plan.windows import parse_duration, to_unit
 from tests.oracle import assert_balanced
 from tests.patterns.test_fraud_pattern import oracle as fraud_oracle
@@ -92,14 +98,12 @@ def check_result(result: sl.Result) -> sl.Result:
     return result
 
 
-def result_or_actionable(run, *names: str) -> sl.Result | None:
-    """Run ``run()``: a checked result, or ``None`` after checking the error is actionable."""
-    try:
-        result = run()
-    except Exception as exc:
-        assert_actionable(exc, *names)
-        return None
-    return check_result(result)
+def assert_refused(run, error: type[Exception], match: str, *names: str) -> None:
+    """``run()`` raises ``error`` (a message matching ``match``), actionable and naming one
+    of ``names``."""
+    with pytest.raises(error, match=match) as info:
+        run()
+    assert_actionable(info.value, *names)
 
 
 def _norm(value: object) -> object:
@@ -726,24 +730,48 @@ def test_malformed_csv_lines(case, declared, batch_size, scratch):
         assert (side.num_rows if side is not None else 0) == len(bad)
 
 
-@pytest.mark.parametrize("text", [
-    'a,b\n1,"x\n2,y\n3,z\n',            # a quote never closed
-    'a,b\n1,x"y\n2,"y"z\n3,z\n',         # quotes inside fields
-    'a,b\n"1,x\n2,y\n',                  # a quote opening a number field
-    'a,b\n1,x\n2,"unterminated\n',       # a quote open at the end of the file
-    "a,b\r\n1,x\r\n2\r\n3,z\r\n",        # CRLF, one short line
-    "a,b\n1,x\x00y\n2,\xff\n",           # a NUL byte, invalid UTF-8
-])
+#: Badly quoted or encoded CSV: what each gives now. The rows are those Python's csv module
+#: reads (or, for bytes that are not UTF-8, the bytes); an error names the line the row
+#: starts on; "malformed": the lines that go to that side output with bad_lines="side_output".
+BADLY_QUOTED = {
+    "a quote never closed, in the last column": (
+        'a,b\n1,"x\n2,y\n3,z\n', "line 2: a quote opened in this row is never closed", None),
+    "quotes inside fields": ('a,b\n1,x"y\n2,"y"z\n3,z\n', None, []),
+    "a quote opening a number field, never closed": (
+        'a,b\n"1,x\n2,y\n', "line 2: .*Expected 2 columns, got 1.*never closed", [2]),
+    "a quote open at the end of the file": (
+        'a,b\n1,x\n2,"unterminated\n', "line 3: a quote opened in this row is never closed",
+        None),
+    "CRLF, one short line": ("a,b\r\n1,x\r\n2\r\n3,z\r\n", "line 3: .*Expected 2 columns",
+                             [3]),
+    "a NUL byte, invalid UTF-8": ("a,b\n1,x\x00y\n2,\xff\n", None, []),
+}
+
+
+@pytest.mark.parametrize("case", list(BADLY_QUOTED))
 @pytest.mark.parametrize("bad_lines", ["raise", "side_output"])
-def test_badly_quoted_csv(text, bad_lines, scratch):
+def test_badly_quoted_csv(case, bad_lines, scratch):
+    text, error, malformed = BADLY_QUOTED[case]
     data = text.encode("latin-1") if "\xff" in text else text.encode()
     path = _write(scratch, data)
-    result = result_or_actionable(lambda: sl.Stream.from_csv(path, bad_lines=bad_lines).run(),
-                                  str(path))
-    if result is not None:
-        data_lines = data.count(b"\n") - 1
-        side = result.side_outputs.get("malformed")
-        assert result.table.num_rows + (side.num_rows if side is not None else 0) <= data_lines
+    stream = sl.Stream.from_csv(path, bad_lines=bad_lines)
+    if malformed is None or (bad_lines == "raise" and malformed):
+        assert_refused(stream.run, CsvParseError, f"(?s){re.escape(str(path))}: {error}",
+                       str(path))
+        return
+    result = check_result(stream.run())
+    lines = text.replace("\r\n", "\n").split("\n")
+    good = [row for i, row in enumerate(csv.reader(io.StringIO(text, newline="")), 1)
+            if i > 1 and i not in malformed]
+    if "\xff" in text:  # not UTF-8: the column is binary, its values the file's bytes
+        good = [[a, b.encode("latin-1")] for a, b in good]
+    assert [[str(r["a"]), r["b"]] for r in result.table.to_pylist()] == good
+    side = result.side_outputs.get("malformed")
+    got = side.select(["line", "text"]).to_pylist() if side is not None else []
+    expected = [{"line": n, "text": lines[n - 1]} for n in malformed]
+    if case.startswith("a quote opening"):  # the open quote runs to the end of the file
+        expected = [{"line": 2, "text": '"1,x\n2,y'}]
+    assert got == expected
 
 
 # --- errors that name what to fix ---------------------------------------------------------
@@ -975,7 +1003,7 @@ def test_all_null_columns_through_every_pattern():
     assert windows.side_outputs["rejected"].num_rows == n
 
 
-# --- bugs this suite found, one minimal case each: open ones are strict xfails ------------
+# --- bugs this suite found, one minimal case each: what happens now, pinned -------------
 
 def _fraud_table(account_ids, **columns) -> pa.Table:
     n = len(account_ids)
@@ -1000,9 +1028,10 @@ def test_fraud_string_account_ids_with_an_alert(ids):
 
 # String amounts/coordinates used to pass the plan and fail per batch with a raw ArrowInvalid.
 @pytest.mark.parametrize("column", ["amount", "lat", "lon"])
-def test_fraud_non_numeric_strings(column):
+def test_fraud_non_numeric_strings_are_refused_naming_the_column(column):
     table = _fraud_table(pa.array([1, 1]), **{column: pa.array(["12.5", "abc"])})
-    result_or_actionable(lambda: detect_fraud(sl.Stream.from_table(table)).run(), column)
+    assert_refused(lambda: detect_fraud(sl.Stream.from_table(table)).run(), TypeError,
+                   rf"'{column}' must be numeric .* it is string; convert it first", column)
 
 
 @pytest.mark.parametrize("state", ["memory", "rocksdict"])
@@ -1026,7 +1055,7 @@ def test_fraud_uint64_account_ids_above_int64(state, scratch):
 
 
 @pytest.mark.parametrize("poison", [math.inf, -math.inf])
-def test_fraud_infinite_amount_disables_the_amount_rule(poison):
+def test_fraud_infinite_amount_does_not_disable_the_amount_rule(poison):
     amounts = [9.0, 11.0] * 6 + [poison, 1e6]
     n = len(amounts)
     table = pa.table({"account_id": [1] * n, "txn_id": pa.array(range(n)),
@@ -1045,9 +1074,10 @@ def _window_run(table, window=None, aggs=None, **watermark):
 
 
 @pytest.mark.parametrize("window", [sl.tumbling("1min"), sl.session("1min")])
-def test_window_min_of_strings(window):
+def test_window_min_of_strings_is_refused(window):
     table = _EVENTS.set_column(2, "v", pa.array(["x", "y"]))
-    result_or_actionable(lambda: _window_run(table, window, {"lo": sl.min("v")}), "v")
+    assert_refused(lambda: _window_run(table, window, {"lo": sl.min("v")}), PlanError,
+                   r"min\('v'\) needs a numeric, boolean or time column, 'v' is string", "'v'")
 
 
 def test_window_uint64_values_above_int64():
@@ -1067,33 +1097,38 @@ def test_window_uint64_values_above_int64():
         _window_run(table, aggs={"s": sl.sum("v")})
 
 
-def test_window_list_group_key():
+def test_window_list_group_key_is_refused():
     table = _EVENTS.set_column(1, "k", pa.array([[1], [2]]))
-    result_or_actionable(lambda: sl.Stream.from_table(table).with_watermark("t").window(
-        sl.tumbling("1min")).group_by("k").agg(n=sl.count()).run(), "k")
+    assert_refused(lambda: sl.Stream.from_table(table).with_watermark("t").window(
+        sl.tumbling("1min")).group_by("k").agg(n=sl.count()).run(), PlanError,
+        r"group key 'k' is list<item: int64>: keys must be scalars", "'k'")
 
 
-@pytest.mark.parametrize("window", ["tumbling 10ms on seconds", "tumbling 0s",
-                                    "hopping 1s/10ms on seconds", "hopping 1s/0s"])
-def test_window_size_below_the_time_unit(window):
-    def run():
-        spec = {"tumbling 10ms on seconds": lambda: sl.tumbling("10ms"),
-                "tumbling 0s": lambda: sl.tumbling("0s"),
-                "hopping 1s/10ms on seconds": lambda: sl.hopping("1s", "10ms"),
-                "hopping 1s/0s": lambda: sl.hopping("1s", "0s")}[window]()
-        return _window_run(_EVENTS, spec)
+#: Windows below the event time's unit (seconds here), or of no length: the error each gives.
+TOO_SMALL = {
+    "tumbling 10ms on seconds": (lambda: sl.tumbling("10ms"), PlanError,
+                                 r"window size tumbling\('10ms'\) is below one s, the unit of 't'"),
+    "tumbling 0s": (lambda: sl.tumbling("0s"), ValueError,
+                    "a window size must be positive, got '0s'"),
+    "hopping 1s/10ms on seconds": (lambda: sl.hopping("1s", "10ms"), PlanError,
+                                   r"window slide hopping\('1s', '10ms'\) is below one s"),
+    "hopping 1s/0s": (lambda: sl.hopping("1s", "0s"), ValueError,
+                      "a window slide must be positive, got '0s'"),
+}
 
-    result_or_actionable(run, "'t'", "0s", "10ms")
+
+@pytest.mark.parametrize("window", list(TOO_SMALL))
+def test_window_size_below_the_time_unit_is_refused(window):
+    spec, error, message = TOO_SMALL[window]
+    assert_refused(lambda: _window_run(_EVENTS, spec()), error, message, "'t'", "0s", "10ms")
 
 
 def test_window_integer_sum_overflow_is_refused():
     # It used to wrap around silently: -2**63 for the sum, -4.6e18 for the mean.
     table = _EVENTS.set_column(2, "v", pa.array([2**63 - 1, 1]))
-    result = result_or_actionable(
-        lambda: _window_run(table, aggs={"s": sl.sum("v"), "m": sl.mean("v")}), "v")
-    if result is not None:
-        row = result.table.to_pylist()[0]
-        assert row["s"] == 2**63 and row["m"] == pytest.approx(2**62)
+    assert_refused(lambda: _window_run(table, aggs={"s": sl.sum("v"), "m": sl.mean("v")}),
+                   OverflowError, r"the sum of integer column 'v' in one group passes the "
+                   r"int64 range; cast the column to float64", "'v'")
 
 
 @pytest.mark.parametrize("times", [[2**63 - 1], [2**63 - 1, 0], [-(2**63) + 1, 0]],
@@ -1106,7 +1141,7 @@ def test_window_event_times_at_int64_limits(times):
     assert result.side_outputs["late"].num_rows == 0
 
 
-def test_late_rows_have_no_reason_column():
+def test_late_rows_have_a_reason():
     table = pa.table({"t": pa.array([0, 120, 5], pa.timestamp("s")), "v": [1.0, 2.0, 3.0]})
     late = _window_run(table).side_outputs["late"]
     assert late.num_rows == 1
@@ -1119,7 +1154,7 @@ def test_csv_file_with_only_malformed_lines(scratch):
     assert result.side_outputs["malformed"]["line"].to_pylist() == [2, 3]
 
 
-def test_csv_source_does_not_count_malformed_lines(scratch):
+def test_csv_source_counts_malformed_lines_as_side_output(scratch):
     path = _write(scratch, "a,b\n1,x\n2\n3,z\n")
     result = check_result(sl.Stream.from_csv(path, bad_lines="side_output").run())
     source = result.operator_metrics[0]
@@ -1131,34 +1166,36 @@ def test_csv_source_does_not_count_malformed_lines(scratch):
 @pytest.mark.parametrize("text,schema", [
     ("a,b\n1,x\n\n\n2\n3,y\n", None),
     ('a,b\n1,"x\ny"\n\n2\n3,y\n', None),
-    ("a,b\n1,x\n\n\nthree,y\n", {"a": pa.int64()}),
-], ids=["malformed after blank lines", "malformed after a quoted newline",
-        "conversion error after blank lines"])
-def test_csv_line_numbers_skip_blank_lines(text, schema, scratch):
+], ids=["malformed after blank lines", "malformed after a quoted newline"])
+def test_csv_line_numbers_count_blank_lines_and_quoted_newlines(text, schema, scratch):
     path = _write(scratch, text)
-    stream = sl.Stream.from_csv(path, schema=pa.schema(schema) if schema else None,
-                                bad_lines="side_output")
-    try:
-        result = stream.run()
-    except ValueError as exc:
-        assert "line 5" in str(exc), str(exc)
-        return
-    assert result.side_outputs["malformed"]["line"].to_pylist() == [5]
+    result = check_result(sl.Stream.from_csv(path, bad_lines="side_output").run())
+    assert result.side_outputs["malformed"].select(["line", "text"]).to_pylist() == [
+        {"line": 5, "text": "2"}]
+
+
+def test_csv_conversion_error_after_blank_lines_names_the_file_line(scratch):
+    path = _write(scratch, "a,b\n1,x\n\n\nthree,y\n")
+    assert_refused(sl.Stream.from_csv(path, schema=pa.schema({"a": pa.int64()}),
+                                      bad_lines="side_output").run,
+                   CsvParseError, r"line 5, column 'a': .*invalid value 'three'", str(path))
 
 
 @pytest.mark.parametrize("data", [b"", b"PAR1\x00\x00\x15\x04garbage"],
                          ids=["empty", "binary"])
-def test_csv_empty_or_binary_file(data, scratch):
+def test_csv_empty_or_binary_file_is_refused(data, scratch):
     path = _write(scratch, data)
-    result_or_actionable(lambda: sl.Stream.from_csv(path).run(), str(path))
+    assert_refused(lambda: sl.Stream.from_csv(path).run(), CsvParseError,
+                   "no CSV header could be read .*; is the file empty, or not CSV", str(path))
 
 
-def test_parquet_corrupt_file(scratch):
+def test_parquet_corrupt_file_is_refused(scratch):
     path = _write(scratch, b"PAR1 not really parquet")
-    result_or_actionable(lambda: sl.Stream.from_parquet(path).run(), str(path))
+    assert_refused(lambda: sl.Stream.from_parquet(path).run(), ParquetReadError,
+                   "not a readable Parquet file or directory", str(path))
 
 
-def test_batches_nullability_mismatch_names_no_column():
+def test_batches_differing_only_in_nullability_are_taken():
     # A batch differing only in nullability raised an error naming no column. Batches from
     # other tools often differ so: they are taken under the stream's schema, unless a field
     # the stream declares not null holds nulls (an error naming it).
@@ -1233,7 +1270,7 @@ def test_enrich_one_to_many_without_keys(ref_keys, how):
     assert result.table.num_rows == (2 if how == "left" else 0)
 
 
-def test_session_approx_quantile_of_null_only_session_leaks():
+def test_session_approx_quantile_of_a_null_only_session_is_null():
     # A closed session's sketch slot was reused without being emptied: 5.0 with batch_size=1.
     table = pa.table({"t": pa.array([0, 100, 200], pa.timestamp("s")),
                       "v": pa.array([5.0, None, None], pa.float64())})
@@ -1245,7 +1282,7 @@ def test_session_approx_quantile_of_null_only_session_leaks():
         assert result.table["p90"].to_pylist() == [5.0, None, None], batch_size
 
 
-def test_enrich_one_to_many_nan_keys_match_one_row():
+def test_enrich_one_to_many_nan_keys_match_every_nan_row():
     # One-to-many grouped NaN keys apart (NaN != NaN): a stream NaN matched one of two rows.
     # A unique reference matches NaN to NaN, so one-to-many matches every NaN row.
     ref = sl.Table(pa.table({"rk": [math.nan, 1.0, math.nan], "v": [1, 2, 3]}), key="rk",
@@ -1271,7 +1308,7 @@ def test_window_exact_quantile_with_infinities(values, q, expected):
     assert result.table["p"].to_pylist() == [expected]
 
 
-def test_session_window_ignores_the_pushed_key_filter():
+def test_session_window_applies_the_pushed_key_filter():
     table = pa.table({"t": pa.array([0, 1, 2], pa.timestamp("s")), "k": ["a", None, "b"]})
     job = (sl.Stream.from_table(table).with_watermark("t").window(sl.session("5s"))
            .group_by("k").agg(n=sl.count()).filter(sl.col("k") != "a"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import numpy as np
 import pyarrow as pa
 
@@ -79,3 +81,54 @@ def test_unused_columns_and_large_state_are_memory_findings(monkeypatch):
     finding = next(f for f in fraud.diagnose().findings if f.kind == "memory")
     assert "keyed state" in finding.title and "ttl" in finding.fix
     assert "<b>" in fraud.diagnose()._repr_html_()
+
+
+def _event_time_findings(result: sl.Result) -> list:
+    return [f for f in result.diagnose().findings if f.kind == "event time"]
+
+
+def test_a_watermark_that_never_moves_shows_in_metrics_and_diagnosis():
+    from sabot_lab.datasets import apache_logs
+    from sabot_lab.patterns.analytics import request_stats
+
+    logs = apache_logs()
+    # The load time of the file instead of each request's time: one value for every row.
+    loaded = logs.set_column(logs.schema.get_field_index("time"), "time", pa.array(
+        np.full(logs.num_rows, logs["time"][0].value), logs["time"].type))
+    result = request_stats(sl.Stream.from_table(loaded, batch_size=1_000), window="1h").run()
+    watermark = result.metrics.set_index("op_id").loc["1:watermark"]
+    assert watermark["watermark_moves"] == 1
+    assert watermark["rows_watermark_stalled"] == loaded.num_rows - 1_000  # all but batch 1
+    (finding,) = _event_time_findings(result)
+    assert finding.title.endswith(
+        f"stayed at its first value while {loaded.num_rows - 1_000:,} of "
+        f"{loaded.num_rows:,} rows arrived")
+    assert "Watermark[time" in finding.title
+    assert any("stayed open (in state) until the input ended" in e for e in finding.evidence)
+    assert "'time' is each row's event time" in finding.fix and "max_future_skew" in finding.fix
+
+    healthy = request_stats(sl.Stream.from_table(logs, batch_size=1_000), window="1h",
+                            out_of_orderness="1min").run()
+    assert healthy.metrics.set_index("op_id").loc["1:watermark", "rows_watermark_stalled"] == 0
+    assert _event_time_findings(healthy) == []
+
+
+def test_rows_sent_to_late_by_a_row_far_ahead_are_a_finding_with_the_fix():
+    from sabot_lab.datasets import apache_logs
+    from sabot_lab.patterns.analytics import request_stats
+    from tests.patterns.test_analytics_pattern import BAD_ROW, one_row_30_years_ahead
+
+    logs = apache_logs()
+    bad = one_row_30_years_ahead(logs, "time")
+    result = request_stats(sl.Stream.from_table(bad, batch_size=1_000), window="1h",
+                           out_of_orderness="1min").run()
+    late = logs.num_rows - BAD_ROW - 1  # every row after the bad one
+    (finding,) = _event_time_findings(result)
+    assert finding.title.startswith(f"{late:,} of {logs.num_rows:,} rows reaching Window[")
+    watermark = bad["time"][BAD_ROW].as_py() - datetime.timedelta(minutes=1)
+    assert f"the watermark ended at {watermark}" in finding.evidence
+    assert "max_future_skew" in finding.fix
+
+    guarded = request_stats(sl.Stream.from_table(bad, batch_size=1_000), window="1h",
+                            out_of_orderness="1min", max_future_skew="1d").run()
+    assert _event_time_findings(guarded) == []

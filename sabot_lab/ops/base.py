@@ -44,6 +44,8 @@ COUNTERS = (
     "batches_out",
     "seconds",
     "rows_aggregated",
+    "watermark_moves",
+    "rows_watermark_stalled",
 )
 
 
@@ -68,6 +70,11 @@ class OperatorMetrics:
     aggregates: bool = False
     #: The operator's current event-time watermark, in the time column's unit.
     watermark: int | None = None
+    #: Batches after which its watermark had moved (the first value it takes counts).
+    watermark_moves: int = 0
+    #: Input rows in batches after which its watermark had not moved: when these are most
+    #: rows, windows downstream cannot fire and their state grows until the input ends.
+    rows_watermark_stalled: int = 0
     #: Keyed state held (keyed operators; summed over agents): keys and bytes.
     state_keys: int | None = None
     state_bytes: int | None = None
@@ -78,6 +85,24 @@ class OperatorMetrics:
         with self._lock:
             for name, value in counts.items():
                 setattr(self, name, getattr(self, name) + value)
+
+    def note_watermark(self, before: int | None, rows: int) -> None:
+        """After a batch of ``rows`` input rows, during which the watermark went from
+        ``before`` to :attr:`watermark`: count a move, or the rows as stalled.
+
+        >>> m = OperatorMetrics("1:watermark", "Watermark[...]")
+        >>> for rows in (10, 10, 10):
+        ...     before, m.watermark = m.watermark, 5  # a watermark stuck at 5
+        ...     m.note_watermark(before, rows)
+        >>> m.watermark_moves, m.rows_watermark_stalled
+        (1, 20)
+        """
+        if self.watermark is None:
+            return
+        if self.watermark != before:
+            self.add(watermark_moves=1)
+        else:
+            self.add(rows_watermark_stalled=rows)
 
     def merge(self, other: OperatorMetrics) -> None:
         """Add another instance's counters (e.g. from another agent); watermarks take the
@@ -202,6 +227,7 @@ def run_chain(ops: Sequence[Operator], batches: list[pa.RecordBatch]) -> list[pa
         out: list[pa.RecordBatch] = []
         for batch in batches:
             start = time.perf_counter()
+            watermark = op.metrics.watermark
             try:
                 produced = op.process(batch)
             except Exception as exc:
@@ -210,6 +236,7 @@ def run_chain(ops: Sequence[Operator], batches: list[pa.RecordBatch]) -> list[pa
             op.metrics.add(rows_in=batch.num_rows, rows_out=sum(b.num_rows for b in produced),
                            batches_in=1, batches_out=len(produced),
                            seconds=time.perf_counter() - start)
+            op.metrics.note_watermark(watermark, batch.num_rows)
             out.extend(b for b in produced if b.num_rows)
         batches = out
     return batches

@@ -30,6 +30,7 @@ import pyarrow.dataset as ds
 
 from sabot_lab.expr import Expr
 from sabot_lab.ops.base import Operator, OperatorMetrics, SideOutputs
+from sabot_lab.plan.fingerprint import UNKNOWN, fingerprint_value
 from sabot_lab.plan.nodes import Source
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "TableScan",
     "pushes_down",
     "read_source",
+    "table_batches",
 ]
 
 #: Rows per batch when the user does not say: large enough that per-batch overhead vanishes.
@@ -146,6 +148,22 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch | None:
     return batch
 
 
+def table_batches(table: pa.Table, max_rows: int | None = None) -> list[pa.RecordBatch]:
+    """Every non-empty batch of ``table``, zero-copy, in order.
+
+    A table's columns may span several chunks, chunked differently from one column to the
+    next (``pa.concat_tables``, or a string column over 2 GiB, which cannot be one chunk):
+    ``to_batches`` cuts at every chunk boundary of any column, so no row is left out.
+
+    >>> t = pa.concat_tables([pa.table({"a": [1, 2]}), pa.table({"a": [3]})])
+    >>> [b.num_rows for b in table_batches(t)]
+    [2, 1]
+    >>> [b.num_rows for b in table_batches(t, max_rows=1)]
+    [1, 1, 1]
+    """
+    return [b for b in table.to_batches(max_chunksize=max_rows) if b.num_rows]
+
+
 def _split(total: int, n: int) -> list[tuple[int, int]]:
     """``n`` contiguous ``(start, stop)`` ranges covering ``range(total)``, sizes within one.
 
@@ -183,9 +201,7 @@ class TableScan:
                 for start, stop in _split(self.table.num_rows, n)]
 
     def batches(self, side_outputs: SideOutputs | None = None) -> Iterator[pa.RecordBatch]:
-        for batch in self.table.to_batches(max_chunksize=self.batch_size):
-            if batch.num_rows:
-                yield batch
+        yield from table_batches(self.table, self.batch_size)
 
 
 class BatchesScan:
@@ -212,6 +228,14 @@ class BatchesScan:
     def describe(self) -> str:
         return "batches"
 
+    def fingerprint(self) -> dict[str, object]:
+        """A list or tuple by the contents of its batches, in order; an iterator or a
+        function as :data:`~sabot_lab.plan.fingerprint.UNKNOWN` (reading it would use it up)."""
+        if isinstance(self._batches, list | tuple):
+            return {"batches": [fingerprint_value(b) for b in self._batches],
+                    "schema": str(self._schema)}
+        return {"batches": UNKNOWN, "schema": str(self._schema)}
+
     def batches(self, side_outputs: SideOutputs | None = None) -> Iterator[pa.RecordBatch]:
         if callable(self._batches):
             source = self._batches()
@@ -223,24 +247,28 @@ class BatchesScan:
         else:
             source = self._batches
         self._consumed = True
-        for i, batch in enumerate(source):
-            if isinstance(batch, pa.Table):
-                batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else None
-                if batch is None:
-                    continue
-            try:
-                conformed = conform(batch, self._schema)
-            except SchemaMismatchError as exc:
-                raise SchemaMismatchError(f"batch {i}: {exc}") from None
-            if conformed is None:
-                raise SchemaMismatchError(
-                    f"batch {i} does not match the stream schema: "
-                    f"{describe_schema_difference(self._schema, batch.schema)}. "
-                    f"Cast or select columns before passing batches in."
-                )
-            batch = conformed
-            if batch.num_rows:
-                yield batch
+        for i, item in enumerate(source):
+            # A table may hold several chunks (and its columns may be chunked differently):
+            # every one of its batches is taken, none copied.
+            for batch in table_batches(item) if isinstance(item, pa.Table) else (item,):
+                batch = self._conformed(batch, i)
+                if batch.num_rows:
+                    yield batch
+
+    def _conformed(self, batch: pa.RecordBatch, i: int) -> pa.RecordBatch:
+        """``batch`` (item ``i`` of the iterable) under the stream schema, or an error
+        naming the item and the columns that differ."""
+        try:
+            conformed = conform(batch, self._schema)
+        except SchemaMismatchError as exc:
+            raise SchemaMismatchError(f"batch {i}: {exc}") from None
+        if conformed is None:
+            raise SchemaMismatchError(
+                f"batch {i} does not match the stream schema: "
+                f"{describe_schema_difference(self._schema, batch.schema)}. "
+                f"Cast or select columns before passing batches in."
+            )
+        return conformed
 
 
 class ReplayScan:
@@ -277,9 +305,12 @@ class ReplayScan:
         raise NotImplementedError("a replay paces one stream in this process: run it with the "
                                   "LocalRunner")
 
-    def _offsets(self) -> np.ndarray:
-        """Seconds after the start at which each batch is due."""
-        starts = np.arange(0, self.table.num_rows, self.batch_size)
+    def _offsets(self, stops: np.ndarray) -> np.ndarray:
+        """Seconds after the start at which each batch is due, the batches ending before
+        rows ``stops``."""
+        if not len(stops):
+            return np.zeros(0)
+        starts = np.concatenate([[0], stops[:-1]]).astype(np.int64)
         if self.rows_per_second is not None:
             return starts / self.rows_per_second
         column = self.table[self.time_col]
@@ -292,14 +323,15 @@ class ReplayScan:
         if not len(times):
             return np.zeros(0)
         # A batch is due when the latest event time so far has been reached.
-        latest = np.maximum.accumulate(times)[np.minimum(starts + self.batch_size,
-                                                         len(times)) - 1]
+        latest = np.maximum.accumulate(times)[stops - 1]
         return (latest - times[0]) / per_second / self.speed
 
     def batches(self, side_outputs: SideOutputs | None = None) -> Iterator[pa.RecordBatch]:
         start = self.clock()
-        offsets = self._offsets()
-        batches = self.table.combine_chunks().to_batches(self.batch_size)  # as _offsets cuts
+        # One chunk where it can be (even batches); a column over 2 GiB stays in several,
+        # and the batches are cut there too, so the pacing follows the actual batches.
+        batches = table_batches(self.table.combine_chunks(), self.batch_size)
+        offsets = self._offsets(np.cumsum([b.num_rows for b in batches], dtype=np.int64))
         for offset, batch in zip(offsets, batches, strict=True):
             wait = start + offset - self.clock()
             if wait > 0:
@@ -333,6 +365,12 @@ class GeneratorScan:
     def describe(self) -> str:
         name = getattr(self.make_batch, "__name__", type(self.make_batch).__name__)
         return f"{name} x{len(self.indices)} batches"
+
+    def fingerprint(self) -> dict[str, object]:
+        """The function's name and code and the batch indices; what it makes is
+        :data:`~sabot_lab.plan.fingerprint.UNKNOWN` (name it with ``source_id=``)."""
+        return {"make_batch": fingerprint_value(self.make_batch), "data": UNKNOWN,
+                "indices": fingerprint_value(self.indices), "schema": str(self._schema)}
 
     def partitions(self, n: int) -> list[GeneratorScan]:
         """``n`` scans over contiguous ranges of batch indices (each made where it is read).
@@ -445,18 +483,12 @@ class ParquetScan:
                 for group in groups:
                     pending.append(pool.submit(read, group))
                     if len(pending) > PARQUET_READERS:
-                        yield from _batches_of(pending.popleft().result(), self.batch_size)
+                        yield from table_batches(pending.popleft().result(), self.batch_size)
                 while pending:
-                    yield from _batches_of(pending.popleft().result(), self.batch_size)
+                    yield from table_batches(pending.popleft().result(), self.batch_size)
             finally:
                 for future in pending:
                     future.cancel()
-
-
-def _batches_of(table: pa.Table, batch_size: int) -> Iterator[pa.RecordBatch]:
-    for batch in table.to_batches(max_chunksize=batch_size):
-        if batch.num_rows:
-            yield batch
 
 
 class CsvParseError(ValueError):
@@ -586,14 +618,72 @@ class _RowLines:
                  if line >= 0}
         return [None if r is None else found.get(r) for r in rows]
 
+    def unclosed_quote_row(self) -> int | None:
+        r"""The number of the file's last row (as pyarrow numbers rows) if the file ends
+        inside a quoted value (a quote that is never closed), else ``None``. Scans the
+        whole file.
+
+        >>> import os, tempfile
+        >>> with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as f:
+        ...     _ = f.write('a,b\n\n1,x\n2,"never closed\n3,y\n')
+        >>> rows = _RowLines(f.name)
+        >>> row = rows.unclosed_quote_row()
+        >>> row, rows.lines([row])
+        (3, [4])
+        >>> os.remove(f.name)
+        """
+        self._rewind()
+        beyond = np.array([np.iinfo(np.int64).max], dtype=np.int64)  # scan to the end
+        out = np.full(1, -1, dtype=np.int64)
+        with self.path.open("rb") as f:
+            while chunk := f.read(self.chunk_bytes):
+                _scan_rows(np.frombuffer(chunk, dtype=np.uint8), self.delimiter, self.quote,
+                           self.state, beyond, 0, out)
+                self.offset += len(chunk)
+        return int(self.state[_ROWS]) if self.state[_MODE] == _QUOTED else None
+
     def where(self, row: int) -> str:
-        """``"line N"`` for pyarrow's row ``row``, or ``"row N"`` if its line is unknown."""
+        """``"line N"`` for pyarrow's row ``row``, or ``"row N (line unknown)"`` when the
+        file has no such row (pyarrow's count and the scan's would then disagree)."""
         line = self.lines([row])[0]
-        return f"line {line}" if line is not None else f"row {row}"
+        return f"line {line}" if line is not None else f"row {row} (line unknown)"
+
+
+def _has_line_break(value: object) -> bool:
+    """Whether a parsed CSV value (text or bytes) holds a line break."""
+    if isinstance(value, str):
+        return "\n" in value or "\r" in value
+    return isinstance(value, bytes) and (b"\n" in value or b"\r" in value)
+
+
+def _unclosed_quote_hint(text: str, quote: str = '"') -> str:
+    r"""Why a row that spans several lines has the wrong number of fields, when the likely
+    reason is a quote that is never closed (it turns the lines after it into one value).
+
+    >>> _unclosed_quote_hint('1,"never closed\n2,b')
+    ' (the row runs over several lines because a quote opened in it is never closed: ...)'
+    >>> _unclosed_quote_hint('1,"a\nb"')
+    ''
+    """
+    spans_lines = "\n" in text or "\r" in text
+    if not spans_lines or text.count(quote) % 2 == 0:
+        return ""
+    return (" (the row runs over several lines because a quote opened in it is never "
+            "closed: close it, or double a quote meant literally)")
 
 
 class ParquetReadError(ValueError):
     """A Parquet file cannot be read; the message names it."""
+
+
+def _parse_options(on_invalid: Callable | None) -> pacsv.ParseOptions:
+    """How every CSV file is parsed: RFC 4180 quoting, line breaks allowed inside quotes.
+
+    ``newlines_in_values`` makes pyarrow's chunker track quotes, so a quoted line break that
+    falls on a read-block boundary does not split the row (without it, valid CSV fails
+    with "parser got out of sync"); it costs no measurable time on files without any.
+    """
+    return pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid)
 
 
 class CsvScan:
@@ -615,6 +705,11 @@ class CsvScan:
 
     Notes
     -----
+    Quoted values may hold line breaks and delimiters (RFC 4180), wherever the read blocks
+    fall. A quote that is never closed makes the rest of the file one value: an error naming
+    the line of its row, or, when that row then has too few fields, a malformed line whose
+    reason says so.
+
     Lines are the file's physical lines (empty lines and line breaks inside quoted values
     count), where the row starts. pyarrow numbers rows instead, so they are looked up in the
     file when a row is malformed or does not convert, never on the way of good rows.
@@ -650,7 +745,7 @@ class CsvScan:
         with pacsv.open_csv(
             self.path,
             read_options=pacsv.ReadOptions(block_size=self._block_size(), use_threads=False),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=lambda row: "skip"),
+            parse_options=_parse_options(lambda row: "skip"),
             convert_options=pacsv.ConvertOptions(
                 column_types={n: pa.string() for n in self.column_types.names}
                 if self.column_types is not None else None
@@ -674,19 +769,18 @@ class CsvScan:
         return max(1 << 12, min(line_bytes * self.batch_size, 1 << 28))
 
     def _open(self, on_invalid: Callable | None = None) -> pacsv.CSVStreamingReader:
+        """pyarrow's reader (which reads the first block at once: its errors are raised
+        here, as pyarrow's)."""
         block = self._block_size()
         types = dict(zip(self.column_types.names, self.column_types.types, strict=True)) if (
             self.column_types is not None
         ) else None
-        try:
-            return pacsv.open_csv(
-                self.path,
-                read_options=pacsv.ReadOptions(block_size=block, use_threads=False),
-                parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
-                convert_options=pacsv.ConvertOptions(column_types=types),
-            )
-        except pa.ArrowInvalid as exc:
-            raise self._explain(exc, _RowLines(self.path)) from None
+        return pacsv.open_csv(
+            self.path,
+            read_options=pacsv.ReadOptions(block_size=block, use_threads=False),
+            parse_options=_parse_options(on_invalid),
+            convert_options=pacsv.ConvertOptions(column_types=types),
+        )
 
     @property
     def schema(self) -> pa.Schema:
@@ -695,8 +789,10 @@ class CsvScan:
     def describe(self) -> str:
         return f"csv {self.path.name}"
 
-    def _explain(self, exc: pa.ArrowInvalid, lines: _RowLines) -> CsvParseError:
-        """Our error for pyarrow's, naming the file line of its ``Row #``."""
+    def _explain(self, exc: pa.ArrowInvalid, lines: _RowLines,
+                 invalid: pacsv.InvalidRow | None = None) -> CsvParseError:
+        """Our error for pyarrow's, naming the file line of its ``Row #`` (``invalid``: the
+        row pyarrow's handler was last shown, whose full text it may have cut short)."""
         message = str(exc)
         where = re.search(r"In CSV column #(\d+): Row #(\d+): ", message)
         if where is not None:
@@ -709,19 +805,26 @@ class CsvScan:
         row = re.search(r"Row #(\d+): ", message)
         if row is not None:  # pyarrow's words kept: its row numbers skip empty lines
             message = f"{lines.where(int(row.group(1)))}: {message}"
-        return CsvParseError(f"{self.path}: {message}. Fix the line, or pass "
+        hint = _unclosed_quote_hint(invalid.text) if invalid is not None else ""
+        return CsvParseError(f"{self.path}: {message}{hint}. Fix the line, or pass "
                              f"bad_lines='side_output' to route malformed lines aside")
 
     def batches(self, side_outputs: SideOutputs | None = None) -> Iterator[pa.RecordBatch]:
         malformed: list[dict] = []
         lines = _RowLines(self.path)
 
+        invalid: list[pacsv.InvalidRow] = []  # the row behind an error, for its message
+        last_malformed = [0]  # the number of the last row sent to the side output
+
         def on_invalid(row: pacsv.InvalidRow) -> str:
             if self.bad_lines == "raise":
+                invalid[:] = [row]
                 return "error"
+            last_malformed[0] = row.number
             malformed.append({"file": str(self.path), "line": row.number, "text": row.text,
                               "reason": f"expected {row.expected_columns} fields, "
-                                        f"got {row.actual_columns}"})
+                                        f"got {row.actual_columns}"
+                                        f"{_unclosed_quote_hint(row.text)}"})
             return "skip"
 
         def emit() -> None:
@@ -734,18 +837,49 @@ class CsvScan:
                     malformed, schema=_MALFORMED_SCHEMA))
             malformed.clear()
 
-        reader = self._open(on_invalid)
+        try:
+            reader = self._open(on_invalid)
+        except pa.ArrowInvalid as exc:
+            raise self._explain(exc, lines, invalid[0] if invalid else None) from None
+        held = None  # the last batch waits until the file is known to close its quotes
         while True:
             try:
                 batch = reader.read_next_batch()
             except StopIteration:
                 break
             except pa.ArrowInvalid as exc:
-                raise self._explain(exc, lines) from None
+                raise self._explain(exc, lines, invalid[0] if invalid else None) from None
             emit()
             if batch.num_rows:
-                yield batch
+                if held is not None:
+                    yield held
+                held = batch
         emit()  # lines after the last good row
+        if held is not None:
+            self._check_quotes_closed(held, lines, last_malformed[0])
+            yield held
+
+    def _check_quotes_closed(self, last: pa.RecordBatch, lines: _RowLines,
+                             malformed: int) -> None:
+        """Raise if the file ends inside a quoted value: pyarrow then reads every line after
+        the opening quote as one value of the last row, which loses them silently when the
+        row still has as many fields as the header (``malformed``: the last row reported
+        malformed, whose text, every line of it, is in the side output already).
+
+        Only a last row holding a line break in a value can be such a row, so only then is
+        the file scanned (once more).
+        """
+        row = last.slice(last.num_rows - 1)
+        if not any(_has_line_break(column[0].as_py()) for column in row.columns):
+            return
+        number = lines.unclosed_quote_row()
+        if number is None or number == malformed:
+            return
+        raise CsvParseError(
+            f"{self.path}: {lines.where(number)}: a quote opened in this row is never "
+            f"closed, so every line after it, to the end of the file, was read as one value "
+            f"(of column {self._schema_names[-1]!r}); close the quote, or double a quote "
+            f"meant literally")
 
 
 def pushes_down(source: Source) -> bool:

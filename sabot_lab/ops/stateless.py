@@ -20,7 +20,11 @@ from __future__ import annotations
 import pyarrow as pa
 
 from sabot_lab.ops.base import Operator
-from sabot_lab.ops.sources import SchemaMismatchError, describe_schema_difference
+from sabot_lab.ops.sources import (
+    SchemaMismatchError,
+    describe_schema_difference,
+    table_batches,
+)
 from sabot_lab.plan.nodes import Filter, MapBatches, Project
 
 __all__ = ["FilterOp", "MapBatchesOp", "ProjectOp"]
@@ -69,11 +73,7 @@ class MapBatchesOp(Operator):
 
     def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
         out = self.node.fn(batch)
-        if isinstance(out, pa.Table):
-            out = out.combine_chunks()
-            out = out.to_batches()[0] if out.num_rows else pa.RecordBatch.from_pylist(
-                [], schema=out.schema)
-        if not isinstance(out, pa.RecordBatch):
+        if not isinstance(out, pa.RecordBatch | pa.Table):
             raise TypeError(
                 f"{self.node.label}: the function must return a pyarrow RecordBatch or Table, "
                 f"got {type(out).__name__}"
@@ -89,4 +89,5 @@ class MapBatchesOp(Operator):
             self.metrics.add(rows_filtered=delta)
         else:
             self.metrics.add(rows_expanded=-delta)
-        return [out]
+        # A table may span several chunks (each column chunked its own way): all of them.
+        return table_batches(out) if isinstance(out, pa.Table) else [out]

@@ -38,6 +38,7 @@ def request_stats(
     time_col: str = "time",
     out_of_orderness: str = "10s",
     allowed_lateness: str = "0s",
+    max_future_skew: str | None = None,
 ) -> Stream:
     """Requests per tumbling window: count, bytes sum and mean, p95 and p99 of bytes.
 
@@ -47,12 +48,16 @@ def request_stats(
         A stream with a timestamp column ``time_col`` and a numeric ``bytes`` column.
     window
         Window size, e.g. ``"5min"``.
-    out_of_orderness, allowed_lateness
-        As in :meth:`Stream.with_watermark`.
+    out_of_orderness, allowed_lateness, max_future_skew
+        As in :meth:`Stream.with_watermark`. Set ``max_future_skew`` (e.g. ``"1h"``) when a
+        bad clock may stamp a row far in the future: such a row goes to the ``rejected``
+        side output instead of moving the watermark past every later row (which would send
+        them all to ``late``).
     """
     return (
         requests.with_watermark(time_col, out_of_orderness=out_of_orderness,
-                                allowed_lateness=allowed_lateness)
+                                allowed_lateness=allowed_lateness,
+                                max_future_skew=max_future_skew)
         .window(w.tumbling(window))
         .agg(requests=w.count(), bytes=w.sum("bytes"), mean_bytes=w.mean("bytes"),
              p95_bytes=w.quantile("bytes", 0.95), p99_bytes=w.quantile("bytes", 0.99))
@@ -65,10 +70,15 @@ def top_paths(
     window: str = "5min",
     time_col: str = "time",
     out_of_orderness: str = "10s",
+    max_future_skew: str | None = None,
 ) -> Stream:
-    """The ``n`` most requested paths of every tumbling window, with their rank."""
+    """The ``n`` most requested paths of every tumbling window, with their rank.
+
+    ``out_of_orderness`` and ``max_future_skew`` are as in :func:`request_stats`.
+    """
     return (
-        requests.with_watermark(time_col, out_of_orderness=out_of_orderness)
+        requests.with_watermark(time_col, out_of_orderness=out_of_orderness,
+                                max_future_skew=max_future_skew)
         .window(w.tumbling(window)).group_by("path")
         .agg(hits=w.count(), bytes=w.sum("bytes"))
         .top_n(n, by="hits")
@@ -79,10 +89,15 @@ def flight_delays(
     flights: Stream,
     window: str = "1h",
     out_of_orderness: str = "30min",
+    max_future_skew: str | None = None,
 ) -> Stream:
-    """Per window and origin airport: flights, mean, p95 and p99 departure delay (minutes)."""
+    """Per window and origin airport: flights, mean, p95 and p99 departure delay (minutes).
+
+    ``out_of_orderness`` and ``max_future_skew`` are as in :func:`request_stats`.
+    """
     return (
-        flights.with_watermark("date", out_of_orderness=out_of_orderness)
+        flights.with_watermark("date", out_of_orderness=out_of_orderness,
+                               max_future_skew=max_future_skew)
         .window(w.tumbling(window)).group_by("origin")
         .agg(flights=w.count(), mean_delay=w.mean("delay"),
              p95_delay=w.quantile("delay", 0.95), p99_delay=w.quantile("delay", 0.99))

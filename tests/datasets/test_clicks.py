@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import duckdb
 import numpy as np
@@ -210,13 +209,3 @@ def test_bound_property(
     with_late = ms(clicks(n, late_fraction=0.05, **options))
     late = with_late != ms(clicks(n, late_fraction=0.0, **options))
     assert not bound_violations(with_late, max_delay_ms)[~late].any()
-
-
-def test_generation_speed() -> None:
-    best = float("inf")
-    for _ in range(2):
-        start = time.perf_counter()
-        t = clicks(1_000_000)
-        best = min(best, time.perf_counter() - start)
-    assert t.num_rows == 1_000_000
-    assert best < 2.0, f"1M clicks took {best:.2f}s"

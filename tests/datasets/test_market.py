@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import duckdb
 import numpy as np
 import pandas as pd
@@ -282,13 +280,3 @@ def test_quotes_row_ids_property(n: int, batch_rows: int, seed: int) -> None:
     t = quotes(n, seed=seed, batch_rows=batch_rows)
     np.testing.assert_array_equal(t["quote_id"].to_numpy(), np.arange(n))
     assert (np.diff(t["ts"].to_numpy().astype(np.int64)) > 0).all()
-
-
-def test_quotes_generation_speed() -> None:
-    best = float("inf")
-    for _ in range(2):
-        start = time.perf_counter()
-        t = quotes(1_200_000)
-        best = min(best, time.perf_counter() - start)
-    assert t.num_rows == 1_200_000
-    assert best < 2.0, f"1.2M quotes took {best:.2f}s"
