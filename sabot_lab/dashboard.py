@@ -21,7 +21,7 @@ Examples
 >>> import sabot_lab as sl
 >>> events = pa.table({"t": list(range(100)), "v": [1] * 100})
 >>> job = (sl.Stream.from_table(events, batch_size=10)
-...        .with_watermark("t", unit="s", out_of_orderness="5s")
+...        .with_watermark("t", unit="s", max_out_of_orderness="5s")
 ...        .window(sl.tumbling("10s")).agg(n=sl.count()))
 >>> live = Dashboard(widgets=False)
 >>> result = job.run(dashboard=live)
@@ -46,14 +46,12 @@ import pyarrow as pa
 
 from sabot_lab.ops.base import COUNTERS, OperatorMetrics
 from sabot_lab.plan.graph import JobGraph
-from sabot_lab.plan.nodes import Watermark
+from sabot_lab.plan.nodes import NO_WATERMARK, Watermark
 
 __all__ = ["Dashboard", "make_dashboard"]
 
 log = logging.getLogger(__name__)
 
-#: Watermarks at or below this are "none yet" (the operators start at the int64 minimum).
-_NO_WATERMARK = -(1 << 62)
 #: A state gauge: the keys and bytes an operator holds now, or None.
 StateGauge = Callable[[], tuple[int, int] | None]
 
@@ -228,7 +226,7 @@ class Dashboard:
     def watermark(self) -> int | None:
         """The job's watermark (the smallest over its watermark operators), if any."""
         marks = [m.watermark for m in self.metrics
-                 if m.watermark is not None and m.watermark > _NO_WATERMARK]
+                 if m.watermark is not None and m.watermark != NO_WATERMARK]
         return min(marks) if marks else None
 
     def frame(self) -> pd.DataFrame:

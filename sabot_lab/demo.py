@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows.append(_row("analytics: daily flight delays", daily, _delays_check(daily)))
     logs = apache_logs()
     hourly = request_stats(sl.Stream.from_table(logs), window="1h",
-                           out_of_orderness="1min").run()
+                           max_out_of_orderness="1min").run()
     rows.append(_row("analytics: hourly web requests", hourly, _requests_check(hourly, logs)))
 
     txns = transactions(args.transactions, n_accounts=max(1, args.transactions // 10))
@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      flight_delays(sl.Stream.from_table(flights()), window="1d"), daily),
                     ("analytics: hourly web requests",
                      request_stats(sl.Stream.from_table(logs), window="1h",
-                                   out_of_orderness="1min"), hourly)):
+                                   max_out_of_orderness="1min"), hourly)):
                 distributed = job.run(runner)
                 rows.append(_row(name, distributed, _same(distributed, local)))
                 execution = execution or distributed.execution

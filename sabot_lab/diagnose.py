@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import (
+    NO_WATERMARK,
     Enrich,
     KeyedProcess,
     MapBatches,
@@ -38,6 +39,7 @@ from sabot_lab.plan.nodes import (
     Watermark,
     WindowAggregate,
 )
+from sabot_lab.plan.windows import format_duration
 
 __all__ = ["Diagnosis", "Finding", "diagnose"]
 
@@ -49,8 +51,6 @@ LARGE_STATE_BYTES = 512 * 2**20
 LARGE_REFERENCE_BYTES = 256 * 2**20
 #: A window that sends more than this share of its rows to ``late`` is worth a look.
 LATE_SHARE = 0.5
-#: The watermark before any row with a usable event time (the operators' sentinel).
-_NO_WATERMARK = -(2**63)
 
 
 @dataclass
@@ -231,7 +231,7 @@ def _event_time(node: Watermark, value: int | None) -> str:
     >>> _event_time(Watermark(Source(TableScan(t)), "t"), 86_400)
     '1970-01-02 00:00:00'
     """
-    if value is None or value == _NO_WATERMARK:
+    if value is None or value == NO_WATERMARK:
         return "none (no row with a usable event time yet)"
     column = node.child.schema.field(node.time_col).type
     if not pa.types.is_timestamp(column):
@@ -253,7 +253,8 @@ def _stalled_watermark(node: Watermark, m: Any, windows: list[WindowAggregate],
         f"the watermark of {node.label} stayed at its first value while "
         f"{m.rows_watermark_stalled:,} of {m.rows_in:,} rows arrived",
         [f"watermark {_event_time(node, m.watermark)} (the largest {node.time_col!r} so far "
-         f"minus out_of_orderness {node.out_of_orderness}) after its first batch and after "
+         f"minus max_out_of_orderness {format_duration(node.out_of_orderness_ns)}) after its "
+         f"first batch and after "
          f"every batch since"])
     for window in windows:
         finding.evidence.append(
@@ -292,7 +293,7 @@ def _late_flood(node: WindowAggregate, m: Any, source: Watermark | None, wm: Any
         "if a row far ahead of the others (a bad clock) pushed the watermark, pass "
         "max_future_skew (with_watermark(..., max_future_skew='1h'), or max_future_skew= of "
         "the analytics patterns) so that such rows go to the 'rejected' side output; if the "
-        "stream really is this far out of order, raise out_of_orderness or allowed_lateness")
+        "stream really is this far out of order, raise max_out_of_orderness or allowed_lateness")
     return finding
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ from sabot_lab.plan.nodes import (
     WindowAggregate,
 )
 from sabot_lab.plan.optimizer import PlanOptimizer
-from sabot_lab.plan.windows import AggSpec, Hopping, Session, Tumbling, parse_duration
+from sabot_lab.plan.windows import AggSpec, DurationLike, Hopping, Session, Tumbling, non_negative
 from sabot_lab.reference import Table, table_from_pandas
 from sabot_lab.result import Result
 
@@ -332,13 +333,16 @@ class Stream:
     def with_watermark(
         self,
         time_col: str,
-        max_out_of_orderness: str = "0s",
-        allowed_lateness: str = "0s",
-        max_future_skew: str | None = None,
+        max_out_of_orderness: DurationLike = "0s",
+        allowed_lateness: DurationLike = "0s",
+        max_future_skew: DurationLike | None = None,
         unit: str | None = None,
-        out_of_orderness: str | None = None,
+        out_of_orderness: DurationLike | None = None,
     ) -> Stream:
         """Declare event time: ``time_col`` and how out of order rows may arrive.
+
+        Durations are text (``"10s"``, ``"1h30min"``), a ``datetime.timedelta``, or an int
+        of nanoseconds.
 
         Parameters
         ----------
@@ -356,11 +360,16 @@ class Stream:
         unit
             ``"s"``, ``"ms"``, ``"us"`` or ``"ns"`` for integer epoch columns.
         out_of_orderness
-            Alias of ``max_out_of_orderness``.
+            Deprecated alias of ``max_out_of_orderness``.
         """
-        bound = out_of_orderness if out_of_orderness is not None else max_out_of_orderness
-        return Stream(Watermark(self.node, time_col, bound, allowed_lateness, max_future_skew,
-                                unit))
+        if out_of_orderness is not None:
+            warnings.warn("with_watermark(out_of_orderness=...) is deprecated: use "
+                          "max_out_of_orderness=", DeprecationWarning, stacklevel=2)
+            max_out_of_orderness = out_of_orderness
+        return Stream(Watermark(
+            self.node, time_col, non_negative("max_out_of_orderness", max_out_of_orderness),
+            non_negative("allowed_lateness", allowed_lateness),
+            non_negative("max_future_skew", max_future_skew), unit))
 
     def group_by(self, *keys: str) -> WindowedStream:
         """Grouping needs windows on a stream: use ``window(...).group_by(...)``."""
@@ -377,19 +386,17 @@ class Stream:
         ``.group_by(keys).agg(...)``. Needs :meth:`with_watermark` upstream."""
         return WindowedStream(self, window, ())
 
-    def top_n(self, n: int, by: str, per: str = "window") -> Stream:
+    def top_n(self, n: int, by: str) -> Stream:
         """Keep the ``n`` groups with the largest ``by`` in every window, with their ``rank``.
 
         Applies to a windowed aggregation without allowed lateness (an update would change a
         ranking already emitted).
         """
-        if per != "window":
-            raise PlanError(f"top_n ranks per window; per={per!r} is not supported")
         window = self.node
         if not isinstance(window, WindowAggregate):
             raise PlanError("top_n() ranks the groups of a window: call it right after "
                             "window(...).group_by(...).agg(...)")
-        if parse_duration(window.allowed_lateness):
+        if window.allowed_lateness_ns:
             raise PlanError("top_n() with allowed lateness is not supported yet: updates "
                             "would change rankings already emitted. Use with_watermark(..., "
                             "allowed_lateness='0s') for the ranked job")
@@ -555,15 +562,15 @@ class WindowedStream:
         if not aggregates:
             raise PlanError("agg() needs at least one aggregate, e.g. n=sl.count()")
         watermark = _watermark_of(self.stream.node)
-        if isinstance(self.window_spec, Session) and parse_duration(watermark.allowed_lateness):
+        if self.window_spec.is_session and watermark.allowed_lateness_ns:
             raise PlanError(
                 "allowed lateness is not supported for session windows; rows after the "
                 "watermark go to the late side output (use with_watermark(..., "
                 "allowed_lateness='0s'))")
         return Stream(WindowAggregate(
             self.stream.node, self.window_spec, self.keys, tuple(aggregates.items()),
-            watermark.time_col, watermark.time_unit, watermark.out_of_orderness,
-            watermark.allowed_lateness))
+            watermark.time_col, watermark.time_unit, watermark.out_of_orderness_ns,
+            watermark.allowed_lateness_ns))
 
 
 class KeyedStream:

@@ -470,7 +470,7 @@ def window_cases(draw):
 
 def window_job(case: dict, stream: sl.Stream) -> sl.Stream:
     events = stream.with_watermark(
-        "t", out_of_orderness=case["out_of_orderness"],
+        "t", max_out_of_orderness=case["out_of_orderness"],
         allowed_lateness=case["allowed_lateness"], max_future_skew=case["max_future_skew"],
         unit=case["unit"] if case["as_int"] else None)
     windowed = events.window(case["window"])
@@ -721,7 +721,7 @@ def test_malformed_csv_lines(case, declared, batch_size, scratch):
     jobs = [
         stream.enrich(accounts, on="account_id", unmatched="side_output"),
         detect_fraud(stream, FraudRules()),
-        stream.with_watermark("ts", unit="ms", out_of_orderness="1s")
+        stream.with_watermark("ts", unit="ms", max_out_of_orderness="1s")
         .window(sl.tumbling("10s")).group_by("name").agg(n=sl.count(), total=sl.sum("amount")),
     ]
     for job in jobs:
@@ -849,7 +849,7 @@ ERROR_CASES = {
     "top_n by a missing column": (lambda: _events().with_watermark("t")
                                   .window(sl.tumbling("1min")).agg(n=sl.count())
                                   .top_n(2, by="nope"), "nope"),
-    "bad duration": (lambda: _events().with_watermark("t", out_of_orderness="soon"), "soon"),
+    "bad duration": (lambda: _events().with_watermark("t", max_out_of_orderness="soon"), "soon"),
     "negative duration": (lambda: _events().with_watermark("t", allowed_lateness="-5s"), "-5s"),
     "session gap below the time unit": (lambda: _events().with_watermark("t").window(
         sl.session("10ms")).agg(n=sl.count()), "t"),
@@ -928,7 +928,7 @@ def _bad_transactions(n: int = 240) -> pa.Table:
 def _dask_jobs(scratch: Path) -> dict[str, sl.Stream]:
     events = sl.Stream.from_table(_bad_events(), batch_size=7)
     reference = sl.Table(pa.table({"k": ["é", "x" * 5000, ""], "tier": [1, 2, 3]}), key="k")
-    timed = events.with_watermark("t", out_of_orderness="1min", allowed_lateness="2min")
+    timed = events.with_watermark("t", max_out_of_orderness="1min", allowed_lateness="2min")
     path = _write(scratch, "a,b\n1,x\n2\n3,y,z\n4,w\n")
     return {
         "enrich": events.enrich(reference, on="k", unmatched="side_output"),
@@ -937,9 +937,9 @@ def _dask_jobs(scratch: Path) -> dict[str, sl.Stream]:
         .agg(n=sl.count(), s=sl.sum("v"), q=sl.quantile("v", 0.5)),
         "hopping": timed.window(sl.hopping("2min", "1min")).group_by("k")
         .agg(n=sl.count(), lo=sl.min("v"), p=sl.approx_quantile("v", 0.5)),
-        "session": events.with_watermark("t", out_of_orderness="1min")
+        "session": events.with_watermark("t", max_out_of_orderness="1min")
         .window(sl.session("30s")).group_by("k").agg(n=sl.count()),
-        "top_n": events.with_watermark("t", out_of_orderness="1min")
+        "top_n": events.with_watermark("t", max_out_of_orderness="1min")
         .window(sl.tumbling("1min")).group_by("k").agg(n=sl.count()).top_n(2, by="n"),
         "csv": sl.Stream.from_csv(path, bad_lines="side_output"),
     }
@@ -1135,7 +1135,7 @@ def test_window_integer_sum_overflow_is_refused():
                          ids=["max alone", "max then zero", "min then zero"])
 def test_window_event_times_at_int64_limits(times):
     table = pa.table({"t": pa.array(times, pa.int64()), "v": [1.0] * len(times)})
-    result = check_result(_window_run(table, unit="s", out_of_orderness="10s"))
+    result = check_result(_window_run(table, unit="s", max_out_of_orderness="10s"))
     emitted = sum(result.table["n"].to_pylist())
     assert emitted + result.side_outputs["rejected"].num_rows == len(times)
     assert result.side_outputs["late"].num_rows == 0

@@ -25,7 +25,7 @@ def _events(n: int = 2_000) -> pa.Table:
 
 def _windowed(events: pa.Table) -> sl.Stream:
     return (sl.Stream.from_table(events, batch_size=100)
-            .with_watermark("t", unit="s", out_of_orderness=f"{BOUND}s")
+            .with_watermark("t", unit="s", max_out_of_orderness=f"{BOUND}s")
             .window(sl.tumbling("100s")).group_by("k").agg(n=sl.count(), total=sl.sum("v")))
 
 

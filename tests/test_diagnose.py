@@ -108,7 +108,7 @@ def test_a_watermark_that_never_moves_shows_in_metrics_and_diagnosis():
     assert "'time' is each row's event time" in finding.fix and "max_future_skew" in finding.fix
 
     healthy = request_stats(sl.Stream.from_table(logs, batch_size=1_000), window="1h",
-                            out_of_orderness="1min").run()
+                            max_out_of_orderness="1min").run()
     assert healthy.metrics.set_index("op_id").loc["1:watermark", "rows_watermark_stalled"] == 0
     assert _event_time_findings(healthy) == []
 
@@ -121,7 +121,7 @@ def test_rows_sent_to_late_by_a_row_far_ahead_are_a_finding_with_the_fix():
     logs = apache_logs()
     bad = one_row_30_years_ahead(logs, "time")
     result = request_stats(sl.Stream.from_table(bad, batch_size=1_000), window="1h",
-                           out_of_orderness="1min").run()
+                           max_out_of_orderness="1min").run()
     late = logs.num_rows - BAD_ROW - 1  # every row after the bad one
     (finding,) = _event_time_findings(result)
     assert finding.title.startswith(f"{late:,} of {logs.num_rows:,} rows reaching Window[")
@@ -130,5 +130,5 @@ def test_rows_sent_to_late_by_a_row_far_ahead_are_a_finding_with_the_fix():
     assert "max_future_skew" in finding.fix
 
     guarded = request_stats(sl.Stream.from_table(bad, batch_size=1_000), window="1h",
-                            out_of_orderness="1min", max_future_skew="1d").run()
+                            max_out_of_orderness="1min", max_future_skew="1d").run()
     assert _event_time_findings(guarded) == []

@@ -36,7 +36,7 @@ def request_stats(
     requests: Stream,
     window: str = "5min",
     time_col: str = "time",
-    out_of_orderness: str = "10s",
+    max_out_of_orderness: str = "10s",
     allowed_lateness: str = "0s",
     max_future_skew: str | None = None,
 ) -> Stream:
@@ -48,14 +48,14 @@ def request_stats(
         A stream with a timestamp column ``time_col`` and a numeric ``bytes`` column.
     window
         Window size, e.g. ``"5min"``.
-    out_of_orderness, allowed_lateness, max_future_skew
+    max_out_of_orderness, allowed_lateness, max_future_skew
         As in :meth:`Stream.with_watermark`. Set ``max_future_skew`` (e.g. ``"1h"``) when a
         bad clock may stamp a row far in the future: such a row goes to the ``rejected``
         side output instead of moving the watermark past every later row (which would send
         them all to ``late``).
     """
     return (
-        requests.with_watermark(time_col, out_of_orderness=out_of_orderness,
+        requests.with_watermark(time_col, max_out_of_orderness=max_out_of_orderness,
                                 allowed_lateness=allowed_lateness,
                                 max_future_skew=max_future_skew)
         .window(w.tumbling(window))
@@ -69,15 +69,15 @@ def top_paths(
     n: int = 10,
     window: str = "5min",
     time_col: str = "time",
-    out_of_orderness: str = "10s",
+    max_out_of_orderness: str = "10s",
     max_future_skew: str | None = None,
 ) -> Stream:
     """The ``n`` most requested paths of every tumbling window, with their rank.
 
-    ``out_of_orderness`` and ``max_future_skew`` are as in :func:`request_stats`.
+    ``max_out_of_orderness`` and ``max_future_skew`` are as in :func:`request_stats`.
     """
     return (
-        requests.with_watermark(time_col, out_of_orderness=out_of_orderness,
+        requests.with_watermark(time_col, max_out_of_orderness=max_out_of_orderness,
                                 max_future_skew=max_future_skew)
         .window(w.tumbling(window)).group_by("path")
         .agg(hits=w.count(), bytes=w.sum("bytes"))
@@ -88,15 +88,15 @@ def top_paths(
 def flight_delays(
     flights: Stream,
     window: str = "1h",
-    out_of_orderness: str = "30min",
+    max_out_of_orderness: str = "30min",
     max_future_skew: str | None = None,
 ) -> Stream:
     """Per window and origin airport: flights, mean, p95 and p99 departure delay (minutes).
 
-    ``out_of_orderness`` and ``max_future_skew`` are as in :func:`request_stats`.
+    ``max_out_of_orderness`` and ``max_future_skew`` are as in :func:`request_stats`.
     """
     return (
-        flights.with_watermark("date", out_of_orderness=out_of_orderness,
+        flights.with_watermark("date", max_out_of_orderness=max_out_of_orderness,
                                max_future_skew=max_future_skew)
         .window(w.tumbling(window)).group_by("origin")
         .agg(flights=w.count(), mean_delay=w.mean("delay"),

@@ -35,7 +35,9 @@ from sabot_lab.plan.fingerprint import fingerprint_value
 from sabot_lab.reference import Table
 
 __all__ = [
+    "NO_WATERMARK",
     "STATELESS",
+    "WATERMARK_COLUMN",
     "Enrich",
     "Filter",
     "Fused",
@@ -479,6 +481,8 @@ class Fused(Node):
 
 #: Name of the per-row watermark column that :class:`Watermark` adds.
 WATERMARK_COLUMN = "_watermark"
+#: The watermark before any row has been seen (the smallest int64).
+NO_WATERMARK = -(2**63)
 
 
 def _time_unit(schema: pa.Schema, time_col: str, unit: str | None) -> str:
@@ -502,22 +506,27 @@ class Watermark(_Unary):
     """Assigns event-time watermarks with bounded out-of-orderness.
 
     The watermark before each row is the largest event time of the rows before it (in
-    arrival order) minus ``out_of_orderness``; it is added as column ``_watermark``. Rows
-    whose event time is null, or more than ``max_future_skew`` ahead of every earlier row, go
-    to the ``rejected`` side output with a reason and do not move the watermark.
+    arrival order) minus ``out_of_orderness_ns``; it is added as column ``_watermark``. Rows
+    whose event time is null, or more than ``max_future_skew_ns`` ahead of every earlier row,
+    go to the ``rejected`` side output with a reason and do not move the watermark. Durations
+    are integer nanoseconds (:func:`~sabot_lab.plan.windows.parse_duration` reads them).
     """
 
     time_col: str
-    out_of_orderness: str = "0s"
-    allowed_lateness: str = "0s"
-    max_future_skew: str | None = None
+    out_of_orderness_ns: int = 0
+    allowed_lateness_ns: int = 0
+    max_future_skew_ns: int | None = None
     unit: str | None = None
 
     @property
     def label(self) -> str:
-        skew = f" max_future_skew={self.max_future_skew}" if self.max_future_skew else ""
-        return (f"Watermark[{self.time_col} out_of_orderness={self.out_of_orderness} "
-                f"allowed_lateness={self.allowed_lateness}{skew}]")
+        from sabot_lab.plan.windows import format_duration
+
+        skew = "" if self.max_future_skew_ns is None else \
+            f" max_future_skew={format_duration(self.max_future_skew_ns)}"
+        return (f"Watermark[{self.time_col} "
+                f"max_out_of_orderness={format_duration(self.out_of_orderness_ns)} "
+                f"allowed_lateness={format_duration(self.allowed_lateness_ns)}{skew}]")
 
     @property
     def time_unit(self) -> str:
@@ -525,11 +534,11 @@ class Watermark(_Unary):
         return _time_unit(self.child.schema, self.time_col, self.unit)
 
     def _infer_schema(self) -> pa.Schema:
-        from sabot_lab.plan.windows import parse_duration
-
-        for text in (self.out_of_orderness, self.allowed_lateness, self.max_future_skew):
-            if text is not None:
-                parse_duration(text)
+        for name in ("out_of_orderness_ns", "allowed_lateness_ns", "max_future_skew_ns"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ExprError(f"{name} must be a non-negative number of nanoseconds, got "
+                                f"{value!r}")
         self.time_unit  # noqa: B018 - validates the time column
         schema = self.child.schema
         if WATERMARK_COLUMN in schema.names:
@@ -552,8 +561,8 @@ class WindowAggregate(_Unary):
     aggs: tuple[tuple[str, Any], ...]
     time_col: str
     time_unit: str
-    out_of_orderness: str = "0s"
-    allowed_lateness: str = "0s"
+    out_of_orderness_ns: int = 0
+    allowed_lateness_ns: int = 0
     #: Groups to keep, a predicate on the keys only (set by the optimizer from a filter
     #: above the window): other rows are counted as filtered once their lateness is decided,
     #: so the ``late`` side output stays the same.
@@ -577,7 +586,7 @@ class WindowAggregate(_Unary):
             if pa.types.is_nested(schema.field(k).type):
                 raise ExprError(f"group key {k!r} is {schema.field(k).type}: keys must be "
                                 f"scalars (numbers, strings, times); flatten it first")
-        if hasattr(self.window, "slide_ns"):
+        if not self.window.is_session:
             from sabot_lab.plan.windows import to_unit
 
             for what, ns in (("size", self.window.size_ns), ("slide", self.window.slide_ns)):

@@ -184,7 +184,7 @@ def push_key_filter_into_window(node: Node) -> Node | None:
         return None
     window = node.child
     keys = set(window.keys)
-    if not keys or not hasattr(window.window, "slide_ns"):  # session windows: not applied
+    if not keys or window.window.is_session:  # session windows: not applied
         return None
     movable = [p for p in conjuncts(node.predicate) if p.columns <= keys]
     if not movable:

@@ -38,11 +38,10 @@ from sabot_lab.ops.base import (
 from sabot_lab.ops.enrich import EnrichOp, fuse_scan_filter_into_enrich
 from sabot_lab.ops.fused import FusedOp
 from sabot_lab.ops.keyed import KeyedProcessOp
-from sabot_lab.ops.sessions import SessionWindowOp
 from sabot_lab.ops.snapshot import SnapshotError
 from sabot_lab.ops.sources import ScanFilterOp, pushes_down, read_source
 from sabot_lab.ops.stateless import FilterOp, MapBatchesOp, ProjectOp
-from sabot_lab.ops.windows import TopNOp, WatermarkOp, WindowAggregateOp
+from sabot_lab.ops.window import SessionWindowOp, TopNOp, WatermarkOp, WindowAggregateOp
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import (
     Enrich,

@@ -37,7 +37,7 @@ def test_request_stats_on_the_apache_log_equal_sql():
 
     logs = apache_logs()
     result = request_stats(sl.Stream.from_table(logs, batch_size=1_000), window="1h",
-                           out_of_orderness="1min").run()
+                           max_out_of_orderness="1min").run()
     expected = duck(
         "SELECT time_bucket(INTERVAL 1 hour, time) AS window_start, count(*) AS requests, "
         "sum(bytes) AS bytes, avg(bytes) AS mean_bytes, quantile_cont(bytes, 0.95) AS p95_bytes,"
@@ -54,7 +54,7 @@ def test_top_paths_equal_sql():
 
     logs = apache_logs()
     result = top_paths(sl.Stream.from_table(logs, batch_size=2_000), n=5, window="1d",
-                       out_of_orderness="1min").run()
+                       max_out_of_orderness="1min").run()
     expected = duck(
         "SELECT * FROM (SELECT window_start, path, hits, bytes, CAST(row_number() OVER ("
         "PARTITION BY window_start ORDER BY hits DESC, path) AS INTEGER) AS rank FROM ("
@@ -81,8 +81,8 @@ def one_row_30_years_ahead(table: pa.Table, time_col: str, row: int = BAD_ROW) -
 def _cases() -> list[tuple]:
     from sabot_lab.datasets import apache_logs
 
-    return [(request_stats, apache_logs, "time", {"window": "1h", "out_of_orderness": "1min"}),
-            (top_paths, apache_logs, "time", {"window": "1d", "out_of_orderness": "1min"}),
+    return [(request_stats, apache_logs, "time", {"window": "1h", "max_out_of_orderness": "1min"}),
+            (top_paths, apache_logs, "time", {"window": "1d", "max_out_of_orderness": "1min"}),
             (flight_delays, flights, "date", {"window": "1d"})]
 
 
@@ -107,7 +107,7 @@ def test_request_stats_with_max_future_skew_equal_sql_without_the_bad_row():
     logs = apache_logs()
     bad = one_row_30_years_ahead(logs, "time")
     result = request_stats(sl.Stream.from_table(bad, batch_size=1_000), window="1h",
-                           out_of_orderness="1min", max_future_skew="1d").run()
+                           max_out_of_orderness="1min", max_future_skew="1d").run()
     expected = duck(
         "SELECT time_bucket(INTERVAL 1 hour, time) AS window_start, count(*) AS requests, "
         "sum(bytes) AS bytes, avg(bytes) AS mean_bytes, quantile_cont(bytes, 0.95) AS p95_bytes,"

@@ -25,7 +25,7 @@ def _events(n: int = 20_000) -> pa.Table:
 
 def _job(predicate: sl.Expr, lateness: str = "1min") -> sl.Stream:
     return (sl.Stream.from_table(_events(), batch_size=999)
-            .with_watermark("ts", out_of_orderness="5s", allowed_lateness=lateness)
+            .with_watermark("ts", max_out_of_orderness="5s", allowed_lateness=lateness)
             .window(sl.hopping("2min", "1min")).group_by("user", "region")
             .agg(n=sl.count(), p95=sl.quantile("v", 0.95))
             .filter(predicate))

@@ -41,7 +41,7 @@ def _fraud_job(crash: Crash) -> sl.Stream:
 def _window_job(crash: Crash) -> sl.Stream:
     events = clicks(30_000, seed=1)
     return (sl.Stream.from_table(events, batch_size=700).map_batches(crash, events.schema)
-            .with_watermark("event_time", out_of_orderness="5s", allowed_lateness="30s")
+            .with_watermark("event_time", max_out_of_orderness="5s", allowed_lateness="30s")
             .window(sl.tumbling("1min")).group_by("path").agg(n=sl.count(),
                                                                p95=sl.quantile("bytes", 0.95)))
 

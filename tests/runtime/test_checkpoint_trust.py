@@ -29,7 +29,7 @@ def _windows(crash: Crash, batch_size: int = 100) -> sl.Stream:
     events = clicks(4_000, seed=3)
     return (sl.Stream.from_table(events, batch_size=batch_size)
             .map_batches(crash, events.schema)
-            .with_watermark("event_time", out_of_orderness="5s", allowed_lateness="30s")
+            .with_watermark("event_time", max_out_of_orderness="5s", allowed_lateness="30s")
             .window(sl.hopping("1min", "30s")).group_by("path")
             .agg(n=sl.count(), p95=sl.quantile("bytes", 0.95),
                  p50=sl.approx_quantile("latency_ms", 0.5)))
@@ -38,7 +38,7 @@ def _windows(crash: Crash, batch_size: int = 100) -> sl.Stream:
 def _sessions(crash: Crash) -> sl.Stream:
     events = clicks(4_000, seed=4)
     return (sl.Stream.from_table(events, batch_size=100).map_batches(crash, events.schema)
-            .with_watermark("event_time", out_of_orderness="5s")
+            .with_watermark("event_time", max_out_of_orderness="5s")
             .window(sl.session("20s")).group_by("user_id").agg(n=sl.count(),
                                                                   top=sl.max("bytes")))
 
@@ -174,7 +174,7 @@ def _generated(crash: Crash, source_id: str | None, seed: int = 7) -> sl.Stream:
     return (sl.Stream.from_generator(lambda i: clicks_batch(i, 300, seed=seed), 20, schema,
                                      source_id=source_id)
             .map_batches(crash, schema)
-            .with_watermark("event_time", out_of_orderness="10s")
+            .with_watermark("event_time", max_out_of_orderness="10s")
             .window(sl.tumbling("30s")).group_by("status").agg(n=sl.count()))
 
 
@@ -362,7 +362,7 @@ def test_dictionary_columns_that_change_between_batches_are_checkpointed(tmp_pat
 
     def job(crash: Crash) -> sl.Stream:
         return (sl.Stream.from_table(events, batch_size=500).map_batches(crash, events.schema)
-                .with_watermark("event_time", out_of_orderness="5s")
+                .with_watermark("event_time", max_out_of_orderness="5s")
                 .window(sl.tumbling("1s")).group_by("path").agg(n=sl.count()))
 
     expected = job(Crash(None)).run().table

@@ -42,8 +42,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sabot_lab.ops.sketch import QuantileSketches
 from sabot_lab.ops.snapshot import SnapshotReader, in_range
+from sabot_lab.ops.window.sketch import QuantileSketches
 
 __all__ = ["PartialAggregates"]
 

@@ -7,7 +7,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sabot_lab.ops.keys import KeyDictionary
+from sabot_lab.ops.window.keys import KeyDictionary
 
 ints = st.lists(st.one_of(st.none(), st.integers(-3, 3), st.integers(-2**62, 2**62)),
                 max_size=30)

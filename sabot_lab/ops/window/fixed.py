@@ -15,7 +15,7 @@ Examples
 >>> import sabot_lab as sl
 >>> events = pa.table({"t": [0, 5, 61, 2, 130, 9], "v": [1, 2, 3, 4, 5, 6]})
 >>> stream = (sl.Stream.from_table(events, batch_size=2)
-...           .with_watermark("t", unit="s", out_of_orderness="10s")
+...           .with_watermark("t", unit="s", max_out_of_orderness="10s")
 ...           .window(sl.tumbling("1min")).agg(n=sl.count(), total=sl.sum("v")))
 >>> result = stream.run()
 >>> result.table.select(["window_start", "n", "total"]).to_pylist()[:2]
@@ -33,33 +33,18 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from sabot_lab.ops import aggregates
-from sabot_lab.ops.aggregates import PartialAggregates
-from sabot_lab.ops.base import Operator
-from sabot_lab.ops.keys import KeyDictionary
-from sabot_lab.ops.snapshot import SnapshotError, SnapshotReader, in_range, pack
-from sabot_lab.plan.nodes import WATERMARK_COLUMN, TopN, Watermark, WindowAggregate
-from sabot_lab.plan.windows import parse_duration, to_unit
+from sabot_lab.ops.base import OperatorMetrics, SideOutputs
+from sabot_lab.ops.snapshot import SnapshotReader, in_range
+from sabot_lab.ops.window.base import WindowOperator, sort_by_window_and_keys
+from sabot_lab.ops.window.watermark import event_times
+from sabot_lab.plan.nodes import WATERMARK_COLUMN, WindowAggregate
+from sabot_lab.plan.windows import format_duration, to_unit
 
-__all__ = ["TopNOp", "WatermarkOp", "WindowAggregateOp"]
+__all__ = ["WindowAggregateOp"]
 
-_NO_WATERMARK = np.iinfo(np.int64).min
-#: Event times beyond +-2**62 (in the column's unit) are refused: windows and watermarks add
-#: and subtract durations to them, which must not overflow int64.
-_LIMIT = 1 << 62
 #: Rows of released windows kept for reuse before the partial aggregates are compacted.
 _SPARE_ROWS = 64
-
-
-def event_times(array: pa.Array) -> np.ndarray:
-    """Event times as int64 in the column's own unit (null slots hold 0)."""
-    if pa.types.is_timestamp(array.type):
-        array = array.cast(pa.int64())
-    if array.null_count:
-        array = array.fill_null(0)
-    return array.cast(pa.int64()).to_numpy(zero_copy_only=False)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -85,151 +70,10 @@ def _classify(ts, wm, slide, size, lateness, j, start, kind):  # pragma: no cove
     return counts, low, high
 
 
-@numba.njit(nogil=True, cache=True)
-def _assign(ts, valid, state, bound, skew, check_skew, watermark, accepted, reason
-            ):  # pragma: no cover - numba
-    """Per row: the watermark before it; reject null and too-far-future event times.
-
-    ``state`` holds [running maximum of accepted rows, event time of the previous row]. A row
-    is too far ahead when it is more than ``skew`` ahead of both: an isolated bad clock is
-    rejected, while a genuine jump is confirmed by the next row (only its first row is
-    rejected). reason: 0 accepted, 1 null event time, 2 too far ahead.
-    """
-    running_max = state[0]
-    previous = state[1]
-    for i in range(ts.shape[0]):
-        watermark[i] = running_max - bound if running_max != _NO_WATERMARK else _NO_WATERMARK
-        if not valid[i]:
-            accepted[i] = False
-            reason[i] = 1
-            continue
-        if ts[i] > _LIMIT or ts[i] < -_LIMIT:  # window arithmetic would overflow int64
-            accepted[i] = False
-            reason[i] = 3
-            continue
-        if (check_skew and running_max != _NO_WATERMARK and ts[i] > running_max + skew
-                and (previous == _NO_WATERMARK or ts[i] > previous + skew)):
-            accepted[i] = False
-            reason[i] = 2
-        else:
-            accepted[i] = True
-            reason[i] = 0
-            if ts[i] > running_max:
-                running_max = ts[i]
-        previous = ts[i]
-    state[0] = running_max
-    state[1] = previous
-
-
 def _warm_up() -> None:
-    """Load (or compile) the kernels before the first batch, so their one-off cost is not
-    counted as the operator's work."""
+    """Load (or compile) the classification kernel before the first batch."""
     one = np.zeros(1, dtype=np.int64)
     _classify(one, one, 1, 1, 0, 0, one.copy(), np.zeros(1, dtype=np.int8))
-    for ts in (np.zeros(1, dtype=np.int64), event_times(pa.array([0], pa.int64()))):
-        state = np.full(2, _NO_WATERMARK, dtype=np.int64)
-        _assign(ts, np.ones(1, dtype=np.bool_), state, 0, 0, False,
-                np.empty(1, dtype=np.int64), np.empty(1, dtype=np.bool_),
-                np.empty(1, dtype=np.int8))
-
-
-class WatermarkOp(Operator):
-    """Adds the per-row watermark column; rejects rows with unusable event times."""
-
-    node: Watermark
-    parallel_safe = False
-    stateful = True
-
-    def __init__(self, *args: object) -> None:
-        super().__init__(*args)
-        unit = self.node.time_unit
-        self.bound = to_unit(parse_duration(self.node.out_of_orderness), unit)
-        skew = self.node.max_future_skew
-        self.skew = to_unit(parse_duration(skew), unit) if skew is not None else 0
-        self.state = np.full(2, _NO_WATERMARK, dtype=np.int64)  # running max, previous row
-        self.side_outputs.declare("rejected", self.node.child.schema.append(
-            pa.field("reason", pa.string())))
-        _warm_up()
-
-    def snapshot(self) -> bytes:
-        """The running maximum and the previous row's event time."""
-        return self.state.tobytes()
-
-    def restore(self, state: bytes) -> None:
-        if len(state) != self.state.nbytes:
-            raise SnapshotError(f"watermark state is damaged: {len(state)} bytes, expected "
-                                f"{self.state.nbytes}")
-        self.state[:] = np.frombuffer(state, dtype=np.int64)
-        self.metrics.watermark = self.watermark
-
-    @property
-    def watermark(self) -> int:
-        """The current watermark (after every row seen so far)."""
-        running_max = int(self.state[0])
-        return running_max - self.bound if running_max != _NO_WATERMARK else _NO_WATERMARK
-
-    def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
-        column = batch.column(self.node.time_col)
-        ts = event_times(column)
-        valid = pc.is_valid(column).to_numpy(zero_copy_only=False) if column.null_count \
-            else np.ones(len(column), dtype=np.bool_)
-        n = batch.num_rows
-        watermark = np.empty(n, dtype=np.int64)
-        accepted = np.empty(n, dtype=np.bool_)
-        reason = np.empty(n, dtype=np.int8)
-        _assign(ts, valid, self.state, self.bound, self.skew,
-                self.node.max_future_skew is not None, watermark, accepted, reason)
-        self.metrics.watermark = self.watermark
-        rejected = n - int(accepted.sum())
-        if rejected:
-            why = np.array(["", "null event time",
-                            f"more than {self.node.max_future_skew} ahead of every earlier row "
-                            f"and of the row before it",
-                            "event time out of range (beyond +-2**62 in its unit)"],
-                           dtype=object)[reason[~accepted]]
-            self.side_outputs.emit("rejected", batch.filter(pa.array(~accepted)).append_column(
-                "reason", pa.array(why, pa.string())))
-            self.metrics.add(rows_side_output=rejected)
-            batch = batch.filter(pa.array(accepted))
-            watermark = watermark[accepted]
-        return [batch.append_column(WATERMARK_COLUMN, pa.array(watermark))]
-
-
-def sort_by_window_and_keys(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
-    """Rows ordered by window start, then keys (nulls last); dictionary-encoded keys sort by
-    their values.
-
-    >>> k = pa.array(["b", "b", "a"]).dictionary_encode()
-    >>> t = pa.table({"window_start": [1, 0, 0], "k": k})
-    >>> sort_by_window_and_keys(t, ("k",))["k"].to_pylist()
-    ['a', 'b', 'b']
-    """
-    names = ["window_start", *keys]
-    columns = [table[n].cast(table.schema.field(n).type.value_type)
-               if pa.types.is_dictionary(table.schema.field(n).type) else table[n]
-               for n in names]
-    order = pc.sort_indices(pa.table(dict(zip(names, columns, strict=True))),
-                            [(n, "ascending", "at_end") for n in names])
-    return table.take(order)
-
-
-def set_up_window_state(op: Operator) -> None:
-    """What every window operator (tumbling, hopping, session) starts with: the output and
-    ``late`` schemas, the watermark bound, key ids and partial aggregates."""
-    node = op.node
-    unit = node.time_unit
-    op.bound = to_unit(parse_duration(node.out_of_orderness), unit)
-    op.schema = node.schema
-    op.time_type = op.schema.field("window_start").type
-    op.metrics.aggregates = True
-    child = node.child.schema
-    op.late_type = pa.duration(unit) if pa.types.is_timestamp(op.time_type) else pa.int64()
-    op.side_outputs.declare("late", pa.schema(
-        [f for f in child if f.name != WATERMARK_COLUMN]
-        + [pa.field("window_start", op.time_type), pa.field("window_end", op.time_type),
-           pa.field("late_by", op.late_type), pa.field("reason", pa.string())]))
-    op.keys = KeyDictionary(pa.schema([child.field(k) for k in node.keys]))
-    op.partials = PartialAggregates(node.aggs, child)
 
 
 @dataclass
@@ -253,7 +97,7 @@ class _OpenWindow:
         self.revisions[keys] = revision
 
 
-class WindowAggregateOp(Operator):
+class WindowAggregateOp(WindowOperator):
     """Incremental window aggregation: partial aggregates per (window, key), updated per batch.
 
     Each batch is classified per row (and per window the row belongs to): rows the watermark
@@ -263,21 +107,15 @@ class WindowAggregateOp(Operator):
     freed once no update can reach them, so memory is bounded by the open windows.
     """
 
-    node: WindowAggregate
-    parallel_safe = False
-    stateful = True
-
-    def __init__(self, *args: object) -> None:
-        super().__init__(*args)
-        unit = self.node.time_unit
-        self.size = to_unit(self.node.window.size_ns, unit)
-        self.slide = to_unit(self.node.window.slide_ns, unit)
-        self.lateness = to_unit(parse_duration(self.node.allowed_lateness), unit)
-        set_up_window_state(self)
+    def __init__(self, node: WindowAggregate, metrics: OperatorMetrics,
+                 side_outputs: SideOutputs) -> None:
+        super().__init__(node, metrics, side_outputs)
+        unit = node.time_unit
+        self.size = to_unit(node.window.size_ns, unit)
+        self.slide = to_unit(node.window.slide_ns, unit)
+        self.lateness = to_unit(node.allowed_lateness_ns, unit)
         self.open: dict[int, _OpenWindow] = {}  # by window start
-        self.watermark = _NO_WATERMARK
         _warm_up()
-        aggregates.warm_up()
 
     # --- per batch -------------------------------------------------------------------------
 
@@ -326,9 +164,7 @@ class WindowAggregateOp(Operator):
         self.metrics.add(rows_aggregated=aggregated)
         if late:
             self._side_output_late(batch, *self._in_arrival_order(late, n), wm)
-        self.watermark = builtins.max(self.watermark, int(ts.max()) - self.bound,
-                                      int(wm.max()))
-        out = self._fire(self.watermark)
+        out = self._fire(self.advance(ts, wm))
         if updates:
             out.append(self._updates(batch, key_ids, *self._in_arrival_order(updates, n)))
         self._free(self.watermark)
@@ -375,27 +211,20 @@ class WindowAggregateOp(Operator):
         groups = sum(len(self.partials.present(w.row)) for w in self.open.values())
         return groups, self.partials.nbytes
 
-    def snapshot(self) -> bytes:
-        """Key ids, partial aggregates, open windows and the watermark, as numeric arrays
-        and JSON (:mod:`sabot_lab.ops.snapshot`: no pickle)."""
+    def own_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """The open windows: start, row of slots, fired, revisions emitted per key."""
         self._compact()  # no rows of windows gone in the snapshot
         starts = sorted(self.open)
         windows = [self.open[s] for s in starts]
-        key_meta, key_arrays = self.keys.save("keys")
-        agg_meta, agg_arrays = self.partials.save("aggs")
-        return pack("window", {**key_meta, **agg_meta, "watermark": int(self.watermark)}, {
-            **key_arrays, **agg_arrays,
+        return {}, {
             "open.start": np.array(starts, np.int64),
             "open.row": np.array([w.row for w in windows], np.int64),
             "open.fired": np.array([w.fired for w in windows], np.bool_),
             "open.revisions": np.concatenate(
                 [w.revisions for w in windows] or [np.zeros(0, np.int32)]),
-            "open.revision_counts": np.array([len(w.revisions) for w in windows], np.int64)})
+            "open.revision_counts": np.array([len(w.revisions) for w in windows], np.int64)}
 
-    def restore(self, state: bytes) -> None:
-        reader = SnapshotReader(state, "window")
-        self.keys.load(reader, "keys")
-        self.partials.load(reader, "aggs")
+    def load_own_state(self, reader: SnapshotReader) -> None:
         starts = reader.array("open.start", np.int64)
         rows = reader.array("open.row", np.int64)
         fired = reader.array("open.fired", np.bool_)
@@ -406,17 +235,15 @@ class WindowAggregateOp(Operator):
                      and len(np.unique(rows)) == len(rows)
                      and in_range(rows, 0, self.partials.rows)
                      and not set(rows.tolist()) & set(self.partials.free_rows)
-                     and (lengths >= 0).all() and int(lengths.sum()) == len(revisions),
+                     and (lengths >= 0).all() and int(lengths.sum()) == len(revisions)
+                     and self.partials.key_capacity >= len(self.keys),
                      "open windows do not match their slots")
-        reader.check(self.partials.key_capacity >= len(self.keys),
-                     "fewer key slots than keys")
         self.open = {}
         for start, row, was_fired, part in zip(
                 starts.tolist(), rows.tolist(), fired.tolist(),
                 np.split(revisions, np.cumsum(lengths)[:-1]) if len(lengths) else [],
                 strict=True):
             self.open[start] = _OpenWindow(row, was_fired, part.copy())
-        self.watermark = reader.scalar("watermark", int)
 
     def finish(self) -> list[pa.RecordBatch]:
         """End of a bounded input: every open window fires."""
@@ -506,55 +333,6 @@ class WindowAggregateOp(Operator):
 
     def _side_output_late(self, batch: pa.RecordBatch, rows: np.ndarray, starts: np.ndarray,
                           wm: np.ndarray) -> None:
-        late = batch.take(pa.array(rows)).drop_columns([WATERMARK_COLUMN])
-        ends = starts + self.size
-        late = late.append_column("window_start", pa.array(starts).cast(self.time_type))
-        late = late.append_column("window_end", pa.array(ends).cast(self.time_type))
-        late = late.append_column("late_by", pa.array(wm[rows] - ends).cast(self.late_type))
-        late = late.append_column("reason", pa.array(
-            [f"the watermark had passed window_end + allowed lateness "
-             f"({self.node.allowed_lateness})"] * len(rows), pa.string()))
-        self.side_outputs.emit("late", late)
-        self.metrics.add(rows_side_output=len(rows))
-
-
-class TopNOp(Operator):
-    """Ranks the groups of each emitted window and keeps the first ``n``.
-
-    A window's groups are emitted together (one batch per firing), so each batch holds whole
-    windows and is ranked on its own.
-    """
-
-    node: TopN
-    parallel_safe = False
-
-    def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
-        table = pa.Table.from_batches([batch])
-        windows = list(self.node.window_keys)
-        keys = [k for k in self.node.group_keys if k != self.node.by]
-        names = [*windows, self.node.by, *keys]
-        # Dictionary-encoded keys rank by their values, not by their dictionary positions.
-        plain = pa.table({n: _decoded(table[n]) for n in dict.fromkeys(names)})
-        order = pc.sort_indices(plain, [(w, "ascending", "at_end") for w in windows]
-                                + [(self.node.by, "descending", "at_end")]
-                                + [(k, "ascending", "at_end") for k in keys])
-        ranked = table.take(order)
-        n = ranked.num_rows
-        new_window = np.zeros(n, dtype=bool)
-        new_window[:1] = True
-        for w in windows:
-            values = _decoded(ranked[w]).cast(pa.int64()).to_numpy(zero_copy_only=False)
-            new_window[1:] |= values[1:] != values[:-1]
-        starts = np.flatnonzero(new_window)
-        rank = np.arange(n) - np.repeat(starts, np.diff(np.append(starts, n))) + 1
-        keep = rank <= self.node.n
-        self.metrics.add(rows_filtered=int(n - keep.sum()))
-        out = ranked.filter(pa.array(keep)).append_column(
-            "rank", pa.array(rank[keep], pa.int32()))
-        return out.cast(self.node.schema).combine_chunks().to_batches() or [
-            pa.RecordBatch.from_pylist([], schema=self.node.schema)]
-
-
-def _decoded(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    return column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) \
-        else column
+        self.side_output_late(batch, rows, starts, starts + self.size, wm,
+                              f"the watermark had passed window_end + allowed lateness "
+                              f"({format_duration(self.node.allowed_lateness_ns)})")

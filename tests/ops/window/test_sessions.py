@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sabot_lab as sl
-from sabot_lab.ops.aggregates import PartialAggregates
 from sabot_lab.ops.base import OperatorMetrics, SideOutputs
+from sabot_lab.ops.window.aggregates import PartialAggregates
 from sabot_lab.runtime.local import make_operator
 from tests.oracle import assert_balanced, assert_same_rows, duck
 
@@ -72,7 +72,7 @@ def _oracle(t: list[int], k: list, v: list, gap: int, bound: int) -> tuple[list,
 def _sessions(events: pa.Table, gap: str, bound: str, batch_size: int,
               keys: tuple[str, ...] = ("k",), **options: str) -> sl.Result:
     return (sl.Stream.from_table(events, batch_size=batch_size)
-            .with_watermark("t", unit="s", out_of_orderness=bound, **options)
+            .with_watermark("t", unit="s", max_out_of_orderness=bound, **options)
             .window(sl.session(gap)).group_by(*keys).agg(**AGGS).run())
 
 
@@ -137,7 +137,7 @@ def test_a_late_row_goes_to_the_side_output_with_its_proto_window():
     t = pa.array([0, 100_000, 5_000], pa.timestamp("ms"))
     events = pa.table({"t": t, "k": ["a"] * 3, "v": [1.0, 2.0, 3.0]})
     result = (sl.Stream.from_table(events, batch_size=1)
-              .with_watermark("t", out_of_orderness="10s")
+              .with_watermark("t", max_out_of_orderness="10s")
               .window(sl.session("30s")).group_by("k").agg(n=sl.count()).run())
     late = result.side_outputs["late"]
     assert late.schema.field("late_by").type == pa.duration("ms")
@@ -176,7 +176,7 @@ def test_a_restored_snapshot_continues_where_the_run_stopped():
     k = [KEYS[i] for i in rng.integers(0, 5, n)]
     v = rng.normal(0, 1, n).tolist()
     events = pa.table({"t": t, "k": pa.array(k, pa.string()), "v": v, "row": range(n)})
-    window = (sl.Stream.from_table(events).with_watermark("t", unit="s", out_of_orderness="20s")
+    window = (sl.Stream.from_table(events).with_watermark("t", unit="s", max_out_of_orderness="20s")
               .window(sl.session("30s")).group_by("k").agg(**AGGS)).node
     side = SideOutputs()
 
@@ -270,7 +270,7 @@ def test_a_bridged_session_keeps_the_sketch_of_the_session_it_absorbed(batch_siz
     for the next session to reuse). The row at 10 s bridges [0, 15) and [20, 35)."""
     events = pa.table({"t": [0, 20, 10, 100], "v": [1.0, 100.0, 10.0, None]})
     result = (sl.Stream.from_table(events, batch_size=batch_size)
-              .with_watermark("t", unit="s", out_of_orderness="30s")
+              .with_watermark("t", unit="s", max_out_of_orderness="30s")
               .window(sl.session("15s"))
               .agg(n=sl.count(), lo=sl.approx_quantile("v", 0.0),
                    mid=sl.approx_quantile("v", 0.5), hi=sl.approx_quantile("v", 1.0))
@@ -288,7 +288,7 @@ def test_an_integer_sum_that_overflows_when_sessions_merge_is_refused():
     """Merged sums used to wrap around silently (np.add.at)."""
     events = pa.table({"t": [0, 20, 10], "v": [2**63 - 1, 1, 0]})
     job = (sl.Stream.from_table(events, batch_size=1)
-           .with_watermark("t", unit="s", out_of_orderness="30s").window(sl.session("15s")))
+           .with_watermark("t", unit="s", max_out_of_orderness="30s").window(sl.session("15s")))
     with pytest.raises(OverflowError, match="'v'"):
         job.agg(total=sl.sum("v")).run()
     hi = job.agg(hi=sl.max("v"), n=sl.count()).run().table.select(["hi", "n"]).to_pylist()

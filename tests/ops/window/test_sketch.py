@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sabot_lab.ops.sketch import QuantileSketches
+from sabot_lab.ops.window.sketch import QuantileSketches
 
 QS = [0.0, 0.01, 0.25, 0.5, 0.95, 0.99, 1.0]
 N_SLOTS = 6

@@ -21,7 +21,7 @@ watermarks. Open sessions live in slot arrays (start, end, key, next) chained pe
 union-find parent for sessions merged during the batch; the kernel returns a session slot per
 accepted row plus the slots closed and merged. The aggregates are then updated without a
 Python loop: a session slot takes the place of the key in one row of
-:class:`~sabot_lab.ops.aggregates.PartialAggregates`, merged sessions are folded together in
+:class:`~sabot_lab.ops.window.aggregates.PartialAggregates`, merged sessions are folded together in
 one vectorized call, and the closed sessions are read, emitted and cleared together.
 
 Examples
@@ -30,7 +30,7 @@ Examples
 >>> import sabot_lab as sl
 >>> clicks = pa.table({"t": [0, 10, 50, 25, 200, 5], "user": ["a"] * 6})
 >>> result = (sl.Stream.from_table(clicks, batch_size=2)
-...           .with_watermark("t", unit="s", out_of_orderness="30s")
+...           .with_watermark("t", unit="s", max_out_of_orderness="30s")
 ...           .window(sl.session("30s")).group_by("user").agg(n=sl.count()).run())
 >>> result.table.select(["window_start", "window_end", "user", "n"]).to_pylist()
 [{'window_start': 0, 'window_end': 80, 'user': 'a', 'n': 4},
@@ -50,16 +50,15 @@ import numba
 import numpy as np
 import pyarrow as pa
 
-from sabot_lab.ops import aggregates
-from sabot_lab.ops.base import Operator
-from sabot_lab.ops.snapshot import SnapshotReader, in_range, pack
-from sabot_lab.ops.windows import event_times, set_up_window_state, sort_by_window_and_keys
+from sabot_lab.ops.base import OperatorMetrics, SideOutputs
+from sabot_lab.ops.snapshot import SnapshotReader, in_range
+from sabot_lab.ops.window.base import WindowOperator, sort_by_window_and_keys
+from sabot_lab.ops.window.watermark import event_times
 from sabot_lab.plan.nodes import WATERMARK_COLUMN, PlanError, WindowAggregate
-from sabot_lab.plan.windows import parse_duration, to_unit
+from sabot_lab.plan.windows import to_unit
 
 __all__ = ["SessionWindowOp"]
 
-_NO_WATERMARK = np.iinfo(np.int64).min
 _END_OF_TIME = np.iinfo(np.int64).max
 # counters: free slots on the stack, sessions closed and sessions merged away in this batch
 _FREE, _CLOSED, _MERGED = 0, 1, 2
@@ -208,38 +207,34 @@ def _check_sessions(reader: SnapshotReader, arrays: dict[str, np.ndarray], n_key
             s = nxt[s]
 
 
-class SessionWindowOp(Operator):
+class SessionWindowOp(WindowOperator):
     """Session-window aggregation per key; see the module docstring for the rules.
 
     Output schema, ``late`` side output and metrics are those of
-    :class:`~sabot_lab.ops.windows.WindowAggregateOp`. Memory is bounded by the open
+    :class:`~sabot_lab.ops.window.fixed.WindowAggregateOp`. Memory is bounded by the open
     sessions: a closed or merged session's slot is cleared and reused.
     """
 
-    node: WindowAggregate
-    parallel_safe = False
-    stateful = True
+    kind = "session"
 
-    def __init__(self, *args: object) -> None:
-        super().__init__(*args)
-        if parse_duration(self.node.allowed_lateness):
-            raise PlanError(f"{self.node.label}: allowed lateness is not supported for session "
+    def __init__(self, node: WindowAggregate, metrics: OperatorMetrics,
+                 side_outputs: SideOutputs) -> None:
+        if node.allowed_lateness_ns:
+            raise PlanError(f"{node.label}: allowed lateness is not supported for session "
                             f"windows; rows after the watermark go to the late side output "
                             f"(use with_watermark(..., allowed_lateness='0s'))")
-        unit = self.node.time_unit
-        self.gap = to_unit(self.node.window.gap_ns, unit)
+        unit = node.time_unit
+        self.gap = to_unit(node.window.gap_ns, unit)
         if self.gap < 1:
-            raise PlanError(f"{self.node.label}: the session gap is below one {unit}, the unit "
-                            f"of {self.node.time_col!r}")
-        set_up_window_state(self)
+            raise PlanError(f"{node.label}: the session gap is below one {unit}, the unit "
+                            f"of {node.time_col!r}")
+        super().__init__(node, metrics, side_outputs)
         self.row = self.partials.new_row()  # one row: a session slot stands for the key
         self.head = np.full(0, -1, dtype=np.int64)  # per key id: first open session, or -1
         self.counters = np.zeros(3, dtype=np.int64)
         for name in (*_PER_SLOT, "free"):
             setattr(self, name, np.zeros(0, dtype=np.int64))
-        self.watermark = _NO_WATERMARK
         _warm_up()
-        aggregates.warm_up()
 
     def _grow(self) -> None:
         """Double the session slots; the new ones go on the free stack."""
@@ -291,30 +286,19 @@ class SessionWindowOp(Operator):
         self.metrics.add(rows_aggregated=n - n_late)
         if n_late:
             self._side_output_late(batch, np.flatnonzero(~accepted), ts, wm)
-        self.watermark = builtins.max(self.watermark, int(ts.max()) - self.bound,
-                                      int(wm.max()))
-        return self._close(self.watermark)
+        return self._close(self.advance(ts, wm))
 
-    def snapshot(self) -> bytes:
-        """Key ids, partial aggregates, open sessions and the watermark, as numeric arrays
-        and JSON (:mod:`sabot_lab.ops.snapshot`: no pickle)."""
-        key_meta, key_arrays = self.keys.save("keys")
-        agg_meta, agg_arrays = self.partials.save("aggs")
-        arrays = {f"slots.{name}": getattr(self, name)
-                  for name in (*_PER_SLOT, "free", "head", "counters")}
-        return pack("session", {**key_meta, **agg_meta, "watermark": int(self.watermark)},
-                    {**key_arrays, **agg_arrays, **arrays})
+    def own_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """The session slots: chains per key, the free stack and the counters."""
+        return {}, {f"slots.{name}": getattr(self, name)
+                    for name in (*_PER_SLOT, "free", "head", "counters")}
 
-    def restore(self, state: bytes) -> None:
-        reader = SnapshotReader(state, "session")
-        self.keys.load(reader, "keys")
-        self.partials.load(reader, "aggs")
+    def load_own_state(self, reader: SnapshotReader) -> None:
         arrays = {name: reader.array(f"slots.{name}", np.int64)
                   for name in (*_PER_SLOT, "free", "head", "counters")}
         _check_sessions(reader, arrays, len(self.keys), self.partials.key_capacity)
         for name, array in arrays.items():
             setattr(self, name, array)
-        self.watermark = reader.scalar("watermark", int)
 
     def on_watermark(self, timestamp: int) -> list[pa.RecordBatch]:
         self.watermark = builtins.max(self.watermark, timestamp)
@@ -359,13 +343,6 @@ class SessionWindowOp(Operator):
 
     def _side_output_late(self, batch: pa.RecordBatch, rows: np.ndarray, ts: np.ndarray,
                           wm: np.ndarray) -> None:
-        late = batch.take(pa.array(rows)).drop_columns([WATERMARK_COLUMN])
-        ends = ts[rows] + self.gap
-        late = late.append_column("window_start", pa.array(ts[rows]).cast(self.time_type))
-        late = late.append_column("window_end", pa.array(ends).cast(self.time_type))
-        late = late.append_column("late_by", pa.array(wm[rows] - ends).cast(self.late_type))
-        late = late.append_column("reason", pa.array(
-            ["the watermark had passed event time + gap: its session had closed"] * len(rows),
-            pa.string()))
-        self.side_outputs.emit("late", late)
-        self.metrics.add(rows_side_output=len(rows))
+        self.side_output_late(batch, rows, ts[rows], ts[rows] + self.gap, wm,
+                              "the watermark had passed event time + gap: its session had "
+                              "closed")

@@ -64,7 +64,7 @@ def test_hopping_global_windows_equal_sql():
 def test_flights_hourly_p95_delay_per_origin_equals_sql():
     f = flights()
     result = (sl.Stream.from_table(f, batch_size=1_000)
-              .with_watermark("date", out_of_orderness="1h").window(sl.tumbling("1h"))
+              .with_watermark("date", max_out_of_orderness="1h").window(sl.tumbling("1h"))
               .group_by("origin").agg(n=sl.count(), p95=sl.quantile("delay", 0.95)).run())
     expected = duck("SELECT time_bucket(INTERVAL 1 hour, date) AS window_start, origin, "
                     "count(*) AS n, quantile_cont(delay, 0.95) AS p95 FROM f GROUP BY ALL", f=f)
@@ -88,7 +88,7 @@ def test_disorder_within_the_bound_changes_nothing():
 
     def run(table: pa.Table) -> sl.Result:
         return (sl.Stream.from_table(table, batch_size=333)
-                .with_watermark("t", unit="s", out_of_orderness="30s")
+                .with_watermark("t", unit="s", max_out_of_orderness="30s")
                 .window(sl.tumbling("5min")).group_by("k").agg(**AGGS).run())
 
     ordered, shuffled = run(events), run(disordered)
@@ -121,7 +121,7 @@ def test_late_rows_and_updates_match_the_oracle_for_any_batch_size(seed, batch_s
     t = t[np.argsort(t + rng.uniform(0, 120, len(t)), kind="stable")]  # disorder up to 2 min
     events = pa.table({"t": t, "v": np.arange(len(t), dtype=np.float64)})
     result = (sl.Stream.from_table(events, batch_size=batch_size)
-              .with_watermark("t", unit="s", out_of_orderness="30s",
+              .with_watermark("t", unit="s", max_out_of_orderness="30s",
                               allowed_lateness=f"{lateness}s")
               .window(sl.tumbling("1min")).agg(n=sl.count(), total=sl.sum("v")).run())
     late, update = _oracle_lateness(t, bound=30, size=60, lateness=lateness)
@@ -155,7 +155,7 @@ def test_future_skew_guard_and_null_times_go_to_rejected():
     t = pa.array([0, 5, 10 * 86_400, 20, 70, None, 130])  # a bad clock: ten days ahead
     events = pa.table({"t": t, "v": pa.array(range(7), pa.float64())})
     stream = sl.Stream.from_table(events, batch_size=2).with_watermark(
-        "t", unit="s", out_of_orderness="5s", max_future_skew="1h")
+        "t", unit="s", max_out_of_orderness="5s", max_future_skew="1h")
     result = stream.window(sl.tumbling("1min")).agg(n=sl.count()).run()
     rejected = result.side_outputs["rejected"]
     assert rejected["t"].to_pylist() == [864_000, None]
@@ -164,7 +164,7 @@ def test_future_skew_guard_and_null_times_go_to_rejected():
     assert result.table.select(["window_start", "n"]).to_pylist() == [
         {"window_start": 0, "n": 3}, {"window_start": 60, "n": 1}, {"window_start": 120, "n": 1}]
     unguarded = sl.Stream.from_table(events.filter(pc.is_valid(events["t"])), batch_size=2) \
-        .with_watermark("t", unit="s", out_of_orderness="5s") \
+        .with_watermark("t", unit="s", max_out_of_orderness="5s") \
         .window(sl.tumbling("1min")).agg(n=sl.count()).run()
     assert unguarded.side_outputs["late"].num_rows == 3  # the bad clock made them late
     assert result.operator_metrics[1].watermark == 130 - 5

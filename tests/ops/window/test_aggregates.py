@@ -93,7 +93,7 @@ def test_approx_quantiles_are_within_their_relative_error(seed, batch_size, shap
     table = pa.Table.from_pandas(frame, preserve_index=False)
     window = sl.tumbling(f"{size}s") if size == slide else sl.hopping(f"{size}s", f"{slide}s")
     result = (sl.Stream.from_table(table, batch_size=batch_size)
-              .with_watermark("t", unit="s", out_of_orderness="5s", allowed_lateness=lateness)
+              .with_watermark("t", unit="s", max_out_of_orderness="5s", allowed_lateness=lateness)
               .window(window).group_by("k")
               .agg(n=sl.count(), p50=sl.approx_quantile("v", 0.5),
                    p99=sl.approx_quantile("v", 0.99, relative_error=0.02))
