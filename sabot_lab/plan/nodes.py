@@ -26,7 +26,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import pyarrow as pa
 
@@ -36,7 +36,6 @@ from sabot_lab.reference import Table
 
 __all__ = [
     "NO_WATERMARK",
-    "STATELESS",
     "WATERMARK_COLUMN",
     "Enrich",
     "Filter",
@@ -93,7 +92,15 @@ def _holds_nodes(value: Any) -> bool:
 
 @dataclass(frozen=True, eq=False)
 class Node:
-    """Base class of plan nodes."""
+    """Base class of plan nodes.
+
+    Two traits say how a runner may place a node: ``stateless`` nodes process each batch on
+    its own (they may be fused, and run wherever the batch is); ``stateful`` ones keep state
+    across batches in arrival order (on Dask they run after an exchange by key).
+    """
+
+    stateless: ClassVar[bool] = False
+    stateful: ClassVar[bool] = False
 
     @property
     def children(self) -> tuple[Node, ...]:
@@ -200,6 +207,8 @@ class _Unary(Node):
 class Filter(_Unary):
     """Keeps the rows where ``predicate`` is true (null counts as false, as in SQL)."""
 
+    stateless = True
+
     predicate: Expr
 
     @property
@@ -217,6 +226,8 @@ class Filter(_Unary):
 @dataclass(frozen=True, eq=False)
 class Project(_Unary):
     """Outputs exactly the named expressions, in order (``select`` and ``with_columns``)."""
+
+    stateless = True
 
     exprs: tuple[tuple[str, Expr], ...]
 
@@ -246,6 +257,8 @@ class Project(_Unary):
 @dataclass(frozen=True, eq=False)
 class MapBatches(_Unary):
     """A vectorized user function ``RecordBatch -> RecordBatch`` with a declared output schema."""
+
+    stateless = True
 
     fn: Callable[[pa.RecordBatch], pa.RecordBatch]
     output_schema: pa.Schema
@@ -285,6 +298,8 @@ class Enrich(_Unary):
     binary reference columns come out dictionary-encoded: indices into the reference column,
     so no string is copied per row.
     """
+
+    stateless = True
 
     reference: Table
     on: tuple[tuple[str, str], ...]
@@ -403,9 +418,6 @@ class Sink(_Unary):
         return self.child.schema
 
 
-#: Node kinds that process each batch on its own (no state): they may be fused.
-STATELESS = (Filter, Project, MapBatches, Enrich)
-
 
 @dataclass(frozen=True, eq=False)
 class KeyedProcess(_Unary):
@@ -413,6 +425,8 @@ class KeyedProcess(_Unary):
     and in arrival order, to ``function`` (a :class:`~sabot_lab.process.ProcessFunction`)
     together with the state of their keys. Emits what the function returns (e.g. alerts);
     rows the function cannot use go to a side output with a reason."""
+
+    stateful = True
 
     keys: tuple[str, ...]
     function: Any
@@ -448,6 +462,8 @@ class Fused(Node):
     ``top`` is the last operator of the chain; it and the ``depth - 1`` operators below it
     are fused. Each keeps its own metrics.
     """
+
+    stateless = True
 
     top: Node
     depth: int
@@ -512,6 +528,8 @@ class Watermark(_Unary):
     are integer nanoseconds (:func:`~sabot_lab.plan.windows.parse_duration` reads them).
     """
 
+    stateful = True
+
     time_col: str
     out_of_orderness_ns: int = 0
     allowed_lateness_ns: int = 0
@@ -555,6 +573,8 @@ class WindowAggregate(_Unary):
     within the allowed lateness (revision 1, 2…, ``is_update`` true). Rows later than that
     go to the ``late`` side output with the window they missed and by how much.
     """
+
+    stateful = True
 
     window: Any
     keys: tuple[str, ...]
@@ -610,6 +630,9 @@ class WindowAggregate(_Unary):
 class TopN(_Unary):
     """The ``n`` rows with the largest ``by`` of every window (ties: smaller keys first),
     with their ``rank`` (1 = largest). Sits on a :class:`WindowAggregate`."""
+
+    #: Ranks whole windows, so it runs after the exchange with its window.
+    stateful = True
 
     n: int
     by: str

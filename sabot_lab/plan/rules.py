@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterable
 
 from sabot_lab.expr import Binary, Column, Expr, Literal, col
 from sabot_lab.plan.nodes import (
-    STATELESS,
     Enrich,
     Filter,
     Fused,
@@ -302,12 +301,12 @@ def fuse_stateless_chain(node: Node) -> Node | None:
 
     Runs after the logical rules (fused nodes hide their insides from them).
     """
-    if not isinstance(node, STATELESS):
+    if not node.stateless:
         return None
     child = node.children[0]
     if isinstance(child, Fused):
         return Fused(node.with_children((child.top,)), child.depth + 1)
-    if isinstance(child, STATELESS):
+    if child.stateless:
         return Fused(node, 2)
     return None
 

@@ -35,60 +35,21 @@ from sabot_lab.ops.base import (
     finish_counted,
     run_chain,
 )
-from sabot_lab.ops.enrich import EnrichOp, fuse_scan_filter_into_enrich
+from sabot_lab.ops.enrich import fuse_scan_filter_into_enrich
 from sabot_lab.ops.fused import FusedOp
 from sabot_lab.ops.keyed import KeyedProcessOp
+from sabot_lab.ops.registry import make_operator
 from sabot_lab.ops.snapshot import SnapshotError
 from sabot_lab.ops.sources import ScanFilterOp, pushes_down, read_source
-from sabot_lab.ops.stateless import FilterOp, MapBatchesOp, ProjectOp
-from sabot_lab.ops.window import SessionWindowOp, TopNOp, WatermarkOp, WindowAggregateOp
 from sabot_lab.plan.graph import JobGraph
-from sabot_lab.plan.nodes import (
-    Enrich,
-    Filter,
-    Fused,
-    KeyedProcess,
-    MapBatches,
-    Node,
-    Project,
-    Sink,
-    Source,
-    TopN,
-    Union,
-    Watermark,
-    WindowAggregate,
-)
-from sabot_lab.plan.windows import Session
+from sabot_lab.plan.nodes import Fused, Node, Sink, Source, Union
 from sabot_lab.result import Result
 from sabot_lab.runtime.checkpoint import CheckpointError, Checkpoints, Epoch, Resume
 from sabot_lab.runtime.gcpause import paused as gc_paused
 
-__all__ = ["LocalRunner", "make_operator"]
+__all__ = ["LocalRunner"]
 
 log = logging.getLogger(__name__)
-
-_OPERATORS: dict[type[Node], type[Operator]] = {
-    Filter: FilterOp,
-    Project: ProjectOp,
-    MapBatches: MapBatchesOp,
-    Enrich: EnrichOp,
-    Watermark: WatermarkOp,
-    WindowAggregate: WindowAggregateOp,
-    TopN: TopNOp,
-    KeyedProcess: KeyedProcessOp,
-}
-
-
-def make_operator(node: Node, metrics: OperatorMetrics, side_outputs: SideOutputs) -> Operator:
-    """The physical operator for a (non-source, non-sink) plan node."""
-    if isinstance(node, WindowAggregate) and isinstance(node.window, Session):
-        return SessionWindowOp(node, metrics, side_outputs)
-    try:
-        kind = _OPERATORS[type(node)]
-    except KeyError:
-        raise NotImplementedError(f"no physical operator for {node.label}") from None
-    return kind(node, metrics, side_outputs)
-
 
 def _ordered_parallel_map(
     fn: Callable[[pa.RecordBatch], list[pa.RecordBatch]],

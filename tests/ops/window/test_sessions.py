@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 import sabot_lab as sl
 from sabot_lab.ops.base import OperatorMetrics, SideOutputs
+from sabot_lab.ops.registry import make_operator
 from sabot_lab.ops.window.aggregates import PartialAggregates
-from sabot_lab.runtime.local import make_operator
 from tests.oracle import assert_balanced, assert_same_rows, duck
 
 AGGS = dict(n=sl.count(), total=sl.sum("v"), avg=sl.mean("v"), lo=sl.min("v"), hi=sl.max("v"),
