@@ -9,8 +9,9 @@ the quote columns plus ``symbol``, ``sector``, ``currency`` and ``notional``). I
 process and one run of this script, on
 
 * ``local``: ``sl.LocalRunner()`` (this process, a thread pool of 2), and
-* ``dask``: ``sl.DaskRunner()``, which starts a ``LocalCluster`` of 2 workers x 1 thread; each
-  worker reads its own Parquet row groups and the output tables come back to this process.
+* ``dask``: ``sl.DaskRunner()``, which starts a ``LocalCluster`` of 2 workers x 1 thread (TLS
+  with credentials of its own, the default); each worker reads its own Parquet row groups and
+  the output tables come back to this process.
 
 The quotes (``datasets.quote_batches(n)``, the same rows as ``datasets.quotes(n)``) are written
 once to a temporary Parquet file with fixed-size row groups (not timed; its size is reported);
@@ -28,13 +29,18 @@ second LocalCluster whose workers run without Dask's statistical profiler, again
 CPU seconds used per run by this process (client and scheduler) and by the workers;
 per-operator seconds; the cost of moving the output table alone, from the workers or relayed by
 the scheduler; memory; (5) a machine line and the verdict on the target (Dask >= 0.7x local
-rows/s).
+rows/s); (6) unless ``--no-tls``, what TLS costs: ``DaskRunner()`` starts its LocalCluster with
+TLS and credentials of its own (the default), ``DaskRunner(security=False)`` without; each
+round starts one cluster of each kind in turn (one alive at a time), runs the job once
+untimed on it, then once timed, and closes it; ``--tls-rounds`` rounds (at least 5), with
+min, median and max of the cluster start and of the job.
 
 Run it from the repository root (machine otherwise idle: check ``uptime``)::
 
     .venv/bin/python benchmarks/distributed.py
     .venv/bin/python benchmarks/distributed.py --repeats 5 --markdown
     .venv/bin/python benchmarks/distributed.py --partitions-per-worker 1 --no-diagnostics
+    .venv/bin/python benchmarks/distributed.py --tls-only --rows 3000000 --tls-rounds 5
 
 (The file is named like the ``distributed`` package; run as a script, its directory would come
 first on ``sys.path`` and shadow the package, so :func:`main` removes it first.)
@@ -46,6 +52,7 @@ import argparse
 import contextlib
 import gc
 import importlib.util
+import inspect
 import itertools
 import os
 import platform
@@ -375,15 +382,27 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="only the throughput, phase and agent tables")
     parser.add_argument("--markdown", action="store_true", help="print tables as Markdown")
     parser.add_argument("--keep", action="store_true", help="keep the Parquet file")
+    parser.add_argument("--no-tls", action="store_true",
+                        help="skip the TLS vs no-TLS comparison")
+    parser.add_argument("--tls-only", action="store_true",
+                        help="only the TLS vs no-TLS comparison")
+    parser.add_argument("--tls-rounds", type=int, default=5,
+                        help="rounds of the TLS comparison (at least 5)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.tls_rounds < 5:
+        parser.error("--tls-rounds must be at least 5")
+    if args.tls_only and args.no_tls:
+        parser.error("--tls-only and --no-tls exclude each other")
 
     md = args.markdown
     clock = CpuClock()
     n_cores = cores()
-    print(f"distributed benchmark: enrich_quotes over {args.rows:,} quotes from Parquet, "
-          f"LocalRunner vs DaskRunner; median of {args.repeats} after 1 warm-up", flush=True)
+    what = (f"DaskRunner with TLS vs without; {args.tls_rounds} rounds" if args.tls_only else
+            f"LocalRunner vs DaskRunner; median of {args.repeats} after 1 warm-up")
+    print(f"distributed benchmark: enrich_quotes over {args.rows:,} quotes from Parquet, {what}",
+          flush=True)
     print(f"   before start: load average {load_average()}", flush=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="sabot_distributed_"))
@@ -395,6 +414,15 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"(the job reads 5)", flush=True)
         reference = sl.Table(securities(), key=KEY)
         job = enrich_quotes(sl.Stream.from_parquet(path), reference)
+        if args.tls_only:
+            ppw = args.partitions_per_worker or inspect.signature(
+                sl.DaskRunner).parameters["partitions_per_worker"].default
+            block = tls_block(job, args, clock, 2, ppw, md)
+            print()
+            print(block)
+            print()
+            print(machine_line(n_cores, 2, size, groups, None))
+            return
         local = sl.LocalRunner()
 
         runner_kwargs = {}
@@ -429,6 +457,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 extra = diagnostics(args, job, local, dask, output, t_local, t_dask, clock,
                                     ppw, md)
 
+        if not args.no_tls:
+            extra.append(tls_block(job, args, clock, threads, ppw, md))
         print()
         print(f"== throughput ({args.rows:,} quotes from Parquet, median of {args.repeats}; "
               f"{background([t_local, t_dask])})")
@@ -446,14 +476,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print()
             print(block)
         print()
-        print(f"machine: {n_cores} cores ({cpu_model()}), "
-              f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
-              f"Python {platform.python_version()}, pyarrow {pa.__version__}, "
-              f"dask/distributed {_dask_version()}, numba {numba.__version__}, "
-              f"pandas {pd.__version__}, sabot_lab {sl.__version__} (git {git_revision()}); "
-              f"LocalRunner threads {local.threads}, LocalCluster {threads} workers x 1 thread; "
-              f"Parquet {size / 1e6:,.0f} MB, {groups} row groups; "
-              f"load average {load_average()} at the end")
+        print(machine_line(n_cores, threads, size, groups, local))
         ratio = t_dask.rows_per_second / t_local.rows_per_second
         verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
         print(f"target DaskRunner >= {TARGET_RATIO}x LocalRunner rows/s: {verdict} "
@@ -463,6 +486,71 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+SECURITY = {"TLS (default)": {}, "no TLS (security=False)": {"security": False}}
+
+
+def tls_cost(job: sl.Stream, rows: int, rounds: int, clock: CpuClock, threads: int,
+             ppw: int) -> tuple[dict[str, list[float]], dict[str, Timing]]:
+    """Cluster start seconds and job timings per security setting (see the module doc)."""
+    starts: dict[str, list[float]] = {name: [] for name in SECURITY}
+    timings = {name: Timing(name, rows) for name in SECURITY}
+    for r in range(rounds):
+        for name, kwargs in SECURITY.items():
+            gc.collect()
+            with sl.DaskRunner(n_workers=threads, partitions_per_worker=ppw,
+                               **kwargs) as runner:
+                starts[name].append(runner.startup_ms / 1000)
+                run_once(job, runner, clock)  # this cluster's first run: not timed
+                run_once(job, runner, clock, timings[name])
+        print(f"   tls round {r + 1}/{rounds}: " + ", ".join(
+            f"{n}: start {starts[n][-1]:.2f} s, job {t.seconds[-1]:.3f} s"
+            for n, t in timings.items()), flush=True)
+    return starts, timings
+
+
+def tls_rows(starts: dict[str, list[float]], timings: dict[str, Timing]) -> list[list[str]]:
+    """One row per security setting and measure: min, median, max, median vs no TLS."""
+    plain = "no TLS (security=False)"
+    out = []
+    for measure, values in (("cluster start s", starts),
+                            ("job s", {n: t.seconds for n, t in timings.items()})):
+        base = statistics.median(values[plain])
+        for name, seconds in values.items():
+            med = statistics.median(seconds)
+            out.append([name, measure, f"{min(seconds):.3f}", f"{med:.3f}",
+                        f"{max(seconds):.3f}", f"{med / base:.2f}x"])
+    return out
+
+
+def tls_block(job: sl.Stream, args: argparse.Namespace, clock: CpuClock, threads: int,
+              ppw: int, md: bool) -> str:
+    """The printed TLS-cost block."""
+    print(f"   tls: load average {load_average()}", flush=True)
+    starts, timings = tls_cost(job, args.rows, args.tls_rounds, clock, threads, ppw)
+    return (f"== what TLS costs: LocalCluster {threads} workers x 1 thread, {ppw} partitions "
+            f"per worker; {args.tls_rounds} rounds, settings interleaved, a fresh cluster each "
+            f"(first job on it untimed)\n   ({background(timings.values())}; load average "
+            f"{load_average()} at the end)\n"
+            + format_table(("security", "measure", "min", "median", "max", "median vs no TLS"),
+                           tls_rows(starts, timings), md, left=(0, 1)))
+
+
+def machine_line(n_cores: int, threads: int, size: int, groups: int,
+                 local: sl.LocalRunner | None) -> str:
+    """The machine, the package versions and the load."""
+    import cryptography
+
+    runner = "" if local is None else f"LocalRunner threads {local.threads}, "
+    return (f"machine: {n_cores} cores ({cpu_model()}), "
+            f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
+            f"Python {platform.python_version()}, pyarrow {pa.__version__}, "
+            f"dask/distributed {_dask_version()}, cryptography {cryptography.__version__}, "
+            f"numba {numba.__version__}, pandas {pd.__version__}, sabot_lab {sl.__version__} "
+            f"(git {git_revision()}); {runner}LocalCluster {threads} workers x 1 thread; "
+            f"Parquet {size / 1e6:,.0f} MB, {groups} row groups; "
+            f"load average {load_average()} at the end")
 
 
 def _dask_version() -> str:

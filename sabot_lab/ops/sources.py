@@ -207,18 +207,21 @@ class TableScan:
 class BatchesScan:
     """Batches from an iterable (or a zero-argument callable returning one, to run again).
 
-    Every batch is checked against ``schema``; a mismatch names the columns that differ. A
-    batch that differs only in nullability is taken under ``schema`` (a null in a field it
-    declares not null is an error naming the column).
+    Every batch is checked against ``schema``; a mismatch names the columns that differ and
+    the batch's number in the stream (``numbers``: the stream numbers of the items, by
+    default 0, 1, 2…). A batch that differs only in nullability is taken under ``schema`` (a
+    null in a field it declares not null is an error naming the column).
     """
 
     def __init__(
         self,
         batches: Iterable[pa.RecordBatch] | Callable[[], Iterable[pa.RecordBatch]],
         schema: pa.Schema,
+        numbers: range | None = None,
     ) -> None:
         self._batches = batches
         self._schema = schema
+        self._numbers = numbers
         self._consumed = False
 
     @property
@@ -247,7 +250,8 @@ class BatchesScan:
         else:
             source = self._batches
         self._consumed = True
-        for i, item in enumerate(source):
+        numbers = self._numbers if self._numbers is not None else itertools.count()
+        for i, item in zip(numbers, source, strict=False):
             # A table may hold several chunks (and its columns may be chunked differently):
             # every one of its batches is taken, none copied.
             for batch in table_batches(item) if isinstance(item, pa.Table) else (item,):
@@ -385,9 +389,8 @@ class GeneratorScan:
                 for start, stop in _split(len(self.indices), n)]
 
     def batches(self, side_outputs: SideOutputs | None = None) -> Iterator[pa.RecordBatch]:
-        return BatchesScan(
-            lambda: (self.make_batch(i) for i in self.indices), self._schema
-        ).batches()
+        return BatchesScan(lambda: (self.make_batch(i) for i in self.indices), self._schema,
+                           numbers=self.indices).batches()
 
 
 class ParquetScan:

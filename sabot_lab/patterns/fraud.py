@@ -371,20 +371,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     txns = transactions(args.transactions, n_accounts=args.accounts)
     job = detect_fraud(Stream.from_table(txns, batch_size=10_000))
-    runner = None
     if args.distributed:
         from sabot_lab.runtime.dask import DaskRunner
 
-        runner = DaskRunner(args.scheduler)
-    result = job.run(runner)
+        with DaskRunner(args.scheduler) as runner:
+            result = job.run(runner)
+    else:
+        result = job.run()
     alerts = result.table
     truth = txns.filter(pc.field("is_fraud"))
     caught = pc.is_in(truth["txn_id"], alerts["txn_id"])
     print(result)
     print(alerts.group_by("rule").aggregate([("txn_id", "count")]).to_pandas().to_string())
     print(f"fraudulent transactions flagged: {pc.sum(caught).as_py():,} of {truth.num_rows:,}")
-    if runner is not None:
-        runner.close()
 
 
 if __name__ == "__main__":

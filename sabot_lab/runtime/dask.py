@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from html import escape
 
@@ -40,7 +43,6 @@ from sabot_lab.ops.sinks import CollectSink
 from sabot_lab.ops.sources import BatchesScan, CsvScan, ParquetScan, TableScan
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import (
-    STATELESS,
     Enrich,
     Fused,
     Node,
@@ -268,7 +270,7 @@ class JobManager:
         Partition tasks submitted but not finished at any time (backpressure); default two
         per worker thread.
     retries
-        How often a task lost with a worker is re-run elsewhere.
+        How often a task that raised is run again (``Client.submit(retries=...)``).
     """
 
     def __init__(self, client: object, partitions_per_worker: int = 2,
@@ -280,6 +282,31 @@ class JobManager:
         self.partition_bytes = partition_bytes
         self.max_in_flight = max_in_flight or 2 * threads
         self.retries = retries
+        # Held weakly: a finished partition's output must be free to go once it is used.
+        self._futures: weakref.WeakSet = weakref.WeakSet()
+        self._lock = threading.Lock()  # abort() runs in a watch thread
+        self.aborted: str | None = None
+
+    def submit(self, fn: Callable, *args: object, **kwargs: object) -> object:
+        """``client.submit`` for a task of this job (retried, never cached), remembered so
+        that :meth:`abort` can cancel it."""
+        if self.aborted is None:
+            future = self.client.submit(fn, *args, retries=self.retries, pure=False, **kwargs)
+            with self._lock:
+                if self.aborted is None:
+                    self._futures.add(future)
+                    return future
+            future.cancel()  # aborted while it was being submitted
+        raise CancelledError(self.aborted)
+
+    def abort(self, reason: str) -> None:
+        """Cancel every task of this job still held, and refuse new ones: whoever waits for
+        one gets a ``CancelledError``."""
+        with self._lock:
+            self.aborted = reason
+            futures = list(self._futures)
+        if futures:
+            self.client.cancel(futures, reason="sabot-job-aborted", msg=reason)
 
     def plan(self, graph: JobGraph) -> tuple[ExecutionPlan, Node, list, list[Table]]:
         """Split sources into partitions; return the plan, the task template, the partition
@@ -293,7 +320,7 @@ class JobManager:
                 raise NotImplementedError(
                     f"the DaskRunner runs event-time operators on the job's main chain only "
                     f"(one watermark, one window); {node.label} is below a union")
-            if not isinstance(node, (*STATELESS, Source, Union, Sink)):
+            if not (node.stateless or isinstance(node, Source | Union | Sink)):
                 raise NotImplementedError(
                     f"the DaskRunner runs stateless plans; {node.label} needs a keyed exchange")
         template, references, sources = _template(scan_graph)
@@ -358,9 +385,9 @@ class JobManager:
                     # scattered: a task lost with a worker is re-run, so its input must
                     # outlive the worker, and scattered data does not.
                     part = compact(part.table)
-                future = self.client.submit(
+                future = self.submit(
                     _run_partition, template, task.source, task.partition, part,
-                    *ref_futures, retries=self.retries, pure=False,
+                    *ref_futures,
                     key=f"sabot-partition-{task.source}-{task.partition}-{id(execution)}",
                 )
                 yield task_index, future
@@ -464,13 +491,69 @@ def _warm_worker(arrow_threads: int | None = None) -> None:
     ``arrow_threads`` caps Arrow's thread pool in the worker process: on a LocalCluster the
     workers share this machine's cores, and each pool sized for all of them oversubscribes it.
     """
-    from sabot_lab.ops import lookup, windows  # noqa: F401 - imported for their side effect
+    from sabot_lab.ops import lookup, window  # noqa: F401 - imported for their side effect
 
     lookup._warm_up()
     if arrow_threads is not None:
         import pyarrow as pa
 
         pa.set_cpu_count(arrow_threads)
+
+
+def _no_worker_message(seconds: float, address: str) -> str:
+    return (f"no Dask worker was available for {seconds:g} s (the scheduler at {address} has "
+            f"none running), so the job could not go on; the sink was not written. Start "
+            f"workers (`dask worker {address}`) or scale the cluster up, then rerun; "
+            f"DaskRunner(worker_timeout=...) sets how long a job waits for one.")
+
+
+def _running_workers(client: object, wait: float) -> int | None:
+    """Workers running now, or ``None`` when the scheduler does not answer within ``wait``
+    seconds (losing the scheduler is another error, reported by the job itself)."""
+    try:
+        return len(client.sync(client.scheduler.ncores_running, callback_timeout=wait))
+    except Exception:  # any failure to ask means "unknown", not "none"
+        return None
+
+
+class _WorkerWatch:
+    """Aborts a job (:meth:`JobManager.abort`) once the cluster has had no running worker
+    for ``timeout`` seconds: a scheduler without workers keeps tasks waiting forever.
+
+    A thread asks the scheduler how many workers run, a few times per ``timeout``; use it
+    as a context manager, which stops and joins the thread, so it never outlives the job.
+    """
+
+    def __init__(self, manager: JobManager, timeout: float, address: str) -> None:
+        self.manager = manager
+        self.timeout = timeout
+        self.address = address
+        self.starved = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="sabot-worker-watch",
+                                        daemon=True)
+
+    def __enter__(self) -> _WorkerWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        interval = min(1.0, self.timeout / 4)
+        since = None
+        while not self._stop.wait(interval):
+            if _running_workers(self.manager.client, wait=interval) != 0:
+                since = None
+                continue
+            since = time.monotonic() if since is None else since
+            if time.monotonic() - since >= self.timeout:
+                self.starved = True
+                log.warning("no Dask worker for %g s: aborting the job", self.timeout)
+                self.manager.abort(_no_worker_message(self.timeout, self.address))
+                return
 
 
 def _take(iterator: Iterator, n: int) -> list:
@@ -480,6 +563,73 @@ def _take(iterator: Iterator, n: int) -> list:
         if len(out) >= n:
             break
     return out
+
+
+def _check_sizes(n_workers: int, threads_per_worker: int, worker_timeout: float) -> None:
+    """Refuse a cluster that could never run a task: its jobs would wait forever."""
+    if n_workers < 1:
+        raise ValueError(f"DaskRunner(n_workers={n_workers}): a LocalCluster needs at least "
+                         f"one worker to run anything; pass n_workers=1 or more")
+    if threads_per_worker < 1:
+        raise ValueError(f"DaskRunner(threads_per_worker={threads_per_worker}): a worker "
+                         f"needs at least one thread; pass threads_per_worker=1 or more")
+    if not worker_timeout > 0:
+        raise ValueError(f"DaskRunner(worker_timeout={worker_timeout}): the seconds a job "
+                         f"waits for a worker must be positive")
+
+
+def _connect_to(address: str, security: object, timeout: float) -> object:
+    """A client of the scheduler at ``address``, or a clear error."""
+    from distributed import Client
+
+    if address.startswith("tls://") and security is None:
+        raise ValueError(
+            f"the scheduler at {address} talks TLS: pass its certificates, "
+            f"DaskRunner(address, security=distributed.Security(tls_ca_file=..., "
+            f"tls_client_cert=..., tls_client_key=..., require_encryption=True))")
+    try:
+        return Client(address, security=security, timeout=timeout)
+    except OSError as exc:
+        raise SchedulerUnreachableError(
+            f"no Dask scheduler answered at {address} within {timeout:g} s ({exc}); start "
+            f"one with `dask scheduler`, check the address, or pass None to start a "
+            f"LocalCluster") from None
+
+
+def _local_security(security: object) -> object:
+    """The ``distributed.Security`` of a LocalCluster the runner starts (``None``: no TLS)."""
+    if security is False:
+        return None
+    if security is not None:
+        return security
+    from distributed import Security
+
+    try:
+        # Self-signed, in memory, made for this cluster: only this process holds them (the
+        # worker processes get them from the nanny), so no other process can connect.
+        return Security.temporary()
+    except ImportError as exc:
+        raise ImportError(
+            "DaskRunner() starts its LocalCluster with TLS and credentials of its own, which "
+            "needs the `cryptography` package: `pip install cryptography`, or pass "
+            "DaskRunner(security=False) for a cluster without authentication (any process "
+            "on this machine can then connect to it and run code)") from exc
+
+
+def _close_client(client: object, timeout: float) -> None:
+    """Close a client we created, whatever state its connection is in; its event-loop
+    thread is stopped in any case."""
+    try:
+        client.close(timeout=timeout)
+    except Exception as exc:  # Dask can fail to close a client whose connection broke
+        log.warning("closing the Dask client failed (%s: %s); stopping its event loop",
+                    type(exc).__name__, exc)
+    # Client.close stops the client's event-loop thread only when it closed cleanly: a
+    # thread left running outlives the runner, and at interpreter exit can crash it.
+    loop_runner = getattr(client, "_loop_runner", None)
+    if loop_runner is not None and loop_runner.is_started():
+        loop_runner.stop()
+        client.status = "closed"  # so that Client.__del__ does not try again on a dead loop
 
 
 class DaskRunner:
@@ -492,16 +642,39 @@ class DaskRunner:
         ``None`` to start a ``LocalCluster`` on this machine (loopback only), closed again by
         :meth:`close`.
     n_workers, threads_per_worker
-        Size of a LocalCluster this runner starts (default 2 × 1: this machine has 2 cores).
+        Size of a LocalCluster this runner starts (default 2 × 1: this machine has 2 cores);
+        at least 1 each.
     partitions_per_worker
         Partitions per worker thread for each source (at least).
     partition_bytes
         More partitions for a source larger than this per partition (default 16 MiB of
         Arrow data), so a worker's memory follows this, not the size of the data.
     security
-        A ``distributed.Security`` for TLS to a remote scheduler.
+        How this runner's connections are secured:
+
+        * ``None`` (default): a LocalCluster this runner starts talks TLS and accepts only
+          holders of credentials made for it alone (``distributed.Security.temporary()``,
+          kept in memory; needs the ``cryptography`` package), so no other local process
+          can connect to it and run code. A scheduler address is reached without TLS.
+        * ``False``: no TLS anywhere. A LocalCluster then accepts any process on this
+          machine (as Dask's own default does); it starts a little faster.
+        * a ``distributed.Security``: used for the scheduler at the address (required for a
+          ``tls://`` address), or for the LocalCluster this runner starts.
+
+        Ignored for a ``Client`` passed in, which brings its own.
     timeout
-        Seconds to wait for the scheduler before giving up.
+        Seconds to wait for the scheduler before giving up (and for closing the client).
+    worker_timeout
+        Seconds a job waits while the cluster has no running worker (at its start, or
+        after losing them all) before it fails with :class:`ClusterError`; default a
+        minute, time for a cluster to start or replace its workers.
+
+    Examples
+    --------
+    >>> DaskRunner(n_workers=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: DaskRunner(n_workers=0): a LocalCluster needs at least one worker ...
     """
 
     name = "dask"
@@ -515,44 +688,53 @@ class DaskRunner:
         security: object = None,
         timeout: float = 10,
         partition_bytes: int = PARTITION_BYTES,
+        worker_timeout: float = 60,
     ) -> None:
-        from distributed import Client, LocalCluster
-
+        _check_sizes(n_workers, threads_per_worker, worker_timeout)
         self._owned: list = []
+        self.timeout = timeout
+        self.worker_timeout = worker_timeout
+        self.partitions_per_worker = partitions_per_worker
+        self.partition_bytes = partition_bytes
         start = time.perf_counter()
-        arrow_threads = None  # a cluster we did not start keeps its own settings
-        if isinstance(client_or_address, Client):
-            self.client = client_or_address
-        elif isinstance(client_or_address, str):
-            if client_or_address.startswith("tls://") and security is None:
-                raise ValueError(
-                    f"the scheduler at {client_or_address} talks TLS: pass its certificates, "
-                    f"DaskRunner(address, security=distributed.Security(tls_ca_file=..., "
-                    f"tls_client_cert=..., tls_client_key=..., require_encryption=True))")
-            try:
-                self.client = Client(client_or_address, security=security, timeout=timeout)
-            except OSError as exc:
-                raise SchedulerUnreachableError(
-                    f"no Dask scheduler answered at {client_or_address} within {timeout:g} s "
-                    f"({exc}); start one with `dask scheduler`, check the address, or pass "
-                    f"None to start a LocalCluster") from None
-            self._owned.append(self.client)
-        elif client_or_address is None:
-            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
-                                   host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                                   silence_logs=logging.WARNING)
-            self.client = Client(cluster)
-            self._owned += [self.client, cluster]
-            arrow_threads = max(1, threads_per_worker)
-        else:
-            raise TypeError("client_or_address must be a distributed.Client, an address "
-                            f"string or None, got {type(client_or_address).__name__}")
-        self.client.run(_warm_worker, arrow_threads)
+        try:
+            arrow_threads = self._connect(client_or_address, n_workers, threads_per_worker,
+                                          security)
+            self.client.run(_warm_worker, arrow_threads)
+        except BaseException:
+            self.close()  # what was started so far (a cluster, a client) must not linger
+            raise
         quiet_large_graph_warning()
         self._address = self.client.scheduler.address
         self.startup_ms = (time.perf_counter() - start) * 1000
-        self.partitions_per_worker = partitions_per_worker
-        self.partition_bytes = partition_bytes
+
+    def _connect(self, client_or_address: object, n_workers: int, threads_per_worker: int,
+                 security: object) -> int | None:
+        """Set ``self.client`` (and start a LocalCluster); return the Arrow threads per
+        worker to set (``None``: a cluster we did not start keeps its own settings)."""
+        from distributed import Client, LocalCluster
+
+        if isinstance(client_or_address, Client):
+            self.client = client_or_address
+            return None
+        if isinstance(client_or_address, str):
+            self.client = _connect_to(client_or_address,
+                                      None if security is False else security, self.timeout)
+            self._owned.append(self.client)
+            return None
+        if client_or_address is not None:
+            raise TypeError("client_or_address must be a distributed.Client, an address "
+                            f"string or None, got {type(client_or_address).__name__}")
+        local_security = _local_security(security)
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
+                               host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                               silence_logs=logging.WARNING,
+                               protocol="tls" if local_security is not None else None,
+                               security=local_security)
+        self._owned.append(cluster)
+        self.client = Client(cluster)  # with the cluster's credentials
+        self._owned.insert(0, self.client)  # closed before its cluster
+        return max(1, threads_per_worker)
 
     @property
     def dashboard_link(self) -> str:
@@ -562,42 +744,20 @@ class DaskRunner:
     def run(self, graph: JobGraph, dashboard: bool | Dashboard = False) -> Result:
         """Execute ``graph`` on the cluster.
 
-        Raises :class:`ClusterError` when the cluster fails the job (the scheduler goes away,
-        or a partition kills every worker that tries it, e.g. out of memory); the sink is
-        then left unwritten (file sinks write a temporary file and remove it).
+        Raises :class:`ClusterError` when the cluster fails the job: the scheduler goes
+        away, a partition kills every worker that tries it (e.g. out of memory), or no
+        worker runs for ``worker_timeout`` seconds (none at the start, or all lost); the
+        sink is then left unwritten (file sinks write a temporary file and remove it).
         ``dashboard`` (``True`` or a :class:`~sabot_lab.dashboard.Dashboard`) shows the run
         live: the Dask dashboard link, partitions done of all as they come back (with their
         counters for stateless jobs; through the keyed stage for windows and keyed state),
         and the final counters."""
-        from concurrent.futures import CancelledError
-
-        from distributed import KilledWorker
-        from distributed.comm.core import CommClosedError
-
         monitor = make_dashboard(dashboard)
         if monitor is not None:
             monitor.start(graph, self.name, link=self.dashboard_link)
-        manager = JobManager(self.client, self.partitions_per_worker,
-                             partition_bytes=self.partition_bytes)
         result = None
         try:
-            result = manager.submit_job(graph, monitor)
-        except KilledWorker as exc:
-            raise ClusterError(
-                f"a task of this job killed every worker that ran it ({exc}): most likely a "
-                f"partition too large for a worker's memory. Use more, smaller partitions "
-                f"(DaskRunner(partitions_per_worker=...)), smaller batches, or workers with "
-                f"more memory. The sink was not written.") from exc
-        except (CommClosedError, CancelledError, OSError, TimeoutError) as exc:
-            # Futures cancelled under the job (one, or a group) mean its client lost the
-            # scheduler, even when it has reconnected since: the futures are gone.
-            lost = isinstance(exc, CommClosedError | CancelledError)
-            if self.client.status == "running" and not lost:
-                raise  # an error of the job itself (e.g. a file a worker could not read)
-            raise ClusterError(
-                f"lost the Dask cluster during the job ({type(exc).__name__}: {exc}); the "
-                f"sink was not written. Rerun when the scheduler "
-                f"({self._address}) is back.") from exc
+            result = self._submit(graph, monitor)
         finally:
             if monitor is not None:  # failed when no result came back
                 monitor.finish(None if result is None else result.operator_metrics,
@@ -605,11 +765,70 @@ class DaskRunner:
         result.execution.timings["cluster_start_ms"] = self.startup_ms
         return result
 
+    def _submit(self, graph: JobGraph, monitor: Dashboard | None) -> Result:
+        """Run the job once a worker is there, watched for the loss of every worker; the
+        cluster's failures become :class:`ClusterError`."""
+        from distributed import KilledWorker
+        from distributed.comm.core import CommClosedError
+
+        watch = None
+        try:
+            self._wait_for_a_worker()
+            manager = JobManager(self.client, self.partitions_per_worker,
+                                 partition_bytes=self.partition_bytes)
+            with _WorkerWatch(manager, self.worker_timeout, self._address) as watch:
+                return manager.submit_job(graph, monitor)
+        except KilledWorker as exc:
+            raise ClusterError(
+                f"a task of this job killed every worker that ran it ({exc}): most likely a "
+                f"partition too large for a worker's memory. Use more, smaller partitions "
+                f"(DaskRunner(partitions_per_worker=...)), smaller batches, or workers with "
+                f"more memory. The sink was not written.") from exc
+        except (CommClosedError, CancelledError, OSError, TimeoutError) as exc:
+            if watch is not None and watch.starved:
+                raise ClusterError(_no_worker_message(self.worker_timeout,
+                                                      self._address)) from exc
+            # Futures cancelled under the job (one, or a group) mean its client lost the
+            # scheduler, even when it has reconnected since: the futures are gone.
+            lost = isinstance(exc, CommClosedError | CancelledError)
+            if self.client.status == "running" and not lost:
+                raise  # an error of the job itself (e.g. a file a worker could not read)
+            if self.client.status == "running" and _running_workers(self.client, 5) == 0:
+                # Data only workers held (broadcast reference tables) went with the last of
+                # them, so the scheduler cancelled what needs it: no point waiting.
+                raise ClusterError(
+                    f"the cluster lost every worker during the job, and data the job had "
+                    f"sent them ({type(exc).__name__}: {exc}); the sink was not written. "
+                    f"Start workers (`dask worker {self._address}`) or scale the cluster "
+                    f"up, then rerun.") from exc
+            raise ClusterError(
+                f"lost the Dask cluster during the job ({type(exc).__name__}: {exc}); the "
+                f"sink was not written. Rerun when the scheduler "
+                f"({self._address}) is back.") from exc
+
+    def _wait_for_a_worker(self) -> None:
+        """Return once the cluster has a running worker; :class:`ClusterError` after
+        ``worker_timeout`` seconds without one."""
+        try:
+            self.client.wait_for_workers(1, timeout=self.worker_timeout)
+        except TimeoutError:
+            raise ClusterError(_no_worker_message(self.worker_timeout, self._address)) from None
+
     def close(self) -> None:
-        """Close the client and the cluster this runner started (not a client passed in)."""
-        for thing in self._owned:
-            thing.close()
-        self._owned.clear()
+        """Close the client and the cluster this runner started (not a client passed in),
+        also after the cluster failed a job: none of their threads outlives this call."""
+        from distributed import Client
+
+        while self._owned:
+            thing = self._owned.pop(0)
+            if isinstance(thing, Client):
+                _close_client(thing, self.timeout)
+                continue
+            try:
+                thing.close(timeout=self.timeout)
+            except Exception as exc:  # the cluster's processes are gone all the same
+                log.warning("closing the LocalCluster failed (%s: %s)", type(exc).__name__,
+                            exc)
 
     def __enter__(self) -> DaskRunner:
         return self
@@ -618,4 +837,4 @@ class DaskRunner:
         self.close()
 
     def __repr__(self) -> str:
-        return f"DaskRunner({self.client.scheduler.address})"
+        return f"DaskRunner({self._address})"

@@ -20,7 +20,9 @@ A windowed job ``source … → with_watermark → … → window → … → [t
 
 A keyed-state job (``key_by(k).process(fn)``) has no watermark stage: rows are exchanged by
 ``k`` and each key range runs the process function step by step with the state of its keys,
-seeing their rows in arrival order, so its output equals a local run's.
+seeing their rows in arrival order, so its output equals a local run's. A persistent store
+(``state="rocksdict"``) is one per key range, ``<state_path>/range-00003``
+(:func:`range_stores`): the ranges run at the same time, and a store opens in one process.
 
 The merged watermark is the global one (the minimum over inputs is never needed: the
 inputs are ordered). A lost task is recomputed from its inputs (every stage is a pure
@@ -31,9 +33,10 @@ partition.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import operator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -41,10 +44,9 @@ import pyarrow as pa
 from sabot_lab.ops.base import COUNTERS, OperatorMetrics, SideOutputs
 from sabot_lab.ops.sinks import CollectSink
 from sabot_lab.ops.sources import TableScan
-from sabot_lab.ops.windows import WatermarkOp
+from sabot_lab.ops.window import WatermarkOp
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import (
-    STATELESS,
     Fused,
     KeyedProcess,
     Node,
@@ -58,9 +60,7 @@ from sabot_lab.plan.nodes import (
 from sabot_lab.runtime.local import LocalRunner
 from sabot_lab.runtime.partitioning import partition_ids, split_by_partition
 
-__all__ = ["StatefulStages", "stateful_stages", "submit_stateful_job"]
-
-_STATEFUL = (Watermark, WindowAggregate, TopN, KeyedProcess)
+__all__ = ["StatefulStages", "range_stores", "stateful_stages", "submit_stateful_job"]
 
 
 @dataclass(frozen=True)
@@ -104,16 +104,16 @@ def stateful_stages(graph: JobGraph) -> StatefulStages | None:
         return None
     below = chain[bottom].children[0]
     for n in JobGraph(Sink(below, CollectSink())).operators():
-        if isinstance(n, _STATEFUL):
+        if n.stateful:
             raise NotImplementedError(
                 f"the DaskRunner runs one stateful stage per job, on its main chain; "
                 f"{n.label} is below a union or below another stateful operator")
     above = chain[:bottom]
     for n in above:
-        if not isinstance(n, (*STATELESS, Fused, *_STATEFUL)):
+        if not (n.stateless or n.stateful):
             raise NotImplementedError(f"the DaskRunner cannot distribute {n.label} yet")
     if isinstance(chain[bottom], KeyedProcess):
-        if any(isinstance(n, _STATEFUL) for n in above):
+        if any(n.stateful for n in above):
             raise NotImplementedError(
                 "the DaskRunner runs one stateful stage per job: windows or keyed state after "
                 f"{chain[bottom].label} need an exchange of their own")
@@ -151,6 +151,31 @@ def rebase(chain: tuple[Node, ...], bottom: Node) -> Node:
     for node in reversed(chain):
         current = node.with_children((current,))
     return current
+
+
+def range_stores(chain: tuple[Node, ...], r: int) -> tuple[Node, ...]:
+    """The chain for key range ``r``: a persistent keyed store (``state="rocksdict"``) moves
+    to a directory of its own under its ``state_path``, ``<state_path>/range-00003``.
+
+    Every key range runs its steps at the same time as the others, and a RocksDB store
+    takes one process at a time: one store per range, never shared. A memory store stays.
+
+    >>> import sabot_lab as sl
+    >>> from sabot_lab.patterns.fraud import detect_fraud
+    >>> node = detect_fraud(sl.Stream.from_table(pa.table({
+    ...     "account_id": [1], "txn_id": [1], "ts": pa.array([0], pa.timestamp("ms")),
+    ...     "amount": [1.0], "lat": [0.0], "lon": [0.0]})),
+    ...     state="rocksdict", state_path="/tmp/fraud").node
+    >>> range_stores((node,), 3)[0].state_path
+    '/tmp/fraud/range-00003'
+    """
+    return tuple(_range_store(node, r) for node in chain)
+
+
+def _range_store(node: Node, r: int) -> Node:
+    if not isinstance(node, KeyedProcess) or node.state == "memory" or not node.state_path:
+        return node
+    return dataclasses.replace(node, state_path=str(Path(node.state_path) / f"range-{r:05d}"))
 
 
 def _source(table: pa.Table) -> Source:
@@ -228,10 +253,10 @@ def submit_stateful_job(manager: object, graph: JobGraph, stages: StatefulStages
     from distributed import wait
 
     client = manager.client
-    retries = manager.retries
-    submit = functools.partial(client.submit, retries=retries, pure=False)
+    submit = manager.submit
     ref_futures = [client.scatter(r.data, broadcast=True, hash=True) for r in references]
     n_ranges = manager.n_partitions if stages.keys else 1
+    reducers = [range_stores(stages.reducer, r) for r in range(n_ranges)]
     empty = stages.reducer[-1].children[0].schema.empty_table()
     carry = None
     states: list[object] = [None] * n_ranges
@@ -252,7 +277,7 @@ def submit_stateful_job(manager: object, graph: JobGraph, stages: StatefulStages
         split_meta.append(submit(_without, split, "pieces"))
         steps = []
         for r in range(n_ranges):
-            step = submit(key_range_step, stages.reducer, states[r], submit(_piece, split, r),
+            step = submit(key_range_step, reducers[r], states[r], submit(_piece, split, r),
                           False)
             states[r] = submit(operator.getitem, step, "state")
             step_out[r].append(submit(_without, step, "state"))
@@ -264,7 +289,7 @@ def submit_stateful_job(manager: object, graph: JobGraph, stages: StatefulStages
             if monitor is not None:
                 monitor.partitions_through(k - manager.max_in_flight + 1, len(execution.tasks))
     for r in range(n_ranges):
-        step_out[r].append(submit(key_range_step, stages.reducer, states[r], empty, True))
+        step_out[r].append(submit(key_range_step, reducers[r], states[r], empty, True))
     for done, steps in enumerate(steps_of, 1):
         if steps and monitor is not None:
             wait(steps)

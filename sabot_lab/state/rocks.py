@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import weakref
 from itertools import islice
@@ -56,6 +57,8 @@ _LAYOUT = b"layout"
 _COUNT = b"count"
 _SIGN = np.uint64(1 << 63)
 _LOAD_CHUNK = 1 << 16
+#: The store of one key range of a Dask run, inside its ``state_path``.
+_RANGE_STORE = re.compile(r"range-\d{5}")
 #: The stores open in this process, by resolved path: a new run at a path closes the old one.
 _OPEN: weakref.WeakValueDictionary[str, RocksDictState] = weakref.WeakValueDictionary()
 
@@ -77,15 +80,25 @@ def _time_bytes(t: int) -> bytes:
 
 
 def _remove_store(path: Path) -> None:
-    """Delete the sabot_lab store at ``path`` (nothing to do where there is none); refuse
-    anything else, and a store another process has open."""
+    """Delete the sabot_lab store at ``path``, or the per-key-range stores a Dask run keeps
+    there (``range-00000``…); nothing to do where there is none. Refuse anything else, and a
+    store another process has open."""
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return
     refuse = (f"state_path {path} holds files that are not a sabot_lab state store: choose a "
               f"new or empty directory (a run starts from an empty store and deletes the "
               f"store an earlier run left there)")
-    if not path.is_dir() or not (path / "CURRENT").exists():
+    if not path.is_dir():
         raise FileExistsError(refuse)
+    if not (path / "CURRENT").exists():
+        ranges = list(path.iterdir())
+        if not all(p.is_dir() and _RANGE_STORE.fullmatch(p.name) and (p / "CURRENT").exists()
+                   for p in ranges):
+            raise FileExistsError(refuse)
+        for store in ranges:
+            _remove_store(store)
+        path.rmdir()
+        return
     families = {_EXPIRY: Options(raw_mode=True), _META: Options(raw_mode=True)}
     try:
         db = Rdict(str(path), _options(), column_families=families)

@@ -346,6 +346,18 @@ def test_a_resume_puts_the_store_back_to_the_checkpoint(tmp_path):
     assert _rows(resumed).equals(expected)
 
 
+def test_a_local_run_starts_fresh_where_a_dask_run_kept_its_range_stores(tmp_path):
+    from sabot_lab.state import RocksDictState, StateSpec
+
+    store = tmp_path / "store"
+    for r in range(3):  # what a Dask run leaves: one store per key range
+        with RocksDictState(StateSpec({"n": np.int64}), store / f"range-{r:05d}") as state:
+            state.release(state.acquire(np.array([1, 2])))
+    again = _fraud(Crash(None), state="rocksdict", state_path=str(store)).run()
+    assert _rows(again).equals(_rows(_fraud(Crash(None)).run()))
+    assert not (store / "range-00000").exists()
+
+
 def test_a_state_path_holding_other_files_is_refused(tmp_path):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")

@@ -17,6 +17,7 @@ import pytest
 import sabot_lab as sl
 from sabot_lab.datasets import airports, flights, securities
 from sabot_lab.ops.sinks import CollectSink
+from sabot_lab.ops.sources import SchemaMismatchError
 from sabot_lab.patterns.enrichment import enrich_quotes, quote_stream
 from sabot_lab.plan.nodes import Sink, _Unary
 from sabot_lab.runtime.dask import DaskRunner, JobManager, SchedulerUnreachableError
@@ -200,3 +201,24 @@ def test_scattered_slices_do_not_carry_their_parent_buffers():
     _, frames = serialize(part)
     shipped = sum(len(memoryview(f)) for f in frames)
     assert shipped < 3 * part.nbytes < big.nbytes / 100
+
+
+def _drifting(i: int) -> pa.RecordBatch:
+    """Batch ``i`` of a stream whose batch 7 has a float column where the others have int."""
+    return pa.record_batch({"a": pa.array([float(i)] if i == 7 else [i]), "b": [i]})
+
+
+@pytest.mark.parametrize("source", ["generator", "batches"])
+def test_schema_drift_names_the_stream_batch_as_a_local_run_does(runner, source):
+    schema = _drifting(0).schema
+    if source == "generator":  # read by the workers, a range of batches each
+        job = sl.Stream.from_generator(_drifting, 10, schema)
+    else:
+        job = sl.Stream.from_batches([_drifting(i) for i in range(10)], schema)
+    with pytest.raises(SchemaMismatchError) as local:
+        job.run()
+    # 4 partitions of batches 0-2, 3-4, 5-7, 8-9: batch 7 is the third of its partition.
+    with pytest.raises(SchemaMismatchError) as dask:
+        job.run(DaskRunner(runner.client, partitions_per_worker=2))
+    assert "batch 7 " in str(local.value)
+    assert str(dask.value) == str(local.value)

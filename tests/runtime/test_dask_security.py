@@ -1,5 +1,6 @@
-"""The DaskRunner's network: a LocalCluster it starts is on loopback only, and it talks TLS
-to a scheduler that asks for it (``security=distributed.Security``)."""
+"""The DaskRunner's network: a LocalCluster it starts is on loopback only and talks TLS with
+credentials of its own (no other process can connect, unless ``security=False``), and it
+talks TLS to a scheduler that asks for it (``security=distributed.Security``)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,44 @@ def test_tls_to_a_scheduler_that_requires_it():
             assert_same_rows(job.run(runner).table, job.run().table)
         with pytest.raises(ValueError, match="talks TLS: pass its certificates"):
             DaskRunner(address, timeout=5)
+
+
+def _refused(address: str, **client_kwargs: object) -> bool:
+    """Whether a client fails to connect to ``address`` within a few seconds."""
+    try:
+        client = distributed.Client(address, timeout=3, **client_kwargs)
+    except (OSError, TimeoutError):
+        return True
+    client.close()
+    return False
+
+
+def test_a_cluster_the_runner_starts_talks_tls_and_refuses_strangers():
+    table = pa.table({"k": list(range(1_000))})
+    job = sl.Stream.from_table(table, batch_size=100).filter(sl.col("k") > 500)
+    with DaskRunner(n_workers=1) as runner:
+        address = runner.client.scheduler.address
+        assert address.startswith("tls://")
+        assert all(w.startswith("tls://") for w in runner.client.scheduler_info()["workers"])
+        assert_same_rows(job.run(runner).table, job.run().table)
+        # Another local process: plain TCP without credentials, or TLS with credentials
+        # of its own, cannot connect (and so cannot run code on the workers).
+        assert _refused(address.replace("tls://", "tcp://", 1))
+        assert _refused(address, security=distributed.Security.temporary())
+
+
+def test_security_false_starts_a_plain_cluster():
+    table = pa.table({"k": list(range(1_000))})
+    job = sl.Stream.from_table(table, batch_size=100).filter(sl.col("k") > 500)
+    with DaskRunner(n_workers=1, security=False) as runner:
+        assert runner.client.scheduler.address.startswith("tcp://")
+        assert_same_rows(job.run(runner).table, job.run().table)
+
+
+def test_without_cryptography_the_error_says_how_to_opt_out(monkeypatch):
+    def missing() -> None:
+        raise ImportError("No module named 'cryptography'")
+
+    monkeypatch.setattr(distributed.Security, "temporary", staticmethod(missing))
+    with pytest.raises(ImportError, match=r"needs the `cryptography` package.*security=False"):
+        DaskRunner(n_workers=1)

@@ -27,6 +27,27 @@ def test_fraud_alerts_on_dask_equal_the_local_run(runner, partitions_per_worker)
     assert "exchange by ['account_id']" in repr(dask.execution)
 
 
+def test_rocksdict_state_on_dask_equals_a_local_run_with_memory_state(runner, tmp_path):
+    """Every key range keeps its own store under ``state_path`` (one RocksDB store opens in
+    one process at a time), and the alerts equal a local run's with memory state."""
+    txns = transactions(60_000, n_accounts=3_000, seed=4)
+
+    def job(**state: object) -> sl.Stream:
+        return detect_fraud(sl.Stream.from_table(txns, batch_size=3_000),
+                            FraudRules(log_amount=True), **state)
+
+    local = job().run()
+    dask_runner = DaskRunner(runner.client, partitions_per_worker=2)
+    dask = job(state="rocksdict", state_path=tmp_path / "state").run(dask_runner)
+    assert local.table.num_rows > 100
+    columns = [c for c in local.table.column_names if c != "detection_latency_ms"]
+    sl.assert_same_results(dask.table.select(columns), local.table.select(columns), rtol=1e-12)
+    assert_balanced(dask.operator_metrics)
+    ranges = dask_runner.partitions_per_worker * sum(runner.client.nthreads().values())
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == [
+        f"range-{r:05d}" for r in range(ranges)]
+
+
 def test_keyed_state_then_window_is_refused_with_a_reason(runner):
     txns = pa.table({"account_id": [1], "txn_id": [1], "ts": pa.array([0], pa.timestamp("ms")),
                      "amount": [1.0], "lat": [0.0], "lon": [0.0]})

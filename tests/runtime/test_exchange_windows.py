@@ -30,7 +30,7 @@ def _events(n: int = 60_000, seed: int = 3) -> pa.Table:
 def _jobs(events: pa.Table) -> dict[str, sl.Stream]:
     def stream(lateness: str = "0s") -> sl.Stream:
         return (sl.Stream.from_table(events, batch_size=4_000)
-                .with_watermark("ts", out_of_orderness="5s", allowed_lateness=lateness,
+                .with_watermark("ts", max_out_of_orderness="5s", allowed_lateness=lateness,
                                 max_future_skew="1h"))
     aggs = dict(n=sl.count(), total=sl.sum("bytes"), p95=sl.quantile("bytes", 0.95),
                 hi=sl.max("bytes"))
@@ -80,5 +80,5 @@ def test_windows_survive_a_killed_worker(runner):
     job = _jobs(events)["updates-within-lateness"]
     expected = job.run()
     killed = run_killing_a_worker(job, DaskRunner(runner.client, partitions_per_worker=8),
-                                  "exchange", victim=-1)
+                                  "exchange")
     _assert_same(killed, expected)
