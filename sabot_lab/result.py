@@ -141,8 +141,8 @@ class Result:
     def check_accounting(self) -> None:
         """Raise :class:`AccountingError` if an operator lost track of rows: every operator
         must have rows in = rows out + filtered + side output (aggregations: absorbed +
-        filtered + side output). Runs after every job when the environment variable
-        ``SABOT_LAB_CHECK_ACCOUNTING=1`` is set (the test suite sets it)."""
+        filtered + side output). :func:`~sabot_lab.runtime.execute.run_job` checks every
+        run."""
         wrong = [m for m in self.operator_metrics if not m.balanced()]
         if wrong:
             m = wrong[0]

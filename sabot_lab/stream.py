@@ -24,8 +24,6 @@ Sink[collect]
 
 from __future__ import annotations
 
-import copy
-import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -67,6 +65,8 @@ from sabot_lab.plan.optimizer import PlanOptimizer
 from sabot_lab.plan.windows import AggSpec, DurationLike, Hopping, Session, Tumbling, non_negative
 from sabot_lab.reference import Table, table_from_pandas
 from sabot_lab.result import Result
+from sabot_lab.runtime.checkpoint import CheckpointSpec
+from sabot_lab.runtime.execute import run_job
 
 __all__ = ["Stream", "WindowedStream"]
 
@@ -453,38 +453,10 @@ class Stream:
             per operator, the watermark, state size; on Dask the partitions done and the Dask
             dashboard link). In Jupyter it shows a widget; elsewhere it logs a summary.
         """
-        options: dict[str, Any] = {}
-        if runner is None:
-            from sabot_lab.runtime.local import LocalRunner
-
-            runner = LocalRunner(dashboard=dashboard)
-        elif dashboard:
-            if hasattr(runner, "threads"):  # a LocalRunner: a copy of it with the dashboard
-                runner = copy.copy(runner)
-                runner.dashboard = dashboard
-            else:
-                options["dashboard"] = dashboard
-        graph = self.graph(target)
-        stats = None
-        if optimize:
-            optimizer = optimize if isinstance(optimize, PlanOptimizer) else PlanOptimizer()
-            executed = optimizer.optimize(graph)
-            stats = optimizer.get_stats()
-        else:
-            executed = graph
-        if checkpoint_dir is not None:
-            if not hasattr(runner, "threads"):
-                raise PlanError(f"checkpoints are taken by the LocalRunner; {runner!r} "
-                                "recovers by re-running lost tasks instead")
-            result = runner.run(executed, checkpoint_dir=checkpoint_dir,
-                                checkpoint_every=checkpoint_every, resume=resume)
-        else:
-            result = runner.run(executed, **options)
-        result.logical_plan = graph
-        result.optimizer_stats = stats
-        if os.environ.get("SABOT_LAB_CHECK_ACCOUNTING") == "1":
-            result.check_accounting()
-        return result
+        checkpoints = None if checkpoint_dir is None else CheckpointSpec(
+            checkpoint_dir, checkpoint_every, resume)
+        return run_job(self.graph(target), runner, optimize=optimize, checkpoints=checkpoints,
+                       dashboard=dashboard)
 
     def to_table(self, runner: Any = None, optimize: bool = True) -> pa.Table:
         """Run and return the output as a ``pyarrow.Table``."""

@@ -12,6 +12,7 @@ import pytest
 import sabot_lab as sl
 from sabot_lab.datasets import transactions
 from sabot_lab.patterns.fraud import FraudRules, detect_fraud
+from sabot_lab.runtime.protocol import RunListener
 
 BOUND = 7  # seconds of out-of-orderness
 
@@ -107,13 +108,13 @@ def test_without_a_frontend_it_records_logs_and_summarizes(caplog):
     assert "<table" in bundle["text/html"] and "2:windowaggregate" in bundle["text/html"]
 
 
-def test_a_local_runner_shows_every_run_and_stream_run_leaves_the_runner_alone():
+def test_a_dashboard_is_a_run_listener_reset_for_each_run():
     runner = sl.LocalRunner(threads=1)
     live = sl.Dashboard(widgets=False)
+    assert isinstance(live, RunListener)
     sl.Stream.from_table(_events(200)).run(runner, dashboard=live)
-    assert runner.dashboard is False and live.rows_in == 200
-    watching = sl.LocalRunner(dashboard=live)
-    sl.Stream.from_table(_events(300)).run(watching)
+    assert live.rows_in == 200
+    sl.Stream.from_table(_events(300)).run(runner, dashboard=live)
     assert live.rows_in == 300  # the same dashboard, reset for the new run
 
 

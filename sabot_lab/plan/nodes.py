@@ -118,6 +118,22 @@ class Node:
         """One line naming the operator and its key parameters."""
         return type(self).__name__
 
+    def map(self, fn: Callable[[Node], Node]) -> Node:
+        """The plan rebuilt bottom-up with ``fn`` applied to every node (and to every stage
+        of a fused chain); subtrees ``fn`` leaves alone are shared, not copied.
+
+        >>> from sabot_lab.expr import col
+        >>> from sabot_lab.ops.sources import TableScan
+        >>> plan = Filter(Source(TableScan(pa.table({"a": [1]}))), col("a") > 0)
+        >>> plan.map(lambda n: dataclasses.replace(n, columns=("a",))
+        ...          if isinstance(n, Source) else n).children[0].columns
+        ('a',)
+        """
+        children = tuple(c.map(fn) for c in self.children)
+        node = self if all(a is b for a, b in zip(children, self.children, strict=True)) \
+            else self.with_children(children)
+        return fn(node)
+
     @property
     def schema(self) -> pa.Schema:
         """The output schema, inferred (and validated) from the inputs."""
@@ -490,6 +506,12 @@ class Fused(Node):
     @property
     def label(self) -> str:
         return "Fused[" + " → ".join(type(s).__name__ for s in self.stages) + "]"
+
+    def map(self, fn: Callable[[Node], Node]) -> Node:
+        current = self.children[0].map(fn)
+        for stage in self.stages:
+            current = fn(stage.with_children((current,)))
+        return Fused(current, self.depth)
 
     def _infer_schema(self) -> pa.Schema:
         return self.top.schema

@@ -62,7 +62,8 @@ import pyarrow as pa
 
 from sabot_lab.plan.fingerprint import UNKNOWN, differences
 
-__all__ = ["CheckpointError", "Checkpoints", "Epoch", "fsync_directory", "write_durably"]
+__all__ = ["CheckpointError", "CheckpointSpec", "Checkpoints", "Epoch", "fsync_directory",
+           "write_durably"]
 
 log = logging.getLogger(__name__)
 _MANIFEST = "manifest.json"
@@ -77,6 +78,16 @@ Resume = bool | Literal["trust"]
 
 class CheckpointError(RuntimeError):
     """A checkpoint directory cannot be used for this run (and nothing was run from it)."""
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """Where a run writes its checkpoints, every how many source batches, and whether it
+    resumes the one there (``True``, or ``"trust"``: see :class:`Checkpoints`)."""
+
+    directory: str | Path
+    every: int = 10
+    resume: Resume = False
 
 
 @dataclass

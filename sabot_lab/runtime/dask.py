@@ -31,21 +31,17 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError
-from dataclasses import dataclass, field
-from html import escape
 
-import pandas as pd
 import pyarrow as pa
 
-from sabot_lab.dashboard import Dashboard, make_dashboard
 from sabot_lab.ops.base import COUNTERS, OperatorMetrics
 from sabot_lab.ops.sinks import CollectSink
 from sabot_lab.ops.sources import BatchesScan, CsvScan, ParquetScan, TableScan
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import (
     Enrich,
-    Fused,
     Node,
+    PlanError,
     Sink,
     Source,
     TopN,
@@ -55,7 +51,11 @@ from sabot_lab.plan.nodes import (
 )
 from sabot_lab.reference import Table
 from sabot_lab.result import Result
-from sabot_lab.runtime.local import LocalRunner
+from sabot_lab.runtime import tasks
+from sabot_lab.runtime.checkpoint import CheckpointSpec
+from sabot_lab.runtime.exchange import stateful_stages, submit_stateful_job
+from sabot_lab.runtime.execution import ExecutionPlan, PartitionTask
+from sabot_lab.runtime.protocol import RunListener
 
 __all__ = ["ClusterError", "DaskRunner", "ExecutionPlan", "JobManager", "PartitionTask",
            "SchedulerUnreachableError"]
@@ -75,42 +75,6 @@ class ClusterError(RuntimeError):
     """The Dask cluster failed a job: the scheduler went away, or workers kept dying."""
 
 
-# --- plan rewriting helpers (run on the client and on workers) ---------------------------
-
-def _map_plan(node: Node, fn: Callable[[Node], Node]) -> Node:
-    """Rebuild the plan bottom-up, applying ``fn`` to every node (and every fused stage)."""
-    if isinstance(node, Fused):
-        current = _map_plan(node.children[0], fn)
-        for stage in node.stages:
-            current = fn(stage.with_children((current,)))
-        return Fused(current, node.depth)
-    children = tuple(_map_plan(c, fn) for c in node.children)
-    if any(a is not b for a, b in zip(children, node.children, strict=True)):
-        node = node.with_children(children)
-    return fn(node)
-
-
-@dataclass(frozen=True)
-class _ReferenceSlot:
-    """Stands in for a reference table inside a task's plan; the data travels separately."""
-
-    index: int
-    key: tuple[str, ...]
-    unique: bool
-    schema: pa.Schema
-
-
-@dataclass(frozen=True)
-class _ScanSlot:
-    """Stands in for a source's scan: the source with this index reads the task's partition."""
-
-    index: int
-    schema: pa.Schema
-
-    def describe(self) -> str:
-        return f"partition of source {self.index}"
-
-
 def _template(graph: JobGraph) -> tuple[Node, list[Table], list[Source]]:
     """The plan without data: reference tables and scans replaced by slots."""
     references: list[Table] = []
@@ -120,138 +84,19 @@ def _template(graph: JobGraph) -> tuple[Node, list[Table], list[Source]]:
         if isinstance(node, Enrich):
             references.append(node.reference)
             ref = node.reference
-            slot = _ReferenceSlot(len(references) - 1, ref.key, ref.unique, ref.schema)
+            slot = tasks.ReferenceSlot(len(references) - 1, ref.key, ref.unique, ref.schema)
             return dataclasses.replace(node, reference=slot)
         if isinstance(node, Source):
             sources.append(node)
-            return dataclasses.replace(node, scan=_ScanSlot(len(sources) - 1, node.scan.schema))
+            return dataclasses.replace(node, scan=tasks.ScanSlot(len(sources) - 1,
+                                                                     node.scan.schema))
         return node
 
-    root = _map_plan(graph.root.children[0], strip)
+    root = graph.root.children[0].map(strip)
     return root, references, sources
 
 
-def _instantiate(template: Node, source_index: int, scan: object,
-                 references: tuple[pa.Table, ...]) -> Node:
-    """Fill a template's slots: this task's scan, empty scans elsewhere, the references."""
-    def fill(node: Node) -> Node:
-        if isinstance(node, Enrich):
-            slot = node.reference
-            table = Table(references[slot.index], slot.key, unique=False)
-            table.unique = slot.unique  # checked once on the client
-            return dataclasses.replace(node, reference=table)
-        if isinstance(node, Source):
-            slot = node.scan
-            own = scan if slot.index == source_index else TableScan(slot.schema.empty_table())
-            return dataclasses.replace(node, scan=own)
-        return node
-
-    return _map_plan(template, fill)
-
-
-# --- the task ------------------------------------------------------------------------------
-
-def _run_partition(template: Node, source_index: int, partition: int, scan: object,
-                   *references: pa.Table) -> dict:
-    """One agent's work: run the pipeline over one partition (executes on a worker)."""
-    from distributed import get_worker
-
-    if isinstance(scan, pa.Table):
-        scan = TableScan(scan)
-    plan = _instantiate(template, source_index, scan, references)
-    start = time.perf_counter()
-    result = LocalRunner(threads=1).run(JobGraph(Sink(plan, CollectSink())))
-    return {
-        "table": result.table,
-        "side_outputs": result.side_outputs,
-        "metrics": [m.as_dict() for m in result.operator_metrics[:-1]],
-        "worker": get_worker().address,
-        "source": source_index,
-        "partition": partition,
-        "seconds": time.perf_counter() - start,
-    }
-
-
 # --- planning --------------------------------------------------------------------------------
-
-@dataclass
-class PartitionTask:
-    """One partition of one source, and where and how it ran."""
-
-    source: int
-    partition: int
-    description: str
-    worker: str = ""
-    rows_in: int = 0
-    rows_out: int = 0
-    seconds: float = 0.0
-
-
-@dataclass
-class ExecutionPlan:
-    """Stages, partitions and the agent (worker) that ran each; displays as a picture."""
-
-    graph: JobGraph
-    tasks: list[PartitionTask]
-    broadcast: list[str]
-    workers: list[str]
-    timings: dict[str, float] = field(default_factory=dict)
-    #: For stateful jobs (windows, keyed state), the stages around the exchange by key
-    #: (None: one stage).
-    stateful: object = None
-
-    def frame(self) -> pd.DataFrame:
-        """One row per partition task."""
-        return pd.DataFrame([dataclasses.asdict(t) for t in self.tasks])
-
-    def agents(self) -> pd.DataFrame:
-        """Per worker: tasks, rows in and out, seconds."""
-        frame = self.frame()
-        if frame.empty:
-            return frame
-        return frame.groupby("worker", as_index=False).agg(
-            tasks=("partition", "count"), rows_in=("rows_in", "sum"),
-            rows_out=("rows_out", "sum"), seconds=("seconds", "sum"))
-
-    def __repr__(self) -> str:
-        stages = "1 stage" if self.stateful is None else self.stateful.describe()
-        lines = [f"ExecutionPlan: {stages}, {len(self.tasks)} partition tasks on "
-                 f"{len(self.workers)} workers; broadcast: {', '.join(self.broadcast) or '-'}"]
-        for t in self.tasks:
-            lines.append(f"  source {t.source} partition {t.partition:>3} on {t.worker or '?'}: "
-                         f"{t.description}, in={t.rows_in:,} out={t.rows_out:,}")
-        return "\n".join(lines)
-
-    def to_svg(self) -> str:
-        """Workers as columns, their partition tasks as boxes (rows in → out)."""
-        workers = self.workers or sorted({t.worker for t in self.tasks})
-        col_w, box_h, gap = 230, 34, 8
-        per_worker = {w: [t for t in self.tasks if t.worker == w] for w in workers}
-        rows = max((len(v) for v in per_worker.values()), default=0)
-        width, height = col_w * max(len(workers), 1) + 20, 70 + rows * (box_h + gap)
-        out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-               'font-family="monospace" font-size="11">',
-               f'<text x="10" y="16" font-weight="bold">{escape(self.graph.root.label)} on '
-               f"{len(workers)} workers, {len(self.tasks)} partitions</text>"]
-        for i, w in enumerate(workers):
-            x = 10 + i * col_w
-            out.append(f'<g class="worker"><text x="{x}" y="40">{escape(w)}</text>')
-            for j, t in enumerate(per_worker[w]):
-                y = 50 + j * (box_h + gap)
-                out.append(
-                    f'<g class="task"><rect x="{x}" y="{y}" width="{col_w - 12}" height="{box_h}"'
-                    f' rx="4" fill="#eef4fb" stroke="#2b4f7a"/><text x="{x + 6}" y="{y + 14}">'
-                    f"src {t.source} part {t.partition}: {t.seconds * 1000:.0f} ms</text>"
-                    f'<text x="{x + 6}" y="{y + 27}" fill="#555">{t.rows_in:,} → '
-                    f"{t.rows_out:,} rows</text></g>")
-            out.append("</g>")
-        out.append("</svg>")
-        return "".join(out)
-
-    def _repr_mimebundle_(self, include: object = None, exclude: object = None
-                          ) -> dict[str, str]:
-        return {"text/plain": repr(self), "image/svg+xml": self.to_svg()}
-
 
 class JobManager:
     """Plans a job onto a Dask cluster and runs it.
@@ -311,8 +156,6 @@ class JobManager:
     def plan(self, graph: JobGraph) -> tuple[ExecutionPlan, Node, list, list[Table]]:
         """Split sources into partitions; return the plan, the task template, the partition
         scans (one list per source) and the reference tables to broadcast."""
-        from sabot_lab.runtime.exchange import stateful_stages
-
         stages = stateful_stages(graph)
         scan_graph = JobGraph(Sink(stages.below, CollectSink())) if stages else graph
         for node in scan_graph.operators():
@@ -352,7 +195,7 @@ class JobManager:
             return self.n_partitions
         return max(self.n_partitions, -(-size // self.partition_bytes))
 
-    def submit_job(self, graph: JobGraph, monitor: Dashboard | None = None) -> Result:
+    def submit_job(self, graph: JobGraph, monitor: RunListener | None = None) -> Result:
         """Run ``graph`` on the cluster and return its :class:`~sabot_lab.result.Result`;
         ``monitor`` hears of every partition that comes back (with its counters), or for
         windows and keyed state, of every partition through the keyed stage."""
@@ -363,11 +206,9 @@ class JobManager:
         execution, template, scans, references = self.plan(graph)
         planned = time.perf_counter()
         if execution.stateful is not None:
-            from sabot_lab.runtime.exchange import submit_stateful_job
-
             table, side, metrics = submit_stateful_job(
-                self, graph, execution.stateful, scans, template, references, execution,
-                _run_partition, monitor)
+                self, graph, execution.stateful, scans, template, references, execution.tasks,
+                monitor)
             done = time.perf_counter()
             execution.timings.update(planning_ms=(planned - start) * 1000,
                                      execution_ms=(done - planned) * 1000)
@@ -384,9 +225,9 @@ class JobManager:
                     # The slice travels inside its task as a bare Arrow table (Arrow IPC), not
                     # scattered: a task lost with a worker is re-run, so its input must
                     # outlive the worker, and scattered data does not.
-                    part = compact(part.table)
+                    part = tasks.compact(part.table)
                 future = self.submit(
-                    _run_partition, template, task.source, task.partition, part,
+                    tasks.run_partition, template, task.source, task.partition, part,
                     *ref_futures,
                     key=f"sabot-partition-{task.source}-{task.partition}-{id(execution)}",
                 )
@@ -464,40 +305,10 @@ class JobManager:
         return merged
 
 
-def compact(table: pa.Table) -> pa.Table:
-    """A copy of ``table`` in buffers of its own: a sliced table pickles (as task arguments
-    are sent) with its parent's whole buffers, a compact one with its own rows only.
-
-    >>> import pickle
-    >>> big = pa.table({"a": range(100_000)})
-    >>> len(pickle.dumps(compact(big.slice(0, 10)))) < 2_000 < len(pickle.dumps(big.slice(0, 10)))
-    True
-    """
-    return pa.table({name: pa.concat_arrays([pa.array([], column.type), *column.chunks])
-                     for name, column in zip(table.column_names, table.columns, strict=True)},
-                    schema=table.schema)
-
-
 def quiet_large_graph_warning() -> None:
     """Dask warns when a task graph passes 10 MB; ours carry in-memory partitions on purpose
     (see above). The warning is raised from Dask's event loop, so the filter is global."""
     warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
-
-
-def _warm_worker(arrow_threads: int | None = None) -> None:
-    """Import the engine and load its compiled kernels on a worker, once, at cluster start,
-    so that the first job's timings are those of the job.
-
-    ``arrow_threads`` caps Arrow's thread pool in the worker process: on a LocalCluster the
-    workers share this machine's cores, and each pool sized for all of them oversubscribes it.
-    """
-    from sabot_lab.ops import lookup, window  # noqa: F401 - imported for their side effect
-
-    lookup._warm_up()
-    if arrow_threads is not None:
-        import pyarrow as pa
-
-        pa.set_cpu_count(arrow_threads)
 
 
 def _no_worker_message(seconds: float, address: str) -> str:
@@ -700,7 +511,7 @@ class DaskRunner:
         try:
             arrow_threads = self._connect(client_or_address, n_workers, threads_per_worker,
                                           security)
-            self.client.run(_warm_worker, arrow_threads)
+            self.client.run(tasks.warm_worker, arrow_threads)
         except BaseException:
             self.close()  # what was started so far (a cluster, a client) must not linger
             raise
@@ -741,18 +552,23 @@ class DaskRunner:
         """The Dask dashboard of the cluster."""
         return self.client.dashboard_link
 
-    def run(self, graph: JobGraph, dashboard: bool | Dashboard = False) -> Result:
+    def run(self, graph: JobGraph, *, listener: RunListener | None = None,
+            checkpoints: CheckpointSpec | None = None) -> Result:
         """Execute ``graph`` on the cluster.
 
         Raises :class:`ClusterError` when the cluster fails the job: the scheduler goes
         away, a partition kills every worker that tries it (e.g. out of memory), or no
         worker runs for ``worker_timeout`` seconds (none at the start, or all lost); the
         sink is then left unwritten (file sinks write a temporary file and remove it).
-        ``dashboard`` (``True`` or a :class:`~sabot_lab.dashboard.Dashboard`) shows the run
-        live: the Dask dashboard link, partitions done of all as they come back (with their
-        counters for stateless jobs; through the keyed stage for windows and keyed state),
-        and the final counters."""
-        monitor = make_dashboard(dashboard)
+        ``listener`` (e.g. a :class:`~sabot_lab.dashboard.Dashboard`) hears the run: the
+        Dask dashboard link, partitions done of all as they come back (with their counters
+        for stateless jobs; through the keyed stage for windows and keyed state), and the
+        final counters. There are no ``checkpoints`` on Dask: a lost worker's partitions
+        are re-run instead."""
+        if checkpoints is not None:
+            raise PlanError(f"checkpoints are taken by the LocalRunner; {self!r} recovers by "
+                            f"re-running lost tasks instead")
+        monitor = listener
         if monitor is not None:
             monitor.start(graph, self.name, link=self.dashboard_link)
         result = None
@@ -765,7 +581,7 @@ class DaskRunner:
         result.execution.timings["cluster_start_ms"] = self.startup_ms
         return result
 
-    def _submit(self, graph: JobGraph, monitor: Dashboard | None) -> Result:
+    def _submit(self, graph: JobGraph, monitor: RunListener | None) -> Result:
         """Run the job once a worker is there, watched for the loss of every worker; the
         cluster's failures become :class:`ClusterError`."""
         from distributed import KilledWorker

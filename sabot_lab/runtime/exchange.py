@@ -33,18 +33,15 @@ partition.
 
 from __future__ import annotations
 
-import dataclasses
 import operator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any, Protocol
 
-import numpy as np
 import pyarrow as pa
 
-from sabot_lab.ops.base import COUNTERS, OperatorMetrics, SideOutputs
+from sabot_lab.ops.base import COUNTERS, OperatorMetrics
 from sabot_lab.ops.sinks import CollectSink
 from sabot_lab.ops.sources import TableScan
-from sabot_lab.ops.window import WatermarkOp
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import (
     Fused,
@@ -57,37 +54,13 @@ from sabot_lab.plan.nodes import (
     Watermark,
     WindowAggregate,
 )
+from sabot_lab.reference import Table
+from sabot_lab.runtime import tasks
+from sabot_lab.runtime.execution import PartitionTask, StatefulStages
 from sabot_lab.runtime.local import LocalRunner
-from sabot_lab.runtime.partitioning import partition_ids, split_by_partition
+from sabot_lab.runtime.protocol import RunListener
 
-__all__ = ["StatefulStages", "range_stores", "stateful_stages", "submit_stateful_job"]
-
-
-@dataclass(frozen=True)
-class StatefulStages:
-    """A stateful plan cut at its watermark or keyed operator (chains listed top to
-    bottom): ``below`` runs per source partition, ``middle`` (after the watermark) before
-    the exchange, ``reducer`` per key range, ``client`` on the client."""
-
-    below: Node
-    watermark: Watermark | None
-    middle: tuple[Node, ...]
-    reducer: tuple[Node, ...]
-    client: tuple[Node, ...]
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        """The keys rows are exchanged by (none: one key range)."""
-        for n in self.reducer:
-            if isinstance(n, WindowAggregate | KeyedProcess):
-                return n.keys
-        return ()
-
-    def describe(self) -> str:
-        keys = list(self.keys) or "nothing: one key range"
-        if self.watermark is None:
-            return f"3 stages (pipeline, exchange by {keys}, keyed state)"
-        return f"5 stages (pipeline, watermark, exchange by {keys}, window, client)"
+__all__ = ["Submitter", "stateful_stages", "submit_stateful_job"]
 
 
 def stateful_stages(graph: JobGraph) -> StatefulStages | None:
@@ -137,7 +110,7 @@ def _detached(chain: tuple[Node, ...]) -> tuple[Node, ...]:
     task as it is would carry the whole input partitions x key ranges times."""
     if not chain:
         return chain
-    node = rebase(chain, _source(chain[-1].children[0].schema.empty_table()))
+    node = tasks.rebase(chain, Source(TableScan(chain[-1].children[0].schema.empty_table())))
     out = []
     for _ in chain:
         out.append(node)
@@ -145,101 +118,22 @@ def _detached(chain: tuple[Node, ...]) -> tuple[Node, ...]:
     return tuple(out)
 
 
-def rebase(chain: tuple[Node, ...], bottom: Node) -> Node:
-    """The chain (listed top to bottom) rebuilt on a new bottom input."""
-    current = bottom
-    for node in reversed(chain):
-        current = node.with_children((current,))
-    return current
-
-
-def range_stores(chain: tuple[Node, ...], r: int) -> tuple[Node, ...]:
-    """The chain for key range ``r``: a persistent keyed store (``state="rocksdict"``) moves
-    to a directory of its own under its ``state_path``, ``<state_path>/range-00003``.
-
-    Every key range runs its steps at the same time as the others, and a RocksDB store
-    takes one process at a time: one store per range, never shared. A memory store stays.
-
-    >>> import sabot_lab as sl
-    >>> from sabot_lab.patterns.fraud import detect_fraud
-    >>> node = detect_fraud(sl.Stream.from_table(pa.table({
-    ...     "account_id": [1], "txn_id": [1], "ts": pa.array([0], pa.timestamp("ms")),
-    ...     "amount": [1.0], "lat": [0.0], "lon": [0.0]})),
-    ...     state="rocksdict", state_path="/tmp/fraud").node
-    >>> range_stores((node,), 3)[0].state_path
-    '/tmp/fraud/range-00003'
-    """
-    return tuple(_range_store(node, r) for node in chain)
-
-
-def _range_store(node: Node, r: int) -> Node:
-    if not isinstance(node, KeyedProcess) or node.state == "memory" or not node.state_path:
-        return node
-    return dataclasses.replace(node, state_path=str(Path(node.state_path) / f"range-{r:05d}"))
-
-
-def _source(table: pa.Table) -> Source:
-    return Source(TableScan(table))
-
-
-def _stage_output(result: object) -> dict:
-    """What a stage task returns: table, side outputs and its operators' metrics (without
-    the stage's own source and sink)."""
-    return {"table": result.table, "side_outputs": result.side_outputs,
-            "metrics": [m.as_dict() for m in result.operator_metrics[1:-1]]}
-
-
-# --- tasks (run on workers) ------------------------------------------------------------------
-
-def watermark_carry(stage1: dict, state: bytes | None, watermark: Watermark) -> bytes:
-    """The watermark state after this partition, given the state before it."""
-    table = stage1["table"]
-    node = watermark.with_children((_source(table.select([watermark.time_col]).slice(0, 0)),))
-    op = WatermarkOp(node, OperatorMetrics("", ""), SideOutputs())
-    if state is not None:
-        op.restore(state)
-    for batch in table.select([watermark.time_col]).to_batches():
-        op.process(batch)
-    return op.snapshot()
-
-
-def exchange(stage1: dict, state: bytes | None, watermark: Watermark | None,
-             middle: tuple[Node, ...], keys: tuple[str, ...], n_ranges: int) -> dict:
-    """Watermarks for this partition's rows (continuing from ``state``), the stateless
-    operators up to the window, and the rows split by key range."""
-    source = _source(stage1["table"])
-    top = rebase(middle, source if watermark is None else watermark.with_children((source,)))
-    restore = {"1:watermark": state} if state is not None else None
-    result = LocalRunner(threads=1).run(JobGraph(Sink(top, CollectSink())), restore=restore)
-    out = _stage_output(result)
-    table = out.pop("table").combine_chunks()
-    ranges = partition_ids(table, keys, n_ranges) if keys else np.zeros(table.num_rows,
-                                                                           dtype=np.int64)
-    batch = table.to_batches()[0] if table.num_rows else None
-    out["pieces"] = ([pa.Table.from_batches([b]) for b in split_by_partition(
-        batch, ranges, n_ranges)] if batch is not None else [table] * n_ranges)
-    return out
-
-
-def key_range_step(reducer: tuple[Node, ...], state: dict[str, bytes] | None,
-                   piece: pa.Table, final: bool) -> dict:
-    """One key range's stateful operators over one partition's rows of that range,
-    continuing from ``state`` (their snapshots after the previous partition); the last step
-    (``final``) flushes them (end of input). Returns output, side outputs, metrics and the
-    state for the next step: the state travels from step to step like a checkpoint, so a
-    lost step is re-run from the previous state and its piece."""
-    graph = JobGraph(Sink(rebase(reducer, _source(piece)), CollectSink()))
-    result = LocalRunner(threads=1).run(graph, restore=state, finish=final)
-    out = _stage_output(result)
-    out["state"] = result.snapshots
-    return out
-
-
 # --- the job ---------------------------------------------------------------------------------
 
-def submit_stateful_job(manager: object, graph: JobGraph, stages: StatefulStages,
-                        scans: list, template: Node, references: list, execution: object,
-                        run_partition: object, monitor: object = None
+class Submitter(Protocol):
+    """What a stateful job needs of its job manager (:class:`~sabot_lab.runtime.dask.
+    JobManager`): the client, task submission, key ranges and backpressure."""
+
+    client: Any
+    n_partitions: int
+    max_in_flight: int
+
+    def submit(self, fn: Callable, *args: object, **kwargs: object) -> Any: ...
+
+
+def submit_stateful_job(manager: Submitter, graph: JobGraph, stages: StatefulStages,
+                        scans: list, template: Node, references: list[Table],
+                        tasks_of: list[PartitionTask], monitor: RunListener | None = None
                         ) -> tuple[pa.Table, dict, list]:
     """Run the stages on ``manager.client``; returns (table, side outputs, metrics).
     ``monitor`` (a :class:`~sabot_lab.dashboard.Dashboard`) hears how many partitions are
@@ -256,48 +150,50 @@ def submit_stateful_job(manager: object, graph: JobGraph, stages: StatefulStages
     submit = manager.submit
     ref_futures = [client.scatter(r.data, broadcast=True, hash=True) for r in references]
     n_ranges = manager.n_partitions if stages.keys else 1
-    reducers = [range_stores(stages.reducer, r) for r in range(n_ranges)]
+    reducers = [tasks.range_stores(stages.reducer, r) for r in range(n_ranges)]
     empty = stages.reducer[-1].children[0].schema.empty_table()
     carry = None
     states: list[object] = [None] * n_ranges
     first_meta, split_meta, step_out = [], [], [[] for _ in range(n_ranges)]
     steps_of: list[list[object]] = []
-    for k, task in enumerate(execution.tasks):
+    for k, task in enumerate(tasks_of):
         # In-memory slices travel inside their tasks, not scattered: a task lost with a
         # worker is recomputed, so its input must survive the worker (scattered data does
         # not). Only small results (metrics, states, outputs) are kept here: partition data
         # is released as soon as its steps have run.
-        first = submit(run_partition, template, task.source, task.partition,
-                       _compacted(scans[task.source][task.partition]), *ref_futures)
-        split = submit(exchange, first, carry, stages.watermark, stages.middle, stages.keys,
+        first = submit(tasks.run_partition, template, task.source, task.partition,
+                       tasks.compacted(scans[task.source][task.partition]), *ref_futures)
+        split = submit(tasks.exchange, first, carry, stages.watermark, stages.middle, stages.keys,
                        n_ranges)
         if stages.watermark is not None:
-            carry = submit(watermark_carry, first, carry, stages.watermark)
-        first_meta.append(submit(_without, first, "table"))
-        split_meta.append(submit(_without, split, "pieces"))
+            carry = submit(tasks.watermark_carry, first, carry, stages.watermark)
+        first_meta.append(submit(tasks.without, first, "table"))
+        split_meta.append(submit(tasks.without, split, "pieces"))
         steps = []
         for r in range(n_ranges):
-            step = submit(key_range_step, reducers[r], states[r], submit(_piece, split, r),
+            step = submit(tasks.key_range_step, reducers[r], states[r],
+                          submit(tasks.piece, split, r),
                           False)
             states[r] = submit(operator.getitem, step, "state")
-            step_out[r].append(submit(_without, step, "state"))
+            step_out[r].append(submit(tasks.without, step, "state"))
             steps.append(step)
         steps_of.append(steps)
         if k >= manager.max_in_flight:  # backpressure: bounded partitions ahead of the state
             wait(steps_of[k - manager.max_in_flight])
             steps_of[k - manager.max_in_flight] = []
             if monitor is not None:
-                monitor.partitions_through(k - manager.max_in_flight + 1, len(execution.tasks))
+                monitor.partitions_through(k - manager.max_in_flight + 1, len(tasks_of))
     for r in range(n_ranges):
-        step_out[r].append(submit(key_range_step, reducers[r], states[r], empty, True))
+        step_out[r].append(submit(tasks.key_range_step, reducers[r], states[r], empty,
+                                  True))
     for done, steps in enumerate(steps_of, 1):
         if steps and monitor is not None:
             wait(steps)
-            monitor.partitions_through(done, len(execution.tasks))
+            monitor.partitions_through(done, len(tasks_of))
     first_out = client.gather(first_meta, direct=True)
     split_out = client.gather(split_meta, direct=True)
     reduce_out = [out for outs in client.gather(step_out, direct=True) for out in outs]
-    for task, out in zip(execution.tasks, first_out, strict=True):
+    for task, out in zip(tasks_of, first_out, strict=True):
         task.worker, task.seconds, task.rows_out = out["worker"], out["seconds"], out["rows"]
         task.rows_in = sum(row["rows_in"] for row in out["metrics"]
                            if row["op_id"].endswith(":source"))
@@ -318,7 +214,7 @@ def submit_stateful_job(manager: object, graph: JobGraph, stages: StatefulStages
     # One batch: top_n ranks each batch's windows, so a window must not be split.
     table = pa.concat_tables([out["table"] for out in reduce_out]).combine_chunks()
     source = Source(TableScan(table, batch_size=max(1, table.num_rows)))
-    final = LocalRunner(threads=1).run(JobGraph(Sink(rebase(stages.client, source),
+    final = LocalRunner(threads=1).run(JobGraph(Sink(tasks.rebase(stages.client, source),
                                                      graph.root.target)))
     _merge_metrics(merged[offsets["client"]:], [m.as_dict() for m in final.operator_metrics[1:]])
     for name, t in final.side_outputs.items():
@@ -342,22 +238,3 @@ def _merge_metrics(merged: list[OperatorMetrics], rows: list[dict]) -> None:
         if row["watermark"] is not None:
             m.watermark = row["watermark"] if m.watermark is None else max(m.watermark,
                                                                            row["watermark"])
-
-
-def _compacted(scan: object) -> object:
-    from sabot_lab.runtime.dask import compact
-
-    return compact(scan.table) if isinstance(scan, TableScan) else scan
-
-
-def _without(output: dict, name: str) -> dict:
-    """A task's output without its bulky part (kept on the worker until no one needs it);
-    a stage-1 output keeps its row count."""
-    out = {k: v for k, v in output.items() if k != name}
-    if name == "table":
-        out["rows"] = output["table"].num_rows
-    return out
-
-
-def _piece(split: dict, r: int) -> pa.Table:
-    return split["pieces"][r]

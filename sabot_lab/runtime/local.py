@@ -22,11 +22,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import pyarrow as pa
 
-from sabot_lab.dashboard import Dashboard, make_dashboard
 from sabot_lab.ops.base import (
     COUNTERS,
     Operator,
@@ -44,8 +42,9 @@ from sabot_lab.ops.sources import ScanFilterOp, pushes_down, read_source
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import Fused, Node, Sink, Source, Union
 from sabot_lab.result import Result
-from sabot_lab.runtime.checkpoint import CheckpointError, Checkpoints, Epoch, Resume
+from sabot_lab.runtime.checkpoint import CheckpointError, Checkpoints, CheckpointSpec, Epoch
 from sabot_lab.runtime.gcpause import paused as gc_paused
+from sabot_lab.runtime.protocol import RunListener
 
 __all__ = ["LocalRunner"]
 
@@ -231,42 +230,38 @@ class LocalRunner:
         1 runs everything in the calling thread.
     progress
         Show a progress bar (rows reaching the sink, rows/s) while running.
-    dashboard
-        ``True`` or a :class:`~sabot_lab.dashboard.Dashboard`: a live view of every run
-        (rows/s per operator, the watermark, state size), updated as output reaches the sink.
     """
 
     name = "local"
 
-    def __init__(self, threads: int | None = None, progress: bool = False,
-                 dashboard: bool | Dashboard = False) -> None:
+    def __init__(self, threads: int | None = None, progress: bool = False) -> None:
         self.threads = threads if threads is not None else min(os.cpu_count() or 1, 4)
         self.progress = progress
-        self.dashboard = dashboard
 
     def __repr__(self) -> str:
         return f"LocalRunner(threads={self.threads})"
 
-    def run(self, graph: JobGraph, restore: dict[str, bytes] | None = None,
-            checkpoint_dir: str | Path | None = None, checkpoint_every: int = 10,
-            resume: Resume = False, finish: bool = True) -> Result:
+    def run(self, graph: JobGraph, *, listener: RunListener | None = None,
+            checkpoints: CheckpointSpec | None = None,
+            restore: dict[str, bytes] | None = None, finish: bool = True) -> Result:
         """Execute ``graph`` (whose root is a Sink) and return its :class:`Result`.
 
+        ``listener`` (e.g. a :class:`~sabot_lab.dashboard.Dashboard`) hears the run as
+        output reaches the sink. With ``checkpoints`` the run writes a checkpoint every
+        ``checkpoints.every`` source batches (and runs in one thread), and resumes the one
+        there when ``checkpoints.resume`` says so (see :mod:`sabot_lab.runtime.checkpoint`).
         ``restore`` maps operator ids (``graph.node_ids()`` values) to states from their
-        ``snapshot()``, to continue where an earlier run stopped. With ``checkpoint_dir``
-        the run writes a checkpoint every ``checkpoint_every`` source batches (and runs in
-        one thread); ``resume=True`` continues from the last one, ``resume="trust"`` also
-        when a source cannot be identified (see :mod:`sabot_lab.runtime.checkpoint`).
-        ``finish=False`` treats the end of the input
-        as a pause, not its end: stateful operators keep their state (windows stay open) and
-        ``result.snapshots`` holds it, to continue with ``restore=`` on more input."""
+        ``snapshot()``, to continue where an earlier run stopped; ``finish=False`` treats the
+        end of the input as a pause, not its end: stateful operators keep their state
+        (windows stay open) and ``result.snapshots`` holds it, to continue with ``restore=``
+        on more input."""
         sink = graph.root
         if not isinstance(sink, Sink):
             raise TypeError(f"a job must end in a Sink, this one ends in {sink.label}")
         start = time.perf_counter()
-        serial = self.threads <= 1 or checkpoint_dir is not None
+        serial = self.threads <= 1 or checkpoints is not None
         pool = None if serial else ThreadPoolExecutor(self.threads)
-        checkpoints = None
+        directory = None
         with gc_paused():  # no full garbage collection in the middle of a stream
             try:
                 execution = _Execution(graph, pool, self.threads)
@@ -275,17 +270,17 @@ class LocalRunner:
                 for op_id, state in (restore or {}).items():
                     operators[op_id].restore(state)
                 epoch = None
-                if checkpoint_dir is not None:
-                    checkpoints = Checkpoints(checkpoint_dir, checkpoint_every, resume,
-                                              graph.fingerprint())
-                    epoch = execution.enable_checkpoints(checkpoints, sink.schema)
+                if checkpoints is not None:
+                    directory = Checkpoints(checkpoints.directory, checkpoints.every,
+                                            checkpoints.resume, graph.fingerprint())
+                    epoch = execution.enable_checkpoints(directory, sink.schema)
                 setup_ms = (time.perf_counter() - start) * 1000
-                table = self._drain(execution, sink, epoch)
+                table = self._drain(execution, sink, epoch, listener)
             finally:
                 if pool is not None:
                     pool.shutdown(cancel_futures=True)
-                if checkpoints is not None:
-                    checkpoints.close()
+                if directory is not None:
+                    directory.close()
         elapsed_ms = (time.perf_counter() - start) * 1000
         log.info("local run finished in %.1f ms", elapsed_ms)
         return Result(
@@ -302,8 +297,8 @@ class LocalRunner:
                                          in execution.by_id().items() if op.stateful},
         )
 
-    def _drain(self, execution: _Execution, sink: Sink, epoch: Epoch | None = None
-               ) -> pa.Table | None:
+    def _drain(self, execution: _Execution, sink: Sink, epoch: Epoch | None,
+               monitor: RunListener | None) -> pa.Table | None:
         metrics = execution.metrics[id(sink)]
         writer = sink.target.open(sink.schema)
         for table in epoch.outputs if epoch is not None else ():
@@ -315,7 +310,6 @@ class LocalRunner:
 
             bar = tqdm(unit=" rows", unit_scale=True, desc="sabot_lab")
         live = [execution.metrics[id(n)] for n in execution.graph.operators()]
-        monitor = make_dashboard(self.dashboard)
         if monitor is not None:
             monitor.start(execution.graph, self.name, state={
                 op_id: op.state_size for op_id, op in execution.by_id().items() if op.stateful})

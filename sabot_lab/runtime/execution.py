@@ -1,0 +1,121 @@
+"""What a Dask job was cut into and where each piece ran: the picture of a distributed run
+(``result.execution``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from html import escape
+
+import pandas as pd
+
+from sabot_lab.plan.graph import JobGraph
+from sabot_lab.plan.nodes import KeyedProcess, Node, Watermark, WindowAggregate
+
+__all__ = ["ExecutionPlan", "PartitionTask", "StatefulStages"]
+
+
+@dataclass(frozen=True)
+class StatefulStages:
+    """A stateful plan cut at its watermark or keyed operator (chains listed top to
+    bottom): ``below`` runs per source partition, ``middle`` (after the watermark) before
+    the exchange, ``reducer`` per key range, ``client`` on the client."""
+
+    below: Node
+    watermark: Watermark | None
+    middle: tuple[Node, ...]
+    reducer: tuple[Node, ...]
+    client: tuple[Node, ...]
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The keys rows are exchanged by (none: one key range)."""
+        for n in self.reducer:
+            if isinstance(n, WindowAggregate | KeyedProcess):
+                return n.keys
+        return ()
+
+    def describe(self) -> str:
+        keys = list(self.keys) or "nothing: one key range"
+        if self.watermark is None:
+            return f"3 stages (pipeline, exchange by {keys}, keyed state)"
+        return f"5 stages (pipeline, watermark, exchange by {keys}, window, client)"
+
+
+@dataclass
+class PartitionTask:
+    """One partition of one source, and where and how it ran."""
+
+    source: int
+    partition: int
+    description: str
+    worker: str = ""
+    rows_in: int = 0
+    rows_out: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class ExecutionPlan:
+    """Stages, partitions and the agent (worker) that ran each; displays as a picture."""
+
+    graph: JobGraph
+    tasks: list[PartitionTask]
+    broadcast: list[str]
+    workers: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+    #: For stateful jobs (windows, keyed state), the stages around the exchange by key
+    #: (None: one stage).
+    stateful: StatefulStages | None = None
+
+    def frame(self) -> pd.DataFrame:
+        """One row per partition task."""
+        return pd.DataFrame([dataclasses.asdict(t) for t in self.tasks])
+
+    def agents(self) -> pd.DataFrame:
+        """Per worker: tasks, rows in and out, seconds."""
+        frame = self.frame()
+        if frame.empty:
+            return frame
+        return frame.groupby("worker", as_index=False).agg(
+            tasks=("partition", "count"), rows_in=("rows_in", "sum"),
+            rows_out=("rows_out", "sum"), seconds=("seconds", "sum"))
+
+    def __repr__(self) -> str:
+        stages = "1 stage" if self.stateful is None else self.stateful.describe()
+        lines = [f"ExecutionPlan: {stages}, {len(self.tasks)} partition tasks on "
+                 f"{len(self.workers)} workers; broadcast: {', '.join(self.broadcast) or '-'}"]
+        for t in self.tasks:
+            lines.append(f"  source {t.source} partition {t.partition:>3} on {t.worker or '?'}: "
+                         f"{t.description}, in={t.rows_in:,} out={t.rows_out:,}")
+        return "\n".join(lines)
+
+    def to_svg(self) -> str:
+        """Workers as columns, their partition tasks as boxes (rows in → out)."""
+        workers = self.workers or sorted({t.worker for t in self.tasks})
+        col_w, box_h, gap = 230, 34, 8
+        per_worker = {w: [t for t in self.tasks if t.worker == w] for w in workers}
+        rows = max((len(v) for v in per_worker.values()), default=0)
+        width, height = col_w * max(len(workers), 1) + 20, 70 + rows * (box_h + gap)
+        out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+               'font-family="monospace" font-size="11">',
+               f'<text x="10" y="16" font-weight="bold">{escape(self.graph.root.label)} on '
+               f"{len(workers)} workers, {len(self.tasks)} partitions</text>"]
+        for i, w in enumerate(workers):
+            x = 10 + i * col_w
+            out.append(f'<g class="worker"><text x="{x}" y="40">{escape(w)}</text>')
+            for j, t in enumerate(per_worker[w]):
+                y = 50 + j * (box_h + gap)
+                out.append(
+                    f'<g class="task"><rect x="{x}" y="{y}" width="{col_w - 12}" height="{box_h}"'
+                    f' rx="4" fill="#eef4fb" stroke="#2b4f7a"/><text x="{x + 6}" y="{y + 14}">'
+                    f"src {t.source} part {t.partition}: {t.seconds * 1000:.0f} ms</text>"
+                    f'<text x="{x + 6}" y="{y + 27}" fill="#555">{t.rows_in:,} → '
+                    f"{t.rows_out:,} rows</text></g>")
+            out.append("</g>")
+        out.append("</svg>")
+        return "".join(out)
+
+    def _repr_mimebundle_(self, include: object = None, exclude: object = None
+                          ) -> dict[str, str]:
+        return {"text/plain": repr(self), "image/svg+xml": self.to_svg()}

@@ -1,0 +1,230 @@
+"""What runs on Dask workers: partition pipelines, exchanges and key-range steps.
+
+The client (:mod:`.dask`, :mod:`.exchange`) plans a job and submits these functions; they
+import nothing from the client side. A task's plan travels without its data: reference tables
+and scans are *slots* (:class:`ReferenceSlot`, :class:`ScanSlot`) filled on the worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from sabot_lab.ops.base import OperatorMetrics, SideOutputs
+from sabot_lab.ops.sinks import CollectSink
+from sabot_lab.ops.sources import TableScan, table_batches
+from sabot_lab.ops.window import WatermarkOp
+from sabot_lab.plan.graph import JobGraph
+from sabot_lab.plan.nodes import Enrich, KeyedProcess, Node, Sink, Source, Watermark
+from sabot_lab.reference import Table
+from sabot_lab.runtime.local import LocalRunner
+from sabot_lab.runtime.partitioning import partition_ids, split_by_partition
+
+__all__ = ["ReferenceSlot", "ScanSlot", "compact", "compacted", "exchange", "instantiate",
+           "key_range_step", "piece", "range_stores", "rebase", "run_partition", "warm_worker",
+           "watermark_carry", "without"]
+
+
+@dataclass(frozen=True)
+class ReferenceSlot:
+    """Stands in for a reference table inside a task's plan; the data travels separately."""
+
+    index: int
+    key: tuple[str, ...]
+    unique: bool
+    schema: pa.Schema
+
+
+@dataclass(frozen=True)
+class ScanSlot:
+    """Stands in for a source's scan: the source with this index reads the task's partition."""
+
+    index: int
+    schema: pa.Schema
+
+    def describe(self) -> str:
+        return f"partition of source {self.index}"
+
+
+def instantiate(template: Node, source_index: int, scan: object,
+                 references: tuple[pa.Table, ...]) -> Node:
+    """Fill a template's slots: this task's scan, empty scans elsewhere, the references."""
+    def fill(node: Node) -> Node:
+        if isinstance(node, Enrich):
+            slot = node.reference
+            table = Table(references[slot.index], slot.key, unique=False)
+            table.unique = slot.unique  # checked once on the client
+            return dataclasses.replace(node, reference=table)
+        if isinstance(node, Source):
+            slot = node.scan
+            own = scan if slot.index == source_index else TableScan(slot.schema.empty_table())
+            return dataclasses.replace(node, scan=own)
+        return node
+
+    return template.map(fill)
+
+
+# --- tasks ---------------------------------------------------------------------------------
+
+def run_partition(template: Node, source_index: int, partition: int, scan: object,
+                   *references: pa.Table) -> dict:
+    """One agent's work: run the pipeline over one partition (executes on a worker)."""
+    from distributed import get_worker
+
+    if isinstance(scan, pa.Table):
+        scan = TableScan(scan)
+    plan = instantiate(template, source_index, scan, references)
+    start = time.perf_counter()
+    result = LocalRunner(threads=1).run(JobGraph(Sink(plan, CollectSink())))
+    return {
+        "table": result.table,
+        "side_outputs": result.side_outputs,
+        "metrics": [m.as_dict() for m in result.operator_metrics[:-1]],
+        "worker": get_worker().address,
+        "source": source_index,
+        "partition": partition,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def compact(table: pa.Table) -> pa.Table:
+    """A copy of ``table`` in buffers of its own: a sliced table pickles (as task arguments
+    are sent) with its parent's whole buffers, a compact one with its own rows only.
+
+    >>> import pickle
+    >>> big = pa.table({"a": range(100_000)})
+    >>> len(pickle.dumps(compact(big.slice(0, 10)))) < 2_000 < len(pickle.dumps(big.slice(0, 10)))
+    True
+    """
+    return pa.table({name: pa.concat_arrays([pa.array([], column.type), *column.chunks])
+                     for name, column in zip(table.column_names, table.columns, strict=True)},
+                    schema=table.schema)
+
+
+def warm_worker(arrow_threads: int | None = None) -> None:
+    """Import the engine and load its compiled kernels on a worker, once, at cluster start,
+    so that the first job's timings are those of the job.
+
+    ``arrow_threads`` caps Arrow's thread pool in the worker process: on a LocalCluster the
+    workers share this machine's cores, and each pool sized for all of them oversubscribes it.
+    """
+    from sabot_lab.ops import lookup, window  # noqa: F401 - imported for their side effect
+
+    lookup._warm_up()
+    if arrow_threads is not None:
+        import pyarrow as pa
+
+        pa.set_cpu_count(arrow_threads)
+
+
+def rebase(chain: tuple[Node, ...], bottom: Node) -> Node:
+    """The chain (listed top to bottom) rebuilt on a new bottom input."""
+    current = bottom
+    for node in reversed(chain):
+        current = node.with_children((current,))
+    return current
+
+
+def range_stores(chain: tuple[Node, ...], r: int) -> tuple[Node, ...]:
+    """The chain for key range ``r``: a persistent keyed store (``state="rocksdict"``) moves
+    to a directory of its own under its ``state_path``, ``<state_path>/range-00003``.
+
+    Every key range runs its steps at the same time as the others, and a RocksDB store
+    takes one process at a time: one store per range, never shared. A memory store stays.
+
+    >>> import sabot_lab as sl
+    >>> from sabot_lab.patterns.fraud import detect_fraud
+    >>> node = detect_fraud(sl.Stream.from_table(pa.table({
+    ...     "account_id": [1], "txn_id": [1], "ts": pa.array([0], pa.timestamp("ms")),
+    ...     "amount": [1.0], "lat": [0.0], "lon": [0.0]})),
+    ...     state="rocksdict", state_path="/tmp/fraud").node
+    >>> range_stores((node,), 3)[0].state_path
+    '/tmp/fraud/range-00003'
+    """
+    return tuple(_range_store(node, r) for node in chain)
+
+
+def _range_store(node: Node, r: int) -> Node:
+    if not isinstance(node, KeyedProcess) or node.state == "memory" or not node.state_path:
+        return node
+    return dataclasses.replace(node, state_path=str(Path(node.state_path) / f"range-{r:05d}"))
+
+
+def _source(table: pa.Table) -> Source:
+    return Source(TableScan(table))
+
+
+def _stage_output(result: object) -> dict:
+    """What a stage task returns: table, side outputs and its operators' metrics (without
+    the stage's own source and sink)."""
+    return {"table": result.table, "side_outputs": result.side_outputs,
+            "metrics": [m.as_dict() for m in result.operator_metrics[1:-1]]}
+
+
+def watermark_carry(stage1: dict, state: bytes | None, watermark: Watermark) -> bytes:
+    """The watermark state after this partition, given the state before it."""
+    table = stage1["table"]
+    node = watermark.with_children((_source(table.select([watermark.time_col]).slice(0, 0)),))
+    op = WatermarkOp(node, OperatorMetrics("", ""), SideOutputs())
+    if state is not None:
+        op.restore(state)
+    for batch in table.select([watermark.time_col]).to_batches():
+        op.process(batch)
+    return op.snapshot()
+
+
+def exchange(stage1: dict, state: bytes | None, watermark: Watermark | None,
+             middle: tuple[Node, ...], keys: tuple[str, ...], n_ranges: int) -> dict:
+    """Watermarks for this partition's rows (continuing from ``state``), the stateless
+    operators up to the window, and the rows split by key range."""
+    source = _source(stage1["table"])
+    top = rebase(middle, source if watermark is None else watermark.with_children((source,)))
+    restore = {"1:watermark": state} if state is not None else None
+    result = LocalRunner(threads=1).run(JobGraph(Sink(top, CollectSink())), restore=restore)
+    out = _stage_output(result)
+    table = out.pop("table").combine_chunks()
+    pieces: list[list[pa.RecordBatch]] = [[] for _ in range(n_ranges)]
+    for batch in table_batches(table):  # one, unless a column is over 2 GiB
+        ranges = partition_ids(batch, keys, n_ranges) if keys \
+            else np.zeros(batch.num_rows, dtype=np.int64)
+        for r, part in enumerate(split_by_partition(batch, ranges, n_ranges)):
+            pieces[r].append(part)
+    out["pieces"] = [pa.Table.from_batches(p, table.schema) for p in pieces]
+    return out
+
+
+def key_range_step(reducer: tuple[Node, ...], state: dict[str, bytes] | None,
+                   piece: pa.Table, final: bool) -> dict:
+    """One key range's stateful operators over one partition's rows of that range,
+    continuing from ``state`` (their snapshots after the previous partition); the last step
+    (``final``) flushes them (end of input). Returns output, side outputs, metrics and the
+    state for the next step: the state travels from step to step like a checkpoint, so a
+    lost step is re-run from the previous state and its piece."""
+    graph = JobGraph(Sink(rebase(reducer, _source(piece)), CollectSink()))
+    result = LocalRunner(threads=1).run(graph, restore=state, finish=final)
+    out = _stage_output(result)
+    out["state"] = result.snapshots
+    return out
+
+
+def compacted(scan: object) -> object:
+    """A scan as a task argument: an in-memory slice as a compact table of its own."""
+    return compact(scan.table) if isinstance(scan, TableScan) else scan
+
+
+def without(output: dict, name: str) -> dict:
+    """A task's output without its bulky part (kept on the worker until no one needs it);
+    a stage-1 output keeps its row count."""
+    out = {k: v for k, v in output.items() if k != name}
+    if name == "table":
+        out["rows"] = output["table"].num_rows
+    return out
+
+
+def piece(split: dict, r: int) -> pa.Table:
+    return split["pieces"][r]
