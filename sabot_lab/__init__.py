@@ -8,11 +8,27 @@ Examples
 2
 """
 
+from sabot_lab import errors
 from sabot_lab.dashboard import Dashboard
+from sabot_lab.diagnose import diagnose
+from sabot_lab.errors import (
+    AccountingError,
+    CheckpointError,
+    ClusterError,
+    ColumnConversionError,
+    CsvParseError,
+    DuplicateKeyError,
+    ExprError,
+    ParquetReadError,
+    PlanError,
+    SchedulerUnreachableError,
+    SchemaMismatchError,
+    SnapshotError,
+    StaleBlockError,
+)
 from sabot_lab.expr import coalesce, col, lit
 from sabot_lab.plan.compare import compare_plans
 from sabot_lab.plan.graph import JobGraph
-from sabot_lab.plan.nodes import PlanError
 from sabot_lab.plan.optimizer import PlanOptimizer
 from sabot_lab.plan.windows import (
     approx_quantile,
@@ -27,36 +43,52 @@ from sabot_lab.plan.windows import (
     tumbling,
 )
 from sabot_lab.process import ProcessFunction, PythonProcessFunction
-from sabot_lab.reference import DuplicateKeyError, Table
+from sabot_lab.reference import Table
 from sabot_lab.result import Result
-from sabot_lab.runtime.checkpoint import CheckpointError
 from sabot_lab.runtime.local import LocalRunner
+from sabot_lab.state import MemoryState, RocksDictState, StateSpec
 from sabot_lab.stream import Stream
 from sabot_lab.testing import assert_same_results
 
 
 def __getattr__(name: str) -> object:
     # The Dask runtime imports distributed (about a second): only when it is asked for.
-    if name in ("DaskRunner", "JobManager"):
-        from sabot_lab.runtime import dask
+    if name == "DaskRunner":
+        from sabot_lab.runtime.dask import DaskRunner
 
-        return getattr(dask, name)
+        return DaskRunner
     raise AttributeError(f"module 'sabot_lab' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
 __all__ = [
+    "AccountingError",
     "CheckpointError",
+    "ClusterError",
+    "ColumnConversionError",
+    "CsvParseError",
     "Dashboard",
     "DaskRunner",
     "DuplicateKeyError",
+    "ExprError",
     "JobGraph",
-    "JobManager",
     "LocalRunner",
+    "MemoryState",
+    "ParquetReadError",
     "PlanError",
     "PlanOptimizer",
     "ProcessFunction",
     "PythonProcessFunction",
     "Result",
+    "RocksDictState",
+    "SchedulerUnreachableError",
+    "SchemaMismatchError",
+    "SnapshotError",
+    "StaleBlockError",
+    "StateSpec",
     "Stream",
     "Table",
     "approx_quantile",
@@ -65,6 +97,8 @@ __all__ = [
     "col",
     "compare_plans",
     "count",
+    "diagnose",
+    "errors",
     "hopping",
     "lit",
     "max",

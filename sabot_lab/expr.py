@@ -28,11 +28,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["Expr", "ExprError", "coalesce", "col", "lit"]
+from sabot_lab.errors import ExprError
 
-
-class ExprError(ValueError):
-    """An expression cannot be applied to the schema it was given."""
+__all__ = ["Expr", "coalesce", "col", "lit"]
 
 
 def _as_expr(value: Any) -> Expr:

@@ -10,7 +10,7 @@ Table(key=['id'], rows=2, columns=['id', 'name'], unique=True)
 >>> Table(pa.table({"id": [1, 1, 2]}), key="id")
 Traceback (most recent call last):
 ...
-sabot_lab.reference.DuplicateKeyError: reference key ['id'] is not unique: ... e.g. (1,) x2. ...
+sabot_lab.errors.DuplicateKeyError: reference key ['id'] is not unique: ... e.g. (1,) x2. ...
 """
 
 from __future__ import annotations
@@ -24,21 +24,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sabot_lab.errors import ColumnConversionError, DuplicateKeyError
 from sabot_lab.expr import Expr
 
-__all__ = ["ColumnConversionError", "DuplicateKeyError", "Table", "table_from_pandas"]
+__all__ = ["Table", "table_from_pandas"]
 
 log = logging.getLogger(__name__)
-
-
-class DuplicateKeyError(ValueError):
-    """A reference table declared unique has repeated key values."""
-
-
-class ColumnConversionError(ValueError, TypeError):
-    """A DataFrame column does not convert to one Arrow column (e.g. an object column mixing
-    numbers and strings). Both a ``ValueError`` and a ``TypeError``, as pyarrow raises one or
-    the other for such a column."""
 
 
 def table_from_pandas(frame: pd.DataFrame) -> pa.Table:
@@ -52,7 +43,7 @@ def table_from_pandas(frame: pd.DataFrame) -> pa.Table:
     >>> table_from_pandas(pd.DataFrame({"k": [1, 2], "a": [1, "x"]}))
     Traceback (most recent call last):
     ...
-    sabot_lab.reference.ColumnConversionError: column 'a' of the DataFrame mixes value types ...
+    sabot_lab.errors.ColumnConversionError: column 'a' of the DataFrame mixes value types ...
     """
     try:
         return pa.Table.from_pandas(frame, preserve_index=False)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pyarrow as pa
 
+from sabot_lab.errors import AccountingError
 from sabot_lab.ops.base import OperatorMetrics
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import Fused
@@ -36,14 +37,10 @@ from sabot_lab.plan.optimizer import OptimizerStats
 if TYPE_CHECKING:
     from sabot_lab.diagnose import Diagnosis
 
-__all__ = ["AccountingError", "Result"]
+__all__ = ["Result"]
 
 _SHOWN = ["operator", "rows_in", "rows_out", "rows_filtered", "rows_side_output", "unmatched",
           "null_keys", "batches_in", "seconds"]
-
-
-class AccountingError(AssertionError):
-    """An operator's counters do not add up (rows were lost or invented)."""
 
 
 @dataclass

@@ -106,7 +106,7 @@ class Stream:
     def from_pandas(cls, frame: pd.DataFrame, batch_size: int = DEFAULT_BATCH_SIZE) -> Stream:
         """Stream a pandas DataFrame (its index is not kept). A column that does not convert
         to one Arrow type (an object column mixing numbers and strings) raises
-        :class:`~sabot_lab.reference.ColumnConversionError` naming it.
+        :class:`~sabot_lab.errors.ColumnConversionError` naming it.
 
         >>> Stream.from_pandas(pd.DataFrame({"a": [1.5]})).to_table().to_pydict()
         {'a': [1.5]}
@@ -525,6 +525,18 @@ class WindowedStream:
         self.window_spec = window
         self.keys = keys
 
+    def __repr__(self) -> str:
+        """What is waiting for ``agg``.
+
+        >>> import sabot_lab as sl
+        >>> t = pa.table({"t": [1], "k": ["a"]})
+        >>> Stream.from_table(t).with_watermark("t", unit="s").window(sl.tumbling("1min")
+        ...                                                          ).group_by("k")
+        WindowedStream(tumbling('1min') by ['k']: call .agg(name=sl.count(), ...))
+        """
+        keys = f" by {list(self.keys)}" if self.keys else ""
+        return f"WindowedStream({self.window_spec!r}{keys}: call .agg(name=sl.count(), ...))"
+
     def group_by(self, *keys: str) -> WindowedStream:
         """Aggregate per key within each window."""
         return WindowedStream(self.stream, self.window_spec, tuple(keys))
@@ -555,6 +567,14 @@ class KeyedStream:
     def __init__(self, stream: Stream, keys: tuple[str, ...]) -> None:
         self.stream = stream
         self.keys = keys
+
+    def __repr__(self) -> str:
+        """What is waiting for ``process``.
+
+        >>> Stream.from_table(pa.table({"k": [1]})).key_by("k")
+        KeyedStream(by ['k']: call .process(function))
+        """
+        return f"KeyedStream(by {list(self.keys)}: call .process(function))"
 
     def process(self, function: Any, state: str = "memory", state_path: str | None = None
                 ) -> Stream:

@@ -21,7 +21,7 @@ Examples
 >>> SnapshotReader(b"junk", "example")
 Traceback (most recent call last):
 ...
-sabot_lab.ops.snapshot.SnapshotError: example state is damaged: not a snapshot archive ...
+sabot_lab.errors.SnapshotError: example state is damaged: not a snapshot archive ...
 """
 
 from __future__ import annotations
@@ -35,15 +35,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["FORMAT", "SnapshotError", "SnapshotReader", "in_range", "pack", "table_to_array"]
+from sabot_lab.errors import SnapshotError
+
+__all__ = ["FORMAT", "SnapshotReader", "in_range", "pack", "table_to_array"]
 
 #: Written into every snapshot; a reader refuses any other value.
 FORMAT = "sabot_lab.operator-state/1"
 _META = "__meta__"
-
-
-class SnapshotError(ValueError):
-    """Operator state that cannot be restored: damaged, from another operator or version."""
 
 
 def table_to_array(table: pa.Table) -> np.ndarray:

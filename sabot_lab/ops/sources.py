@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 
+from sabot_lab.errors import CsvParseError, ParquetReadError, SchemaMismatchError
 from sabot_lab.expr import Expr
 from sabot_lab.ops.base import Operator, OperatorMetrics, SideOutputs
 from sabot_lab.plan.fingerprint import UNKNOWN, fingerprint_value
@@ -36,14 +37,11 @@ from sabot_lab.plan.nodes import Source
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "BatchesScan",
-    "CsvParseError",
     "CsvScan",
     "GeneratorScan",
-    "ParquetReadError",
     "ParquetScan",
     "ReplayScan",
     "ScanFilterOp",
-    "SchemaMismatchError",
     "TableScan",
     "pushes_down",
     "read_source",
@@ -54,10 +52,6 @@ __all__ = [
 DEFAULT_BATCH_SIZE = 131_072
 #: Parquet row groups decoded at once (and read ahead): memory is bounded by these.
 PARQUET_READERS = 2
-
-
-class SchemaMismatchError(ValueError):
-    """A batch does not have the schema its stream declared."""
 
 
 def _filter_project(
@@ -132,7 +126,7 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch | None:
     >>> conform(pa.record_batch({"a": [1, None]}), schema)
     Traceback (most recent call last):
     ...
-    sabot_lab.ops.sources.SchemaMismatchError: column 'a' holds 1 null(s), but ...
+    sabot_lab.errors.SchemaMismatchError: column 'a' holds 1 null(s), but ...
     """
     if not batch.schema.equals(schema):
         if batch.schema.names != schema.names or any(
@@ -494,10 +488,6 @@ class ParquetScan:
                     future.cancel()
 
 
-class CsvParseError(ValueError):
-    """A CSV row does not parse; the message names the file, the line and the column."""
-
-
 # Where the CSV scanner is within a record (the states of pyarrow's CSV parser).
 _RECORD_START, _FIELD_START, _UNQUOTED, _QUOTED, _QUOTE_IN_QUOTED = range(5)
 _LF, _CR = 10, 13
@@ -673,10 +663,6 @@ def _unclosed_quote_hint(text: str, quote: str = '"') -> str:
         return ""
     return (" (the row runs over several lines because a quote opened in it is never "
             "closed: close it, or double a quote meant literally)")
-
-
-class ParquetReadError(ValueError):
-    """A Parquet file cannot be read; the message names it."""
 
 
 def _parse_options(on_invalid: Callable | None) -> pacsv.ParseOptions:

@@ -17,7 +17,7 @@ c: int64
 >>> Filter(src, col("z") > 1).schema
 Traceback (most recent call last):
 ...
-sabot_lab.plan.nodes.PlanError: Filter[(col('z') > 1)]: column 'z' not found ... ['a', 'b']
+sabot_lab.errors.PlanError: Filter[(col('z') > 1)]: column 'z' not found ... ['a', 'b']
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Protocol
 
 import pyarrow as pa
 
+from sabot_lab.errors import PlanError
 from sabot_lab.expr import Column, Expr, ExprError
 from sabot_lab.plan.fingerprint import fingerprint_value
 from sabot_lab.reference import Table
@@ -43,7 +44,6 @@ __all__ = [
     "KeyedProcess",
     "MapBatches",
     "Node",
-    "PlanError",
     "Project",
     "Scan",
     "Sink",
@@ -54,10 +54,6 @@ __all__ = [
     "Watermark",
     "WindowAggregate",
 ]
-
-
-class PlanError(ValueError):
-    """A plan is invalid: unknown column, type mismatch, incompatible schemas."""
 
 
 class Scan(Protocol):

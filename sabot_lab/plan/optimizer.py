@@ -113,6 +113,18 @@ class PlanOptimizer:
         self.max_passes = max_passes
         self._stats = OptimizerStats()
 
+    def __repr__(self) -> str:
+        """The rules, in the order they are tried.
+
+        >>> PlanOptimizer(physical_rules=())  # doctest: +ELLIPSIS
+        PlanOptimizer(rules=[drop_true_filter, ...], physical_rules=[])
+        """
+        def names(rules: tuple[Rule, ...]) -> str:
+            return ", ".join(getattr(r, "__name__", repr(r)) for r in rules)
+
+        return (f"PlanOptimizer(rules=[{names(self.rules)}], "
+                f"physical_rules=[{names(self.physical_rules)}])")
+
     def get_stats(self) -> OptimizerStats:
         """Statistics of the last :meth:`optimize` call."""
         return self._stats

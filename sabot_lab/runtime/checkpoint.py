@@ -60,9 +60,10 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
+from sabot_lab.errors import CheckpointError
 from sabot_lab.plan.fingerprint import UNKNOWN, differences
 
-__all__ = ["CheckpointError", "CheckpointSpec", "Checkpoints", "Epoch", "fsync_directory",
+__all__ = ["CheckpointSpec", "Checkpoints", "Epoch", "fsync_directory",
            "write_durably"]
 
 log = logging.getLogger(__name__)
@@ -74,10 +75,6 @@ _FILE = re.compile(r"epoch-(\d{6})/(output\.arrow|side-\d+\.arrow|state-\d+\.bin
 _MAX_MANIFEST = 64 << 20
 
 Resume = bool | Literal["trust"]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint directory cannot be used for this run (and nothing was run from it)."""
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from concurrent.futures import CancelledError
 
 import pyarrow as pa
 
+from sabot_lab.errors import ClusterError, SchedulerUnreachableError
 from sabot_lab.ops.base import COUNTERS, OperatorMetrics
 from sabot_lab.ops.sinks import CollectSink
 from sabot_lab.ops.sources import BatchesScan, CsvScan, ParquetScan, TableScan
@@ -57,22 +58,13 @@ from sabot_lab.runtime.exchange import stateful_stages, submit_stateful_job
 from sabot_lab.runtime.execution import ExecutionPlan, PartitionTask
 from sabot_lab.runtime.protocol import RunListener
 
-__all__ = ["ClusterError", "DaskRunner", "ExecutionPlan", "JobManager", "PartitionTask",
-           "SchedulerUnreachableError"]
+__all__ = ["DaskRunner", "JobManager"]
 
 log = logging.getLogger(__name__)
 
 #: Default input per partition task (bytes of Arrow data): 10x the data makes 10x the
 #: partitions, not 10x the memory per worker.
 PARTITION_BYTES = 16 * 2**20
-
-
-class SchedulerUnreachableError(ConnectionError):
-    """The Dask scheduler did not answer."""
-
-
-class ClusterError(RuntimeError):
-    """The Dask cluster failed a job: the scheduler went away, or workers kept dying."""
 
 
 def _template(graph: JobGraph) -> tuple[Node, list[Table], list[Source]]:

@@ -34,7 +34,7 @@ def run_job(graph: JobGraph, runner: Runner | None = None, *,
 
     Every run checks that each operator accounts for its rows (rows in = out + filtered +
     side output, or absorbed by an aggregation): a run that lost track of rows raises
-    :class:`~sabot_lab.result.AccountingError` instead of returning.
+    :class:`~sabot_lab.errors.AccountingError` instead of returning.
     """
     runner = runner if runner is not None else LocalRunner()
     stats = None

@@ -26,20 +26,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sabot_lab.errors import StaleBlockError
 from sabot_lab.state.keys import KeyKind
 from sabot_lab.state.spec import StateSpec
 
-__all__ = ["NEVER", "KeyedState", "StaleBlockError", "StateBlock"]
+__all__ = ["NEVER", "KeyedState", "StateBlock"]
 
 #: ``last_access`` of a key acquired without an event time and not yet released.
 NEVER = np.iinfo(np.int64).min
 _META_KEY = b"sabot_lab.state"
 _FORMAT = 1
 _CHECKPOINT_FILE = "state.arrow"
-
-
-class StaleBlockError(RuntimeError):
-    """A block was released after the state moved on (another acquire, expire or restore)."""
 
 
 class StateBlock:
