@@ -10,7 +10,7 @@ Examples
 
 from sabot_lab import errors
 from sabot_lab.dashboard import Dashboard
-from sabot_lab.diagnose import diagnose
+from sabot_lab.diagnosis import diagnose
 from sabot_lab.errors import (
     AccountingError,
     CheckpointError,

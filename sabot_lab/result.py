@@ -35,7 +35,7 @@ from sabot_lab.plan.nodes import Fused
 from sabot_lab.plan.optimizer import OptimizerStats
 
 if TYPE_CHECKING:
-    from sabot_lab.diagnose import Diagnosis
+    from sabot_lab.diagnosis import Diagnosis
 
 __all__ = ["Result"]
 
@@ -154,8 +154,8 @@ class Result:
         """What looks wrong in this run: a join that matched nothing (with example keys from
         both sides), small batches, a Python hot spot, an unoptimized plan, unused columns,
         large reference tables or keyed state; each with a fix. See
-        :mod:`sabot_lab.diagnose`."""
-        from sabot_lab.diagnose import diagnose
+        :mod:`sabot_lab.diagnosis`."""
+        from sabot_lab.diagnosis import diagnose
 
         return diagnose(self)
 

@@ -34,11 +34,11 @@ import pyarrow as pa
 
 from sabot_lab.dashboard import Dashboard
 from sabot_lab.expr import Expr, Literal, col
+from sabot_lab.ops.batches import DEFAULT_BATCH_SIZE
+from sabot_lab.ops.csv import CsvScan
 from sabot_lab.ops.sinks import CallbackSink, CollectSink, ParquetSink
 from sabot_lab.ops.sources import (
-    DEFAULT_BATCH_SIZE,
     BatchesScan,
-    CsvScan,
     GeneratorScan,
     ParquetScan,
     ReplayScan,

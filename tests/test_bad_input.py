@@ -49,7 +49,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sabot_lab as sl
-from sabot_lab.ops.sources import CsvParseError, ParquetReadError
+from sabot_lab.errors import CsvParseError, ParquetReadError
 from sabot_lab.patterns.fraud import RULES, FraudRules, detect_fraud
 from sabot_lab.plan.nodes import PlanError
 from sabot_lab.plan.windows import parse_duration, to_unit

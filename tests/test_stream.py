@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import sabot_lab as sl
-from sabot_lab.ops.sources import CsvParseError, SchemaMismatchError
+from sabot_lab.errors import CsvParseError, SchemaMismatchError
 from tests.oracle import assert_balanced, assert_same_rows, duck
 
 

@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from sabot_lab.errors import SchemaMismatchError
 from sabot_lab.ops.base import Operator
-from sabot_lab.ops.sources import (
-    SchemaMismatchError,
-    describe_schema_difference,
-    table_batches,
-)
+from sabot_lab.ops.batches import describe_schema_difference, table_batches
 from sabot_lab.plan.nodes import Filter, MapBatches, Project
 
 __all__ = ["FilterOp", "MapBatchesOp", "ProjectOp"]

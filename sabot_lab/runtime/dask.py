@@ -37,7 +37,6 @@ import pyarrow as pa
 from sabot_lab.errors import ClusterError, SchedulerUnreachableError
 from sabot_lab.ops.base import COUNTERS, OperatorMetrics
 from sabot_lab.ops.sinks import CollectSink
-from sabot_lab.ops.sources import BatchesScan, CsvScan, ParquetScan, TableScan
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import (
     Enrich,
@@ -162,12 +161,7 @@ class JobManager:
         scans = []
         tasks = []
         for i, source in enumerate(sources):
-            scan = source.scan
-            if isinstance(scan, BatchesScan):
-                # Batches from an iterator exist only in this process: read them here, once.
-                scan = TableScan(pa.Table.from_batches(list(scan.batches()), scan.schema))
-            parts = [scan] if isinstance(scan, CsvScan) else scan.partitions(
-                self.partitions_for(scan))
+            parts = source.scan.partitions(self.partitions_for(source.scan))
             scans.append(parts)
             tasks += [PartitionTask(i, p, part.describe()) for p, part in enumerate(parts)]
         workers = sorted(self.client.scheduler_info()["workers"])
@@ -178,12 +172,8 @@ class JobManager:
     def partitions_for(self, scan: object) -> int:
         """How many partitions to split ``scan`` into: ``partitions_per_worker`` per worker
         thread, or more for a source larger than ``partition_bytes`` per partition."""
-        if isinstance(scan, TableScan):
-            size = scan.table.nbytes
-        elif isinstance(scan, ParquetScan):
-            size = sum(group.total_byte_size for fragment in scan.dataset.get_fragments()
-                       for group in fragment.row_groups)
-        else:  # generated batches: their size is known only once they are made
+        size = scan.nbytes()
+        if size is None:  # generated batches: their size is known only once they are made
             return self.n_partitions
         return max(self.n_partitions, -(-size // self.partition_bytes))
 
@@ -212,12 +202,10 @@ class JobManager:
 
         def submissions() -> Iterator[tuple[int, object]]:
             for task_index, task in enumerate(execution.tasks):
-                part = scans[task.source][task.partition]
-                if isinstance(part, TableScan):
-                    # The slice travels inside its task as a bare Arrow table (Arrow IPC), not
-                    # scattered: a task lost with a worker is re-run, so its input must
-                    # outlive the worker, and scattered data does not.
-                    part = tasks.compact(part.table)
+                # An in-memory slice travels inside its task as a bare Arrow table (Arrow
+                # IPC), not scattered: a task lost with a worker is re-run, so its input
+                # must outlive the worker, and scattered data does not.
+                part = tasks.compacted(scans[task.source][task.partition])
                 future = self.submit(
                     tasks.run_partition, template, task.source, task.partition, part,
                     *ref_futures,

@@ -16,8 +16,9 @@ import numpy as np
 import pyarrow as pa
 
 from sabot_lab.ops.base import OperatorMetrics, SideOutputs
+from sabot_lab.ops.batches import table_batches
 from sabot_lab.ops.sinks import CollectSink
-from sabot_lab.ops.sources import TableScan, table_batches
+from sabot_lab.ops.sources import TableScan
 from sabot_lab.ops.window import WatermarkOp
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import Enrich, KeyedProcess, Node, Sink, Source, Watermark
@@ -213,7 +214,8 @@ def key_range_step(reducer: tuple[Node, ...], state: dict[str, bytes] | None,
 
 
 def compacted(scan: object) -> object:
-    """A scan as a task argument: an in-memory slice as a compact table of its own."""
+    """A scan as a task argument: an in-memory slice as a compact table of its own (a bare
+    table: Arrow IPC on the wire; :func:`run_partition` makes it a scan again)."""
     return compact(scan.table) if isinstance(scan, TableScan) else scan
 
 

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sabot_lab as sl
-from sabot_lab.ops.sources import CsvParseError, SchemaMismatchError, _RowLines
+from sabot_lab.errors import CsvParseError, SchemaMismatchError
+from sabot_lab.ops.csv import _RowLines
 from sabot_lab.reference import ColumnConversionError
 from tests.oracle import assert_balanced
 

@@ -14,7 +14,8 @@ import pyarrow as pa
 import pytest
 
 import sabot_lab as sl
-from sabot_lab.ops.sources import CsvParseError, CsvScan
+from sabot_lab.errors import CsvParseError
+from sabot_lab.ops.csv import CsvScan
 
 SCHEMA = pa.schema({"id": pa.int64(), "text": pa.string(), "x": pa.float64()})
 

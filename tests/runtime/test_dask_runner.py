@@ -16,8 +16,8 @@ import pytest
 
 import sabot_lab as sl
 from sabot_lab.datasets import airports, flights, securities
+from sabot_lab.errors import SchemaMismatchError
 from sabot_lab.ops.sinks import CollectSink
-from sabot_lab.ops.sources import SchemaMismatchError
 from sabot_lab.patterns.enrichment import enrich_quotes, quote_stream
 from sabot_lab.plan.nodes import Sink, _Unary
 from sabot_lab.runtime.dask import DaskRunner, JobManager, SchedulerUnreachableError

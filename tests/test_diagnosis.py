@@ -73,7 +73,7 @@ def test_unused_columns_and_large_state_are_memory_findings(monkeypatch):
     job = enrich_quotes(quote_stream(20_000, batch_rows=10_000, securities_n=500), refs)
     titles = _titles(job.run(optimize=False))
     assert any("columns are used" in t for t in titles)
-    import sabot_lab.diagnose as diagnose_module
+    import sabot_lab.diagnosis as diagnose_module
     from sabot_lab.patterns.fraud import detect_fraud
 
     monkeypatch.setattr(diagnose_module, "LARGE_STATE_BYTES", 1_000)
