@@ -46,7 +46,7 @@ import pyarrow as pa
 
 from sabot_lab.ops.base import COUNTERS, OperatorMetrics
 from sabot_lab.plan.graph import JobGraph
-from sabot_lab.plan.nodes import NO_WATERMARK, Watermark
+from sabot_lab.plan.nodes import NO_WATERMARK, Source, Watermark
 
 __all__ = ["Dashboard", "make_dashboard"]
 
@@ -120,6 +120,7 @@ class Dashboard:
         self.job = self.runner = ""
         self.link: str | None = None
         self.metrics: list[OperatorMetrics] = []
+        self._sources: set[str] = set()
         self.watermarks: list[tuple[float, int]] = []
         self.state: dict[str, list[tuple[float, int, int]]] = {}
         self.partitions: tuple[int, int] | None = None
@@ -144,6 +145,7 @@ class Dashboard:
         self.job = graph.root.children[0].label
         ids = graph.node_ids()
         self.metrics = [OperatorMetrics(ids[id(n)], n.label) for n in graph.operators()]
+        self._sources = {ids[id(n)] for n in graph.operators() if isinstance(n, Source)}
         self.watermarks, self.state, self.partitions = [], {}, None
         self._gauges = dict(state or {})
         self._time_unit = next(
@@ -169,12 +171,14 @@ class Dashboard:
         if now - self._last_refresh >= self._interval:
             self._refresh(now)
 
-    def partition_done(self, metrics: Sequence[Mapping[str, object]], rows_out: int,
+    def partition_done(self, metrics: Mapping[str, Mapping[str, object]], rows_out: int,
                        done: int, total: int) -> None:
-        """A Dask partition came back: its operators' counters (the sink's excluded) and the
-        rows it sends to the sink; ``done`` of ``total`` partitions are back."""
-        for m, row in zip(self.metrics[:-1], metrics, strict=True):
-            m.add(**{name: row[name] for name in COUNTERS})
+        """A Dask partition came back: its operators' counters by operator id (the sink's
+        excluded) and the rows it sends to the sink; ``done`` of ``total`` partitions are
+        back."""
+        by_id = {m.op_id: m for m in self.metrics}
+        for op_id, row in metrics.items():
+            by_id[op_id].add(**{name: row[name] for name in COUNTERS})
         self.metrics[-1].add(rows_in=rows_out, rows_out=rows_out, batches_in=1)
         self.partitions = (done, total)
         self.update(self.metrics)
@@ -205,7 +209,7 @@ class Dashboard:
     @property
     def rows_in(self) -> int:
         """Rows read by the sources so far."""
-        return sum(m.rows_in for m in self.metrics if m.op_id.endswith(":source"))
+        return sum(m.rows_in for m in self.metrics if m.op_id in self._sources)
 
     @property
     def rows_out(self) -> int:
@@ -215,7 +219,7 @@ class Dashboard:
     @property
     def batches(self) -> int:
         """Batches read by the sources so far."""
-        return sum(m.batches_in for m in self.metrics if m.op_id.endswith(":source"))
+        return sum(m.batches_in for m in self.metrics if m.op_id in self._sources)
 
     @property
     def rows_per_second(self) -> float:

@@ -31,7 +31,7 @@ import pyarrow as pa
 from sabot_lab.errors import AccountingError
 from sabot_lab.ops.base import OperatorMetrics
 from sabot_lab.plan.graph import JobGraph
-from sabot_lab.plan.nodes import Fused
+from sabot_lab.plan.nodes import Fused, Source
 from sabot_lab.plan.optimizer import OptimizerStats
 
 if TYPE_CHECKING:
@@ -102,7 +102,9 @@ class Result:
     @property
     def rows_in(self) -> int:
         """Rows produced by all sources."""
-        return sum(m.rows_in for m in self.operator_metrics if m.op_id.endswith(":source"))
+        return sum(m.rows_in for n, m in zip(self.executed_plan.operators(),
+                                             self.operator_metrics, strict=True)
+                   if isinstance(n, Source))
 
     @property
     def rows_out(self) -> int:

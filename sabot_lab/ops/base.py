@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
 import pyarrow as pa
@@ -104,14 +104,26 @@ class OperatorMetrics:
         else:
             self.add(rows_watermark_stalled=rows)
 
-    def merge(self, other: OperatorMetrics) -> None:
-        """Add another instance's counters (e.g. from another agent); watermarks take the
-        minimum, as for a merged stream."""
-        self.add(**{name: getattr(other, name) for name in COUNTERS})
-        self.aggregates = self.aggregates or other.aggregates
-        if other.watermark is not None:
-            self.watermark = other.watermark if self.watermark is None else min(
-                self.watermark, other.watermark)
+    def merge(self, other: OperatorMetrics | Mapping[str, object]) -> None:
+        """Add the counters of another run of this operator (a partition, a key range, a
+        stage), or their :meth:`as_dict`: counters and state gauges add up; the watermark is
+        the latest, since the parts are pieces of one stream in order and every row carries
+        the stream's watermark.
+
+        >>> a = OperatorMetrics("2:window", "Window", rows_in=3, watermark=10, state_keys=2)
+        >>> a.merge({"rows_in": 4, "watermark": 25, "state_keys": 5, "aggregates": True})
+        >>> a.rows_in, a.watermark, a.state_keys, a.aggregates
+        (7, 25, 7, True)
+        """
+        row = other.as_dict() if isinstance(other, OperatorMetrics) else other
+        self.add(**{name: row[name] for name in COUNTERS if name in row})
+        self.aggregates = self.aggregates or bool(row.get("aggregates"))
+        for gauge in ("state_keys", "state_bytes"):  # each key range holds its own keys
+            if row.get(gauge) is not None:
+                setattr(self, gauge, (getattr(self, gauge) or 0) + row[gauge])
+        if row.get("watermark") is not None:
+            self.watermark = row["watermark"] if self.watermark is None else max(
+                self.watermark, row["watermark"])
 
     def balanced(self) -> bool:
         """Whether every input row is accounted for: out + filtered + side output (+ expanded);

@@ -35,7 +35,7 @@ from concurrent.futures import CancelledError
 import pyarrow as pa
 
 from sabot_lab.errors import ClusterError, SchedulerUnreachableError
-from sabot_lab.ops.base import COUNTERS, OperatorMetrics
+from sabot_lab.ops.base import OperatorMetrics
 from sabot_lab.ops.sinks import CollectSink
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import (
@@ -53,6 +53,7 @@ from sabot_lab.reference import Table
 from sabot_lab.result import Result
 from sabot_lab.runtime import tasks
 from sabot_lab.runtime.checkpoint import CheckpointSpec
+from sabot_lab.runtime.collect import collect_result, empty_metrics
 from sabot_lab.runtime.exchange import stateful_stages, submit_stateful_job
 from sabot_lab.runtime.execution import ExecutionPlan, PartitionTask
 from sabot_lab.runtime.protocol import RunListener
@@ -166,7 +167,9 @@ class JobManager:
             tasks += [PartitionTask(i, p, part.describe()) for p, part in enumerate(parts)]
         workers = sorted(self.client.scheduler_info()["workers"])
         broadcast = [f"reference {list(r.key)} ({r.num_rows:,} rows)" for r in references]
-        execution = ExecutionPlan(graph, tasks, broadcast, workers, stateful=stages)
+        ids = graph.node_ids()  # the scan graph's nodes are the job's: report under its ids
+        execution = ExecutionPlan(graph, tasks, broadcast, workers, stateful=stages,
+                                  op_ids=tuple(ids[id(n)] for n in scan_graph.operators()[:-1]))
         return execution, template, scans, references
 
     def partitions_for(self, scan: object) -> int:
@@ -189,14 +192,12 @@ class JobManager:
         planned = time.perf_counter()
         if execution.stateful is not None:
             table, side, metrics = submit_stateful_job(
-                self, graph, execution.stateful, scans, template, references, execution.tasks,
-                monitor)
-            done = time.perf_counter()
+                self, graph, execution.stateful, scans, template, execution.op_ids, references,
+                execution.tasks, monitor)
             execution.timings.update(planning_ms=(planned - start) * 1000,
-                                     execution_ms=(done - planned) * 1000)
-            return Result(table=table, side_outputs={k: pa.concat_tables(v) for k, v in sorted(
-                side.items())}, operator_metrics=metrics, execution_time_ms=(done - start) * 1000,
-                executed_plan=graph, runner="dask", execution=execution)
+                                     execution_ms=(time.perf_counter() - planned) * 1000)
+            return collect_result(graph, "dask", start, table, side, metrics,
+                                  execution=execution)
         ref_futures = [self.client.scatter(r.data, broadcast=True, hash=True)
                        for r in references]
 
@@ -207,7 +208,8 @@ class JobManager:
                 # must outlive the worker, and scattered data does not.
                 part = tasks.compacted(scans[task.source][task.partition])
                 future = self.submit(
-                    tasks.run_partition, template, task.source, task.partition, part,
+                    tasks.run_partition, template, execution.op_ids, task.source,
+                    task.partition, part,
                     *ref_futures,
                     key=f"sabot-partition-{task.source}-{task.partition}-{id(execution)}",
                 )
@@ -252,36 +254,27 @@ class JobManager:
         for i in sorted(outputs):
             for name, t in outputs[i]["side_outputs"].items():
                 side.setdefault(name, []).append(t)
-        done = time.perf_counter()
         execution.timings.update(planning_ms=(planned - start) * 1000,
                                  execution_ms=(executed - planned) * 1000,
-                                 gather_ms=(done - executed) * 1000)
-        return Result(
-            table=table,
-            side_outputs={k: pa.concat_tables(v) for k, v in sorted(side.items())},
-            operator_metrics=metrics,
-            execution_time_ms=(done - start) * 1000,
-            executed_plan=graph,
-            runner="dask",
-            execution=execution,
-        )
+                                 gather_ms=(time.perf_counter() - executed) * 1000)
+        return collect_result(graph, "dask", start, table, side, metrics, execution=execution)
 
     def _metrics(self, graph: JobGraph, execution: ExecutionPlan, outputs: dict[int, dict]
-                 ) -> list[OperatorMetrics]:
+                 ) -> dict[str, OperatorMetrics]:
+        """The job's metrics: every partition's, by operator id, and the sink's rows."""
+        merged = empty_metrics(graph)
         ids = graph.node_ids()
-        operators = graph.operators()
-        merged = [OperatorMetrics(ids[id(n)], n.label) for n in operators]
+        sources = {ids[id(n)] for n in graph.operators() if isinstance(n, Source)}
         for i, out in outputs.items():
             task = execution.tasks[i]
             task.worker, task.seconds = out["worker"], out["seconds"]
-            for m, row in zip(merged[:-1], out["metrics"], strict=True):
-                m.add(**{k: row[k] for k in COUNTERS})
+            for op_id, row in out["metrics"].items():
+                merged[op_id].merge(row)
             task.rows_out = out["rows_out"]
-            task.rows_in = sum(row["rows_in"] for row, n in zip(out["metrics"], operators,
-                                                                strict=False)
-                               if isinstance(n, Source))
+            task.rows_in = sum(row["rows_in"] for op_id, row in out["metrics"].items()
+                               if op_id in sources)
         rows = sum(out["rows_out"] for out in outputs.values())
-        merged[-1].add(rows_in=rows, rows_out=rows, batches_in=len(outputs))
+        merged[ids[id(graph.root)]].add(rows_in=rows, rows_out=rows, batches_in=len(outputs))
         return merged
 
 

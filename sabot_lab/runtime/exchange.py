@@ -39,12 +39,11 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from sabot_lab.ops.base import COUNTERS, OperatorMetrics
+from sabot_lab.ops.base import OperatorMetrics
 from sabot_lab.ops.sinks import CollectSink
 from sabot_lab.ops.sources import TableScan
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import (
-    Fused,
     KeyedProcess,
     Node,
     Sink,
@@ -56,7 +55,7 @@ from sabot_lab.plan.nodes import (
 )
 from sabot_lab.reference import Table
 from sabot_lab.runtime import tasks
-from sabot_lab.runtime.execution import PartitionTask, StatefulStages
+from sabot_lab.runtime.execution import PartitionTask, StatefulStages, chain_ids
 from sabot_lab.runtime.local import LocalRunner
 from sabot_lab.runtime.protocol import RunListener
 
@@ -76,6 +75,7 @@ def stateful_stages(graph: JobGraph) -> StatefulStages | None:
     if bottom is None:
         return None
     below = chain[bottom].children[0]
+    ids = graph.node_ids()
     for n in JobGraph(Sink(below, CollectSink())).operators():
         if n.stateful:
             raise NotImplementedError(
@@ -90,18 +90,24 @@ def stateful_stages(graph: JobGraph) -> StatefulStages | None:
             raise NotImplementedError(
                 "the DaskRunner runs one stateful stage per job: windows or keyed state after "
                 f"{chain[bottom].label} need an exchange of their own")
-        return StatefulStages(below, None, (), _detached(tuple(chain[:bottom + 1])), ())
+        reducer = tuple(chain[:bottom + 1])
+        return StatefulStages(below, None, (), _detached(reducer), (), op_ids={
+            "exchange": (), "reducer": chain_ids(ids, reducer),
+            "client": (ids[id(graph.root)],)})
     windows = [i for i, n in enumerate(above) if isinstance(n, WindowAggregate)]
     if len(windows) > 1 or any(isinstance(n, Watermark | KeyedProcess) for n in above):
         raise NotImplementedError("the DaskRunner runs one window per job, after one watermark")
     tops = [i for i, n in enumerate(above) if isinstance(n, TopN)]
     cut_client = max(tops) + 1 if tops else 0
     cut_middle = windows[0] + 1 if windows else len(above)
+    middle, reducer, client = (tuple(above[cut_middle:]), tuple(above[cut_client:cut_middle]),
+                               tuple(above[:cut_client]))
     return StatefulStages(
-        below=below, watermark=_detached((chain[bottom],))[0],
-        middle=_detached(tuple(above[cut_middle:])),
-        reducer=_detached(tuple(above[cut_client:cut_middle])),
-        client=tuple(above[:cut_client]))
+        below=below, watermark=_detached((chain[bottom],))[0], middle=_detached(middle),
+        reducer=_detached(reducer), client=client, op_ids={
+            "exchange": chain_ids(ids, (*middle, chain[bottom])),
+            "reducer": chain_ids(ids, reducer),
+            "client": (*chain_ids(ids, client), ids[id(graph.root)])})
 
 
 def _detached(chain: tuple[Node, ...]) -> tuple[Node, ...]:
@@ -132,10 +138,12 @@ class Submitter(Protocol):
 
 
 def submit_stateful_job(manager: Submitter, graph: JobGraph, stages: StatefulStages,
-                        scans: list, template: Node, references: list[Table],
-                        tasks_of: list[PartitionTask], monitor: RunListener | None = None
-                        ) -> tuple[pa.Table, dict, list]:
-    """Run the stages on ``manager.client``; returns (table, side outputs, metrics).
+                        scans: list, template: Node, template_ids: tuple[str, ...],
+                        references: list[Table], tasks_of: list[PartitionTask],
+                        monitor: RunListener | None = None
+                        ) -> tuple[pa.Table, dict, dict[str, OperatorMetrics]]:
+    """Run the stages on ``manager.client``; returns (table, side outputs, metrics by the
+    job's operator ids).
     ``monitor`` (a :class:`~sabot_lab.dashboard.Dashboard`) hears how many partitions are
     through the keyed stage.
 
@@ -161,19 +169,19 @@ def submit_stateful_job(manager: Submitter, graph: JobGraph, stages: StatefulSta
         # worker is recomputed, so its input must survive the worker (scattered data does
         # not). Only small results (metrics, states, outputs) are kept here: partition data
         # is released as soon as its steps have run.
-        first = submit(tasks.run_partition, template, task.source, task.partition,
+        first = submit(tasks.run_partition, template, template_ids, task.source,
+                       task.partition,
                        tasks.compacted(scans[task.source][task.partition]), *ref_futures)
-        split = submit(tasks.exchange, first, carry, stages.watermark, stages.middle, stages.keys,
-                       n_ranges)
+        split = submit(tasks.exchange, first, carry, stages.watermark, stages.middle,
+                       stages.keys, n_ranges, stages.op_ids["exchange"])
         if stages.watermark is not None:
             carry = submit(tasks.watermark_carry, first, carry, stages.watermark)
         first_meta.append(submit(tasks.without, first, "table"))
         split_meta.append(submit(tasks.without, split, "pieces"))
         steps = []
         for r in range(n_ranges):
-            step = submit(tasks.key_range_step, reducers[r], states[r],
-                          submit(tasks.piece, split, r),
-                          False)
+            step = submit(tasks.key_range_step, reducers[r], stages.op_ids["reducer"],
+                          states[r], submit(tasks.piece, split, r), False)
             states[r] = submit(operator.getitem, step, "state")
             step_out[r].append(submit(tasks.without, step, "state"))
             steps.append(step)
@@ -184,8 +192,8 @@ def submit_stateful_job(manager: Submitter, graph: JobGraph, stages: StatefulSta
             if monitor is not None:
                 monitor.partitions_through(k - manager.max_in_flight + 1, len(tasks_of))
     for r in range(n_ranges):
-        step_out[r].append(submit(tasks.key_range_step, reducers[r], states[r], empty,
-                                  True))
+        step_out[r].append(submit(tasks.key_range_step, reducers[r],
+                                  stages.op_ids["reducer"], states[r], empty, True))
     for done, steps in enumerate(steps_of, 1):
         if steps and monitor is not None:
             wait(steps)
@@ -193,48 +201,27 @@ def submit_stateful_job(manager: Submitter, graph: JobGraph, stages: StatefulSta
     first_out = client.gather(first_meta, direct=True)
     split_out = client.gather(split_meta, direct=True)
     reduce_out = [out for outs in client.gather(step_out, direct=True) for out in outs]
+    ids = graph.node_ids()
+    sources = {ids[id(n)] for n in graph.operators() if isinstance(n, Source)}
     for task, out in zip(tasks_of, first_out, strict=True):
         task.worker, task.seconds, task.rows_out = out["worker"], out["seconds"], out["rows"]
-        task.rows_in = sum(row["rows_in"] for row in out["metrics"]
-                           if row["op_id"].endswith(":source"))
-
-    n_below = _count(JobGraph(Sink(stages.below, CollectSink())).operators()) - 1
-    offsets = {"exchange": n_below}
-    offsets["window"] = (offsets["exchange"] + (stages.watermark is not None)
-                         + _count(stages.middle))
-    offsets["client"] = offsets["window"] + _count(stages.reducer)
-    merged = [OperatorMetrics(graph.node_ids()[id(n)], n.label) for n in graph.operators()]
+        task.rows_in = sum(row["rows_in"] for op_id, row in out["metrics"].items()
+                           if op_id in sources)
+    merged = {ids[id(n)]: OperatorMetrics(ids[id(n)], n.label) for n in graph.operators()}
     side: dict[str, list[pa.Table]] = {}
-    for offset, outputs in ((0, first_out), (offsets["exchange"], split_out),
-                            (offsets["window"], reduce_out)):
-        for out in outputs:
-            _merge_metrics(merged[offset:], out["metrics"])
-            for name, t in out["side_outputs"].items():
-                side.setdefault(name, []).append(t)
+    for out in (*first_out, *split_out, *reduce_out):
+        for op_id, row in out["metrics"].items():
+            merged[op_id].merge(row)
+        for name, t in out["side_outputs"].items():
+            side.setdefault(name, []).append(t)
     # One batch: top_n ranks each batch's windows, so a window must not be split.
     table = pa.concat_tables([out["table"] for out in reduce_out]).combine_chunks()
     source = Source(TableScan(table, batch_size=max(1, table.num_rows)))
     final = LocalRunner(threads=1).run(JobGraph(Sink(tasks.rebase(stages.client, source),
                                                      graph.root.target)))
-    _merge_metrics(merged[offsets["client"]:], [m.as_dict() for m in final.operator_metrics[1:]])
+    for op_id, row in tasks.labelled(final.operator_metrics[1:],
+                                     stages.op_ids["client"]).items():
+        merged[op_id].merge(row)
     for name, t in final.side_outputs.items():
         side.setdefault(name, []).append(t)
     return final.table, side, merged
-
-
-def _count(nodes: tuple[Node, ...]) -> int:
-    """Operators in a chain, fused stages counted one by one."""
-    return sum(len(n.stages) if isinstance(n, Fused) else 1 for n in nodes)
-
-
-def _merge_metrics(merged: list[OperatorMetrics], rows: list[dict]) -> None:
-    """Add one task's metrics to the job's; watermarks: the latest (partitions are ordered)."""
-    for m, row in zip(merged, rows, strict=False):
-        m.add(**{k: row[k] for k in COUNTERS})
-        m.aggregates = m.aggregates or row["aggregates"]
-        for gauge in ("state_keys", "state_bytes"):  # each key range holds its own keys
-            if row.get(gauge) is not None:
-                setattr(m, gauge, (getattr(m, gauge) or 0) + row[gauge])
-        if row["watermark"] is not None:
-            m.watermark = row["watermark"] if m.watermark is None else max(m.watermark,
-                                                                           row["watermark"])

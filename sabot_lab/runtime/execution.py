@@ -10,9 +10,17 @@ from html import escape
 import pandas as pd
 
 from sabot_lab.plan.graph import JobGraph
-from sabot_lab.plan.nodes import KeyedProcess, Node, Watermark, WindowAggregate
+from sabot_lab.plan.nodes import Fused, KeyedProcess, Node, Watermark, WindowAggregate
 
-__all__ = ["ExecutionPlan", "PartitionTask", "StatefulStages"]
+__all__ = ["ExecutionPlan", "PartitionTask", "StatefulStages", "chain_ids"]
+
+
+def chain_ids(ids: dict[int, str], chain: tuple[Node, ...]) -> tuple[str, ...]:
+    """The operator ids (``ids``: the job's :meth:`~sabot_lab.plan.graph.JobGraph.node_ids`)
+    of a chain listed top to bottom, in data-flow order, fused stages one by one: what a
+    stage that runs the chain reports its metrics under."""
+    return tuple(ids[id(s)] for n in reversed(chain)
+                 for s in (n.stages if isinstance(n, Fused) else (n,)))
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,9 @@ class StatefulStages:
     middle: tuple[Node, ...]
     reducer: tuple[Node, ...]
     client: tuple[Node, ...]
+    #: The job's operator ids of each stage's operators, in data-flow order: ``exchange``
+    #: (watermark and middle), ``reducer``, ``client`` (the sink last).
+    op_ids: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -67,6 +78,8 @@ class ExecutionPlan:
     #: For stateful jobs (windows, keyed state), the stages around the exchange by key
     #: (None: one stage).
     stateful: StatefulStages | None = None
+    #: The job's operator ids of the partition pipeline's operators (its sink excluded).
+    op_ids: tuple[str, ...] = ()
 
     def frame(self) -> pd.DataFrame:
         """One row per partition task."""

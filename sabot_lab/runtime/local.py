@@ -43,6 +43,7 @@ from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import Fused, Node, Sink, Source, Union
 from sabot_lab.result import Result
 from sabot_lab.runtime.checkpoint import CheckpointError, Checkpoints, CheckpointSpec, Epoch
+from sabot_lab.runtime.collect import collect_result
 from sabot_lab.runtime.gcpause import paused as gc_paused
 from sabot_lab.runtime.protocol import RunListener
 
@@ -281,15 +282,11 @@ class LocalRunner:
                     pool.shutdown(cancel_futures=True)
                 if directory is not None:
                     directory.close()
-        elapsed_ms = (time.perf_counter() - start) * 1000
-        log.info("local run finished in %.1f ms", elapsed_ms)
-        return Result(
-            table=table,
-            side_outputs=execution.side_outputs.tables(),
-            operator_metrics=[execution.metrics[id(n)] for n in graph.operators()],
-            execution_time_ms=elapsed_ms,
-            executed_plan=graph,
-            runner=self.name,
+        log.info("local run finished in %.1f ms", (time.perf_counter() - start) * 1000)
+        return collect_result(
+            graph, self.name, start, table,
+            {name: [t] for name, t in execution.side_outputs.tables().items()},
+            {m.op_id: m for m in execution.metrics.values()},
             setup_ms=setup_ms,
             keyed_state={op_id: op.state for op_id, op in execution.by_id().items()
                          if isinstance(op, KeyedProcessOp)},

@@ -32,9 +32,10 @@ class RunListener(Protocol):
     def update(self, metrics: Sequence[OperatorMetrics]) -> None:
         """Output reached the sink; ``metrics`` are the live counters."""
 
-    def partition_done(self, metrics: Sequence[Mapping[str, object]], rows_out: int,
+    def partition_done(self, metrics: Mapping[str, Mapping[str, object]], rows_out: int,
                        done: int, total: int) -> None:
-        """A partition came back with its operators' counters (sink excluded)."""
+        """A partition came back with its operators' counters by operator id (sink
+        excluded) and the rows it sends to the sink."""
 
     def partitions_through(self, done: int, total: int) -> None:
         """``done`` of ``total`` partitions are through a stateful job's keyed stage."""

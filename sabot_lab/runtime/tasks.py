@@ -27,8 +27,8 @@ from sabot_lab.runtime.local import LocalRunner
 from sabot_lab.runtime.partitioning import partition_ids, split_by_partition
 
 __all__ = ["ReferenceSlot", "ScanSlot", "compact", "compacted", "exchange", "instantiate",
-           "key_range_step", "piece", "range_stores", "rebase", "run_partition", "warm_worker",
-           "watermark_carry", "without"]
+           "key_range_step", "labelled", "piece", "range_stores", "rebase", "run_partition",
+           "warm_worker", "watermark_carry", "without"]
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,16 @@ def instantiate(template: Node, source_index: int, scan: object,
 
 # --- tasks ---------------------------------------------------------------------------------
 
-def run_partition(template: Node, source_index: int, partition: int, scan: object,
-                   *references: pa.Table) -> dict:
-    """One agent's work: run the pipeline over one partition (executes on a worker)."""
+def labelled(metrics: list[OperatorMetrics], op_ids: tuple[str, ...]) -> dict[str, dict]:
+    """A stage's operator metrics under the job's operator ids (``op_ids``, in data-flow
+    order, as :func:`~sabot_lab.runtime.execution.chain_ids` gives them)."""
+    return {op_id: m.as_dict() for op_id, m in zip(op_ids, metrics, strict=True)}
+
+
+def run_partition(template: Node, op_ids: tuple[str, ...], source_index: int, partition: int,
+                  scan: object, *references: pa.Table) -> dict:
+    """One agent's work: run the pipeline over one partition (executes on a worker);
+    metrics come back under the job's operator ids, ``op_ids``."""
     from distributed import get_worker
 
     if isinstance(scan, pa.Table):
@@ -85,7 +92,7 @@ def run_partition(template: Node, source_index: int, partition: int, scan: objec
     return {
         "table": result.table,
         "side_outputs": result.side_outputs,
-        "metrics": [m.as_dict() for m in result.operator_metrics[:-1]],
+        "metrics": labelled(result.operator_metrics[:-1], op_ids),
         "worker": get_worker().address,
         "source": source_index,
         "partition": partition,
@@ -160,11 +167,11 @@ def _source(table: pa.Table) -> Source:
     return Source(TableScan(table))
 
 
-def _stage_output(result: object) -> dict:
-    """What a stage task returns: table, side outputs and its operators' metrics (without
-    the stage's own source and sink)."""
+def _stage_output(result: object, op_ids: tuple[str, ...]) -> dict:
+    """What a stage task returns: table, side outputs and its operators' metrics under the
+    job's ids (the stage's own source and sink are not the job's)."""
     return {"table": result.table, "side_outputs": result.side_outputs,
-            "metrics": [m.as_dict() for m in result.operator_metrics[1:-1]]}
+            "metrics": labelled(result.operator_metrics[1:-1], op_ids)}
 
 
 def watermark_carry(stage1: dict, state: bytes | None, watermark: Watermark) -> bytes:
@@ -180,14 +187,18 @@ def watermark_carry(stage1: dict, state: bytes | None, watermark: Watermark) -> 
 
 
 def exchange(stage1: dict, state: bytes | None, watermark: Watermark | None,
-             middle: tuple[Node, ...], keys: tuple[str, ...], n_ranges: int) -> dict:
+             middle: tuple[Node, ...], keys: tuple[str, ...], n_ranges: int,
+             op_ids: tuple[str, ...]) -> dict:
     """Watermarks for this partition's rows (continuing from ``state``), the stateless
     operators up to the window, and the rows split by key range."""
-    source = _source(stage1["table"])
-    top = rebase(middle, source if watermark is None else watermark.with_children((source,)))
-    restore = {"1:watermark": state} if state is not None else None
-    result = LocalRunner(threads=1).run(JobGraph(Sink(top, CollectSink())), restore=restore)
-    out = _stage_output(result)
+    bottom = _source(stage1["table"])
+    if watermark is not None:
+        bottom = watermark.with_children((bottom,))
+    graph = JobGraph(Sink(rebase(middle, bottom), CollectSink()))
+    restore = None
+    if state is not None and watermark is not None:
+        restore = {graph.node_ids()[id(bottom)]: state}
+    out = _stage_output(LocalRunner(threads=1).run(graph, restore=restore), op_ids)
     table = out.pop("table").combine_chunks()
     pieces: list[list[pa.RecordBatch]] = [[] for _ in range(n_ranges)]
     for batch in table_batches(table):  # one, unless a column is over 2 GiB
@@ -199,8 +210,8 @@ def exchange(stage1: dict, state: bytes | None, watermark: Watermark | None,
     return out
 
 
-def key_range_step(reducer: tuple[Node, ...], state: dict[str, bytes] | None,
-                   piece: pa.Table, final: bool) -> dict:
+def key_range_step(reducer: tuple[Node, ...], op_ids: tuple[str, ...],
+                   state: dict[str, bytes] | None, piece: pa.Table, final: bool) -> dict:
     """One key range's stateful operators over one partition's rows of that range,
     continuing from ``state`` (their snapshots after the previous partition); the last step
     (``final``) flushes them (end of input). Returns output, side outputs, metrics and the
@@ -208,7 +219,7 @@ def key_range_step(reducer: tuple[Node, ...], state: dict[str, bytes] | None,
     lost step is re-run from the previous state and its piece."""
     graph = JobGraph(Sink(rebase(reducer, _source(piece)), CollectSink()))
     result = LocalRunner(threads=1).run(graph, restore=state, finish=final)
-    out = _stage_output(result)
+    out = _stage_output(result, op_ids)
     out["state"] = result.snapshots
     return out
 
