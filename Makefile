@@ -27,7 +27,7 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/enrichment.py
 	$(BIN)/python benchmarks/optimizer.py
-	$(BIN)/python benchmarks/distributed.py
+	$(BIN)/python benchmarks/dask_runner.py
 	$(BIN)/python benchmarks/fraud.py
 	$(BIN)/python benchmarks/windows.py
 	$(BIN)/python benchmarks/scaling.py

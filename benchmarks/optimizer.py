@@ -71,7 +71,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from common import CpuMonitor, cores, git_revision, load_average
+from common import CpuMonitor, cores, format_table, git_revision, load_average
 
 import sabot_lab as sl
 from sabot_lab.datasets import quotes, securities
@@ -359,22 +359,6 @@ def _cells(r: Row) -> list[str]:
             _rate(r.rows, r.opt_s), mem(r.unopt_mem), mem(r.opt_mem), r.row_groups or "-"]
 
 
-def format_table(rows: Sequence[Row], markdown: bool) -> str:
-    cells = [_cells(r) for r in rows]
-    if markdown:
-        lines = ["| " + " | ".join(HEADERS) + " |",
-                 "|" + "|".join("---" if i < 2 else "---:" for i in range(len(HEADERS))) + "|"]
-        lines += ["| " + " | ".join(c) + " |" for c in cells]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(HEADERS)]
-
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(v.ljust(w) if i < 2 else v.rjust(w)
-                         for i, (v, w) in enumerate(zip(values, widths, strict=True)))
-
-    return "\n".join([line(HEADERS), line(["-" * w for w in widths]), *map(line, cells)])
-
-
 def block(title: str, text: str, markdown: bool) -> str:
     if markdown:
         return f"\n**{title}**\n\n```\n{text}\n```"
@@ -545,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(_heading(f"results (median of {args.repeats}; rows/s = input quotes per second; "
                    f"peak MB = Arrow memory allocated during the warm-up run, peak above the "
                    f"allocation before it)", md))
-    print(format_table(state.rows, md))
+    print(format_table(HEADERS, [_cells(r) for r in state.rows], md, left=(0, 1)))
     for note in state.notes:
         print(f"note: {note}")
     timed = [r for r in state.rows if r.speedup is not None]

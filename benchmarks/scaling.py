@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import importlib.util
 import json
 import math
 import os
@@ -72,24 +71,9 @@ import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from common import CpuMonitor, cores, cpu_model, format_table, git_revision, load_average
 
 import sabot_lab as sl
-
-
-def _load_common() -> object:
-    """``benchmarks/common.py`` by path, as ``distributed.py`` does: this script takes its own
-    folder off ``sys.path`` (it holds ``distributed.py``, which would shadow Dask's package),
-    and Dask's worker processes re-import this script without that folder."""
-    spec = importlib.util.spec_from_file_location("common", Path(__file__).with_name("common.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_common = _load_common()
-CpuMonitor, cores, cpu_model = _common.CpuMonitor, _common.cores, _common.cpu_model
-git_revision, load_average = _common.git_revision, _common.load_average
-format_table = _common.format_table
 
 #: 1x per pattern, in input rows.
 BASE_ROWS = {"enrichment": 2_000_000, "fraud": 500_000, "analytics": 2_000_000}
@@ -108,14 +92,6 @@ RESULT_MARK = "SCALING_RESULT "
 
 
 # --- environment ----------------------------------------------------------------------------
-
-
-def _unshadow_distributed() -> None:
-    """Drop this script's directory from ``sys.path``: it holds ``distributed.py`` (another
-    benchmark), which would otherwise be imported instead of Dask's ``distributed`` package,
-    here and in the worker processes (spawned with this process's ``sys.path``)."""
-    here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != here]
 
 
 def _memory(reset: bool = False) -> dict[str, int]:
@@ -620,7 +596,6 @@ def _base_rows(values: Sequence[str]) -> dict[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    _unshadow_distributed()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--patterns", nargs="+", choices=PATTERNS, default=list(PATTERNS))
     parser.add_argument("--runners", nargs="+", choices=RUNNERS, default=list(RUNNERS))

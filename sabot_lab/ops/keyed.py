@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sabot_lab.ops.base import Operator
+from sabot_lab.ops.base import Operator, OperatorMetrics, SideOutputs
 from sabot_lab.ops.snapshot import SnapshotError
 from sabot_lab.plan.nodes import KeyedProcess
 from sabot_lab.state import KeyedState, MemoryState, StateSpec
@@ -40,8 +40,9 @@ class KeyedProcessOp(Operator):
     parallel_safe = False
     stateful = True
 
-    def __init__(self, *args: object) -> None:
-        super().__init__(*args)
+    def __init__(self, node: KeyedProcess, metrics: OperatorMetrics,
+                 side_outputs: SideOutputs) -> None:
+        super().__init__(node, metrics, side_outputs)
         self.function = self.node.function
         self.key = self.node.keys[0]
         self.state = make_state(self.node.state, self.function.state_spec(),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from sabot_lab.errors import SchemaMismatchError
-from sabot_lab.ops.base import Operator
+from sabot_lab.ops.base import Operator, OperatorMetrics, SideOutputs
 from sabot_lab.ops.batches import describe_schema_difference, table_batches
 from sabot_lab.plan.nodes import Filter, MapBatches, Project
 
@@ -47,8 +47,9 @@ class ProjectOp(Operator):
 
     node: Project
 
-    def __init__(self, *args: object) -> None:
-        super().__init__(*args)
+    def __init__(self, node: Project, metrics: OperatorMetrics,
+                 side_outputs: SideOutputs) -> None:
+        super().__init__(node, metrics, side_outputs)
         self.schema = self.node.schema
 
     def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:

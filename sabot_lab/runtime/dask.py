@@ -426,7 +426,7 @@ class DaskRunner:
         ``None`` to start a ``LocalCluster`` on this machine (loopback only), closed again by
         :meth:`close`.
     n_workers, threads_per_worker
-        Size of a LocalCluster this runner starts (default 2 × 1: this machine has 2 cores);
+        Size of a LocalCluster this runner starts (default 2 × 1, sized for a 2-core machine);
         at least 1 each.
     partitions_per_worker
         Partitions per worker thread for each source (at least).

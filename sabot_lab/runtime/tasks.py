@@ -119,7 +119,7 @@ def warm_worker(arrow_threads: int | None = None) -> None:
     so that the first job's timings are those of the job.
 
     ``arrow_threads`` caps Arrow's thread pool in the worker process: on a LocalCluster the
-    workers share this machine's cores, and each pool sized for all of them oversubscribes it.
+    workers share the machine's cores, and each pool sized for all of them oversubscribes it.
     """
     from sabot_lab.ops import lookup, window  # noqa: F401 - imported for their side effect
 

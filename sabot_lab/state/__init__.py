@@ -24,25 +24,7 @@ Backends and why
     a manylinux wheel): for state larger than memory or that must survive the process.
     Batched multi-get and ``WriteBatch``, an event-time expiry index, RocksDB checkpoints.
     Its Arrow IPC snapshots restore into ``MemoryState`` and back.
-``tonbo`` (evaluated, not supported)
-    The issue asked for the ``tonbo`` Python binding (an Arrow-native embedded LSM store).
-    On this machine (Linux x86_64, Python 3.11, pip 23.2):
-
-    * ``pip index versions tonbo``: only ``0.1.0`` (November 2024), published as an sdist
-      with no wheels (``pip download --only-binary :all: tonbo``: "No matching distribution
-      found").
-    * ``pip install tonbo`` in a throwaway venv builds from source with maturin and fails:
-      cargo must fetch the git dependency ``fusio`` (rev ``8038993``) from github.com, so
-      ``error: failed to get `fusio` as a dependency of package `tonbo-python v0.1.0```.
-      Only package registries are reachable here and on CI, and a Rust toolchain would be
-      needed on every user's machine too.
-    * Maintenance: tonbo-io/tonbo issue #331 (2025-04-30) says the Python binding "hasn't
-      been kept up to date" since 0.1; a maintainer answered (2025-05-04) a release would
-      come "soon"; PyPI still has only 0.1.0.
-    * Its API is async-only (``await db.insert``) over a declared ``@Record`` class, a poor
-      fit for a synchronous per-batch kernel loop.
-
-    It neither installs nor is maintained as a Python package, so there is no backend.
+``tonbo`` was evaluated and is not supported (see ``docs/notes.md``).
 
 Examples
 --------

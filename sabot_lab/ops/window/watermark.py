@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sabot_lab.ops.base import Operator
+from sabot_lab.ops.base import Operator, OperatorMetrics, SideOutputs
 from sabot_lab.ops.snapshot import SnapshotError
 from sabot_lab.plan.nodes import NO_WATERMARK, WATERMARK_COLUMN, Watermark
 from sabot_lab.plan.windows import format_duration, to_unit
@@ -100,8 +100,9 @@ class WatermarkOp(Operator):
     parallel_safe = False
     stateful = True
 
-    def __init__(self, *args: object) -> None:
-        super().__init__(*args)
+    def __init__(self, node: Watermark, metrics: OperatorMetrics,
+                 side_outputs: SideOutputs) -> None:
+        super().__init__(node, metrics, side_outputs)
         unit = self.node.time_unit
         self.bound = to_unit(self.node.out_of_orderness_ns, unit)
         skew = self.node.max_future_skew_ns

@@ -37,10 +37,10 @@ min, median and max of the cluster start and of the job.
 
 Run it from the repository root (machine otherwise idle: check ``uptime``)::
 
-    .venv/bin/python benchmarks/distributed.py
-    .venv/bin/python benchmarks/distributed.py --repeats 5 --markdown
-    .venv/bin/python benchmarks/distributed.py --partitions-per-worker 1 --no-diagnostics
-    .venv/bin/python benchmarks/distributed.py --tls-only --rows 3000000 --tls-rounds 5
+    .venv/bin/python benchmarks/dask_runner.py
+    .venv/bin/python benchmarks/dask_runner.py --repeats 5 --markdown
+    .venv/bin/python benchmarks/dask_runner.py --partitions-per-worker 1 --no-diagnostics
+    .venv/bin/python benchmarks/dask_runner.py --tls-only --rows 3000000 --tls-rounds 5
 
 (The file is named like the ``distributed`` package; run as a script, its directory would come
 first on ``sys.path`` and shadow the package, so :func:`main` removes it first.)
@@ -51,14 +51,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import importlib.util
 import inspect
 import itertools
-import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -70,26 +67,12 @@ import pandas as pd
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
+from common import cores, cpu_model, format_table, git_revision, load_average
 
 import sabot_lab as sl
 from sabot_lab.datasets import quote_batches, securities
 from sabot_lab.datasets.market import QUOTES_SCHEMA
 from sabot_lab.patterns.enrichment import enrich_quotes
-
-
-def _load_common() -> object:
-    """``benchmarks/common.py`` by path: this script takes its own folder off ``sys.path``
-    (its name would shadow the ``distributed`` package), also in spawned worker processes."""
-    spec = importlib.util.spec_from_file_location("common", Path(__file__).with_name("common.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_common = _load_common()
-cores, cpu_model = _common.cores, _common.cpu_model
-git_revision, load_average = _common.git_revision, _common.load_average
-format_table = _common.format_table
 
 KEY = "instrument_id"
 ROWS = 12_000_000
@@ -102,17 +85,6 @@ SWEEP = (1, 2, 4)
 
 
 # --- environment ----------------------------------------------------------------------------
-
-
-def _unshadow_distributed() -> None:
-    """Drop this script's directory from ``sys.path``: it holds this ``distributed.py``, which
-    would otherwise be imported instead of Dask's ``distributed`` package (here, and in the
-    worker processes, which are spawned with this process's ``sys.path``)."""
-    here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != here]
-    mod = sys.modules.get("distributed")
-    if mod is not None and Path(getattr(mod, "__file__", "") or "").resolve().parent == here:
-        del sys.modules["distributed"]
 
 
 class CpuClock:
@@ -367,7 +339,6 @@ def worker_memory(client: object) -> dict[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    _unshadow_distributed()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=ROWS, help="quotes in the Parquet file")
     parser.add_argument("--row-group-rows", type=int, default=ROW_GROUP_ROWS,

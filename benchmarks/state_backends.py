@@ -4,8 +4,8 @@ The state holds ``count`` (int64), ``mean`` (float64) and ``recent_t`` (a ring o
 per key, with a ttl. It is first filled with every key, then each timed batch draws
 ``batch_rows`` keys uniformly from the ``keys`` keys. Run from the repository root::
 
-    .venv/bin/python -m sabot_lab.state.bench
-    .venv/bin/python -m sabot_lab.state.bench --keys 1000000 --backend memory
+    .venv/bin/python benchmarks/state_backends.py
+    .venv/bin/python benchmarks/state_backends.py --keys 1000000 --backend memory
 
 Examples
 --------
