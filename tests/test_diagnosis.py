@@ -18,7 +18,7 @@ def _titles(result: sl.Result) -> list[str]:
 
 def test_a_healthy_run_has_no_findings():
     refs = sl.Table(securities(1_000), key="instrument_id")
-    result = enrich_quotes(quote_stream(50_000, batch_rows=10_000, securities_n=1_000), refs).run()
+    result = enrich_quotes(quote_stream(50_000, batch_size=10_000, securities_n=1_000), refs).run()
     diagnosis = result.diagnose()
     assert not diagnosis and "nothing looks wrong" in repr(diagnosis)
 
@@ -70,7 +70,7 @@ def test_throughput_findings_small_batches_python_hot_spot_and_no_optimizer():
 
 def test_unused_columns_and_large_state_are_memory_findings(monkeypatch):
     refs = sl.Table(securities(500), key="instrument_id")
-    job = enrich_quotes(quote_stream(20_000, batch_rows=10_000, securities_n=500), refs)
+    job = enrich_quotes(quote_stream(20_000, batch_size=10_000, securities_n=500), refs)
     titles = _titles(job.run(optimize=False))
     assert any("columns are used" in t for t in titles)
     import sabot_lab.diagnosis as diagnose_module

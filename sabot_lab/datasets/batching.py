@@ -11,11 +11,11 @@ from collections.abc import Iterator
 __all__ = ["batch_bounds"]
 
 
-def batch_bounds(n: int, batch_rows: int) -> Iterator[tuple[int, int, int]]:
+def batch_bounds(n: int, batch_size: int) -> Iterator[tuple[int, int, int]]:
     """``(batch index, first row, rows)`` of each batch of ``n`` rows (the last may be short)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    if batch_rows < 1:
-        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
-    for index, first in enumerate(range(0, n, batch_rows)):
-        yield index, first, min(batch_rows, n - first)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for index, first in enumerate(range(0, n, batch_size)):
+        yield index, first, min(batch_size, n - first)

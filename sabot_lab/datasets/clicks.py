@@ -7,13 +7,13 @@ order by at most ``max_delay``. A small seeded fraction of rows are *late*: they
 ``late_by`` (far more than ``max_delay``) after their event time.
 
 Like :func:`sabot_lab.datasets.market.quotes_batch`, :func:`clicks_batch` is a pure function of
-``(seed, batch_index, batch_rows, start_id, ...)``: batches can be made in any order, in
+``(seed, batch_index, batch_size, start_id, ...)``: batches can be made in any order, in
 parallel, or lazily (:func:`click_batches`), and :func:`clicks` concatenates them.
 
 Examples
 --------
 >>> from sabot_lab.datasets.clicks import clicks
->>> t = clicks(10_000, batch_rows=4_096)
+>>> t = clicks(10_000, batch_size=4_096)
 >>> t.num_rows, t.column_names
 (10000, ['event_time', 'user_id', 'path', 'status', 'bytes', 'latency_ms'])
 """
@@ -106,7 +106,7 @@ def _start_ms(start: str | dt.datetime | np.datetime64 | pd.Timestamp) -> int:
 
 def clicks_batch(
     batch_index: int,
-    batch_rows: int,
+    batch_size: int,
     *,
     seed: int = 7,
     users: int = 1_000,
@@ -119,7 +119,7 @@ def clicks_batch(
 ) -> pa.RecordBatch:
     """Generate one deterministic batch of the clickstream, rows in arrival order.
 
-    The batch holds the events with sequence numbers ``g = start_id + arange(batch_rows)``.
+    The batch holds the events with sequence numbers ``g = start_id + arange(batch_size)``.
     Event ``g`` happens at its *true time* ``start + floor((g + u) * 1000 / events_per_second)``
     ms (``u`` uniform in [0, 1), so true times never decrease with ``g``) and arrives ``d`` ms
     later, ``d`` a uniform integer in ``[0, max_delay]``. The rows are sorted by arrival time
@@ -146,7 +146,7 @@ def clicks_batch(
     ----------
     batch_index : int
         Position of the batch in the stream, ``>= 0``; selects the random stream.
-    batch_rows : int
+    batch_size : int
         Number of rows, ``>= 0``.
     seed : int, default 7
         Seed of the stream.
@@ -166,7 +166,7 @@ def clicks_batch(
         How long after its ``event_time`` a late row arrives; whole milliseconds, and
         greater than ``max_delay`` when ``late_fraction > 0``.
     start_id : int, optional
-        Sequence number of the batch's first event; default ``batch_index * batch_rows``. Pass
+        Sequence number of the batch's first event; default ``batch_index * batch_size``. Pass
         it for a final, shorter batch, as :func:`click_batches` does.
 
     Returns
@@ -197,9 +197,9 @@ def clicks_batch(
     >>> bool((np.maximum.accumulate(t) - t).max() <= 10_000)  # never more than 10 s behind
     True
     """
-    if batch_index < 0 or batch_rows < 0:
+    if batch_index < 0 or batch_size < 0:
         raise ValueError(
-            f"batch_index and batch_rows must be >= 0, got {batch_index} and {batch_rows}"
+            f"batch_index and batch_size must be >= 0, got {batch_index} and {batch_size}"
         )
     if users < 1:
         raise ValueError(f"users must be >= 1, got {users}")
@@ -211,8 +211,8 @@ def clicks_batch(
     late_ms = _whole_ms(late_by, "late_by")
     if late_fraction > 0 and late_ms <= delay_ms:
         raise ValueError(f"late_by ({late_by!r}) must exceed max_delay ({max_delay!r})")
-    n = batch_rows
-    first = batch_index * batch_rows if start_id is None else start_id
+    n = batch_size
+    first = batch_index * batch_size if start_id is None else start_id
     rng = np.random.default_rng([seed, batch_index])
 
     # true times in event order, arrival = true time + delay; late rows are back-dated
@@ -250,20 +250,20 @@ def clicks_batch(
 def click_batches(
     n: int = 1_000_000,
     *,
-    batch_rows: int = 65_536,
+    batch_size: int = 65_536,
     seed: int = 7,
     **options: object,
 ) -> Iterator[pa.RecordBatch]:
     """Lazily yield the batches of :func:`clicks` (the last batch may be shorter).
 
-    Batch ``b`` is ``clicks_batch(b, rows, seed=seed, start_id=b * batch_rows, **options)``
-    with ``rows = min(batch_rows, n - b * batch_rows)``, so only one batch is in memory.
+    Batch ``b`` is ``clicks_batch(b, rows, seed=seed, start_id=b * batch_size, **options)``
+    with ``rows = min(batch_size, n - b * batch_size)``, so only one batch is in memory.
 
     Parameters
     ----------
     n : int, default 1_000_000
         Total number of rows, ``>= 0``.
-    batch_rows : int, default 65_536
+    batch_size : int, default 65_536
         Rows per batch, ``>= 1``.
     seed : int, default 7
         Seed of the stream.
@@ -278,17 +278,17 @@ def click_batches(
 
     Examples
     --------
-    >>> [b.num_rows for b in click_batches(250, batch_rows=100)]
+    >>> [b.num_rows for b in click_batches(250, batch_size=100)]
     [100, 100, 50]
     """
-    for b, first, rows in batch_bounds(n, batch_rows):
+    for b, first, rows in batch_bounds(n, batch_size):
         yield clicks_batch(b, rows, seed=seed, start_id=first, **options)
 
 
 def clicks(
     n: int = 1_000_000,
     *,
-    batch_rows: int = 65_536,
+    batch_size: int = 65_536,
     seed: int = 7,
     users: int = 1_000,
     start: str | dt.datetime | np.datetime64 | pd.Timestamp = "2024-01-01",
@@ -308,7 +308,7 @@ def clicks(
     ----------
     n : int, default 1_000_000
         Number of rows, ``>= 0``.
-    batch_rows : int, default 65_536
+    batch_size : int, default 65_536
         Rows per generated batch (and per table chunk). Changing it changes the data.
     seed, users, start, events_per_second, max_delay, late_fraction, late_by
         As in :func:`clicks_batch`.
@@ -320,7 +320,7 @@ def clicks(
 
     Examples
     --------
-    >>> t = clicks(2_500, batch_rows=1_000)
+    >>> t = clicks(2_500, batch_size=1_000)
     >>> t.num_rows, t["event_time"].num_chunks
     (2500, 3)
     >>> t.slice(2_000).combine_chunks().to_batches()[0].equals(
@@ -329,7 +329,7 @@ def clicks(
     """
     batches = click_batches(
         n,
-        batch_rows=batch_rows,
+        batch_size=batch_size,
         seed=seed,
         users=users,
         start=start,

@@ -6,7 +6,7 @@ vectorized numpy, so the same arguments always give the same Arrow data, on any 
 * :func:`securities` is a wide reference table (31 columns), one row per instrument, in
   shuffled order (not sorted by key).
 * :func:`quotes_batch` makes one :class:`pyarrow.RecordBatch` of quotes; it depends only on
-  ``(seed, batch_index, batch_rows, start_id, securities_n)``, so a stream of any length can be
+  ``(seed, batch_index, batch_size, start_id, securities_n)``, so a stream of any length can be
   produced batch by batch without materializing it. :func:`quote_batches` iterates them and
   :func:`quotes` concatenates them into a table.
 
@@ -20,7 +20,7 @@ Examples
 >>> from sabot_lab.datasets.market import quotes, securities
 >>> securities(100).num_rows
 100
->>> quotes(1_000, batch_rows=300).num_rows
+>>> quotes(1_000, batch_size=300).num_rows
 1000
 """
 
@@ -368,7 +368,7 @@ def securities(n: int = 10_000, seed: int = 7) -> pa.Table:
 
 def quotes_batch(
     batch_index: int,
-    batch_rows: int,
+    batch_size: int,
     *,
     seed: int = 42,
     securities_n: int = 10_000,
@@ -384,7 +384,7 @@ def quotes_batch(
     ----------
     batch_index : int
         Position of the batch in the stream, ``>= 0``; selects the random stream.
-    batch_rows : int
+    batch_size : int
         Number of rows, ``>= 0``.
     seed : int, default 42
         Seed of the stream.
@@ -393,13 +393,13 @@ def quotes_batch(
         (skewed toward small instrument indexes: a few hot instruments) from
         ``100_000 + 3 * i`` with ``0 <= i < securities_n``.
     start_id : int, optional
-        First ``quote_id``; default ``batch_index * batch_rows``. Pass it for a final, shorter
+        First ``quote_id``; default ``batch_index * batch_size``. Pass it for a final, shorter
         batch, as :func:`quote_batches` does.
 
     Returns
     -------
     pyarrow.RecordBatch
-        Schema :data:`QUOTES_SCHEMA`. ``quote_id = start_id + arange(batch_rows)``; ``ts`` is a
+        Schema :data:`QUOTES_SCHEMA`. ``quote_id = start_id + arange(batch_size)``; ``ts`` is a
         local wall-clock timestamp[us] (no time zone), strictly increasing with ``quote_id``:
         :data:`QUOTES_PER_DAY` quotes per weekday session 09:30-16:00 from 2024-01-02 (holidays
         ignored), each at a random time within its own slot. ``instrument_id`` is NULL for about
@@ -419,14 +419,14 @@ def quotes_batch(
     >>> quotes_batch(4, 1_000)["bid"].equals(b["bid"])
     False
     """
-    if batch_index < 0 or batch_rows < 0:
+    if batch_index < 0 or batch_size < 0:
         raise ValueError(
-            f"batch_index and batch_rows must be >= 0, got {batch_index} and {batch_rows}"
+            f"batch_index and batch_size must be >= 0, got {batch_index} and {batch_size}"
         )
     if securities_n < 1:
         raise ValueError(f"securities_n must be >= 1, got {securities_n}")
-    n = batch_rows
-    start = batch_index * batch_rows if start_id is None else start_id
+    n = batch_size
+    start = batch_index * batch_size if start_id is None else start_id
     rng = np.random.default_rng([seed, batch_index])
     quote_id = np.arange(start, start + n, dtype=np.int64)
 
@@ -479,13 +479,13 @@ def quote_batches(
     n: int = 1_200_000,
     *,
     seed: int = 42,
-    batch_rows: int = 100_000,
+    batch_size: int = 100_000,
     securities_n: int = 10_000,
 ) -> Iterator[pa.RecordBatch]:
     """Lazily yield the batches of :func:`quotes` (the last batch may be shorter).
 
-    Batch ``b`` is ``quotes_batch(b, batch_rows, seed=seed, securities_n=securities_n,
-    start_id=b * batch_rows)`` truncated to the rows left, so only one batch is in memory.
+    Batch ``b`` is ``quotes_batch(b, batch_size, seed=seed, securities_n=securities_n,
+    start_id=b * batch_size)`` truncated to the rows left, so only one batch is in memory.
 
     Parameters
     ----------
@@ -493,7 +493,7 @@ def quote_batches(
         Total number of quotes, ``>= 0``.
     seed : int, default 42
         Seed of the stream.
-    batch_rows : int, default 100_000
+    batch_size : int, default 100_000
         Rows per batch, ``>= 1``.
     securities_n : int, default 10_000
         Number of instruments in the matching :func:`securities` table.
@@ -505,10 +505,10 @@ def quote_batches(
 
     Examples
     --------
-    >>> [b.num_rows for b in quote_batches(250, batch_rows=100)]
+    >>> [b.num_rows for b in quote_batches(250, batch_size=100)]
     [100, 100, 50]
     """
-    for b, start, rows in batch_bounds(n, batch_rows):
+    for b, start, rows in batch_bounds(n, batch_size):
         yield quotes_batch(b, rows, seed=seed, securities_n=securities_n, start_id=start)
 
 
@@ -516,7 +516,7 @@ def quotes(
     n: int = 1_200_000,
     *,
     seed: int = 42,
-    batch_rows: int = 100_000,
+    batch_size: int = 100_000,
     securities_n: int = 10_000,
 ) -> pa.Table:
     """Generate ``n`` synthetic quotes as one table (the concatenation of :func:`quote_batches`).
@@ -527,7 +527,7 @@ def quotes(
         Number of quotes, ``>= 0``.
     seed : int, default 42
         Seed of the stream.
-    batch_rows : int, default 100_000
+    batch_size : int, default 100_000
         Rows per generated batch (and per table chunk). Changing it changes the data.
     securities_n : int, default 10_000
         Number of instruments in the matching :func:`securities` table.
@@ -539,7 +539,7 @@ def quotes(
 
     Examples
     --------
-    >>> t = quotes(2_500, batch_rows=1_000)
+    >>> t = quotes(2_500, batch_size=1_000)
     >>> t.num_rows, t["quote_id"].num_chunks
     (2500, 3)
     >>> t.slice(2_000).combine_chunks().to_batches()[0].equals(
@@ -547,6 +547,6 @@ def quotes(
     True
     """
     return pa.Table.from_batches(
-        list(quote_batches(n, seed=seed, batch_rows=batch_rows, securities_n=securities_n)),
+        list(quote_batches(n, seed=seed, batch_size=batch_size, securities_n=securities_n)),
         schema=QUOTES_SCHEMA,
     )

@@ -561,7 +561,7 @@ def _batch(columns: dict[str, np.ndarray], lo: int, hi: int) -> pa.RecordBatch:
 
 def transaction_batches(
     n: int = 1_000_000,
-    batch_rows: int = 10_000,
+    batch_size: int = 10_000,
     *,
     n_accounts: int = 100_000,
     seed: int = 0,
@@ -569,7 +569,7 @@ def transaction_batches(
     fraud_rate: float = 0.01,
     disorder: Duration = 0,
 ) -> Iterator[pa.RecordBatch]:
-    """Yield the rows of :func:`transactions` in order, ``batch_rows`` at a time.
+    """Yield the rows of :func:`transactions` in order, ``batch_size`` at a time.
 
     The whole stream is generated on the first ``next()`` (it is not a per-batch function
     like :func:`~sabot_lab.datasets.clicks_batch`, because fraud is placed relative to each
@@ -580,7 +580,7 @@ def transaction_batches(
     ----------
     n : int, default 1_000_000
         Total number of rows, ``>= 0``.
-    batch_rows : int, default 10_000
+    batch_size : int, default 10_000
         Rows per batch, ``>= 1``; the last batch may be shorter. It does not change the data.
     n_accounts, seed, start, fraud_rate, disorder
         As in :func:`transactions`.
@@ -595,7 +595,7 @@ def transaction_batches(
     >>> [b.num_rows for b in transaction_batches(2_500, 1_000, n_accounts=100)]
     [1000, 1000, 500]
     """
-    bounds = list(batch_bounds(n, batch_rows))
+    bounds = list(batch_bounds(n, batch_size))
     columns = _generate(n, n_accounts, seed, start, fraud_rate, disorder)
     for _, first, rows in bounds:
         yield _batch(columns, first, first + rows)

@@ -13,7 +13,7 @@ Examples
 --------
 >>> import sabot_lab as sl
 >>> from sabot_lab.datasets import securities
->>> job = enrich_quotes(quote_stream(10_000, batch_rows=4_000), sl.Table(securities(),
+>>> job = enrich_quotes(quote_stream(10_000, batch_size=4_000), sl.Table(securities(),
 ...                     key="instrument_id"), min_price=50.0)
 >>> job.schema.names
 ['quote_id', 'ts', 'instrument_id', 'price', 'volume', 'symbol', 'sector', 'currency', 'notional']
@@ -57,32 +57,32 @@ class QuoteBatches:
     """Batch ``i`` of a synthetic quote stream of ``rows`` rows (picklable, for workers)."""
 
     rows: int
-    batch_rows: int
+    batch_size: int
     seed: int = 42
     securities_n: int = 10_000
 
     @property
     def n_batches(self) -> int:
-        return -(-self.rows // self.batch_rows)
+        return -(-self.rows // self.batch_size)
 
     def __call__(self, i: int) -> pa.RecordBatch:
-        start = i * self.batch_rows
-        return quotes_batch(i, min(self.batch_rows, self.rows - start), seed=self.seed,
+        start = i * self.batch_size
+        return quotes_batch(i, min(self.batch_size, self.rows - start), seed=self.seed,
                             securities_n=self.securities_n, start_id=start)
 
 
 def quote_stream(
     rows: int = 1_200_000,
-    batch_rows: int = 100_000,
+    batch_size: int = 100_000,
     seed: int = 42,
     securities_n: int = 10_000,
 ) -> Stream:
     """A generated stream of market quotes, each batch made only when it is needed.
 
-    The rows equal ``datasets.quotes(rows, batch_rows=batch_rows, seed=seed)``: the data
-    depends on ``batch_rows`` (the generation unit), as it does there.
+    The rows equal ``datasets.quotes(rows, batch_size=batch_size, seed=seed)``: the data
+    depends on ``batch_size`` (the generation unit), as it does there.
     """
-    make = QuoteBatches(rows, batch_rows, seed, securities_n)
+    make = QuoteBatches(rows, batch_size, seed, securities_n)
     return Stream.from_generator(make, make.n_batches, QUOTES_SCHEMA)
 
 
@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_200_000, help="quotes to generate")
     parser.add_argument("--min-price", type=float, default=100.0)
-    parser.add_argument("--batch-rows", type=int, default=100_000, help="rows per batch")
+    parser.add_argument("--batch-size", type=int, default=100_000, help="rows per batch")
     parser.add_argument("--threads", type=int, default=None, help="local worker threads")
     parser.add_argument("--distributed", action="store_true",
                         help="run on Dask: a LocalCluster, or the scheduler given")
@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="LocalCluster workers")
     args = parser.parse_args(argv)
     reference = Table(securities(), key="instrument_id")
-    job = enrich_quotes(quote_stream(args.rows, args.batch_rows), reference,
+    job = enrich_quotes(quote_stream(args.rows, args.batch_size), reference,
                         min_price=args.min_price)
     if args.distributed or args.scheduler:
         from sabot_lab.runtime.dask import DaskRunner

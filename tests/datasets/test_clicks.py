@@ -60,9 +60,9 @@ def test_schema(stream: pa.Table) -> None:
 
 
 def test_deterministic() -> None:
-    a = clicks(50_000, batch_rows=10_000, seed=3)
-    assert clicks(50_000, batch_rows=10_000, seed=3).equals(a)
-    b = clicks(50_000, batch_rows=10_000, seed=4)
+    a = clicks(50_000, batch_size=10_000, seed=3)
+    assert clicks(50_000, batch_size=10_000, seed=3).equals(a)
+    b = clicks(50_000, batch_size=10_000, seed=4)
     for name in ("event_time", "user_id", "latency_ms"):
         assert not b[name].equals(a[name])
 
@@ -72,8 +72,8 @@ def test_equals_concatenated_batches() -> None:
     batches = [clicks_batch(b, rows, seed=3) for b in range(4)]
     batches.append(clicks_batch(4, n - 4 * rows, seed=3, start_id=4 * rows))
     expected = pa.Table.from_batches(batches)
-    assert clicks(n, seed=3, batch_rows=rows).equals(expected)
-    assert [b.num_rows for b in click_batches(n, seed=3, batch_rows=rows)] == [5_000] * 4 + [3_456]
+    assert clicks(n, seed=3, batch_size=rows).equals(expected)
+    assert [b.num_rows for b in click_batches(n, seed=3, batch_size=rows)] == [5_000] * 4 + [3_456]
 
 
 def test_batches_independent() -> None:
@@ -81,7 +81,7 @@ def test_batches_independent() -> None:
     # batch 5 made alone, in any order, equals batch 5 of longer and shorter streams
     alone = clicks_batch(5, rows)
     for n in (6 * rows, 20 * rows):
-        assert clicks(n, batch_rows=rows).to_batches()[5].equals(alone)
+        assert clicks(n, batch_size=rows).to_batches()[5].equals(alone)
     later_first = [clicks_batch(b, rows) for b in (7, 6, 5)]
     assert later_first[2].equals(alone)
     # each batch covers its own slice of true time: batch b + 1 starts 2.048 s after batch b
@@ -162,7 +162,7 @@ def test_rate_and_start(on_time: pa.Table) -> None:
 
 
 def test_no_delay_means_sorted() -> None:
-    t = ms(clicks(100_000, batch_rows=8_192, max_delay=0, late_fraction=0.0))
+    t = ms(clicks(100_000, batch_size=8_192, max_delay=0, late_fraction=0.0))
     assert (np.diff(t) >= 0).all()
 
 
@@ -185,22 +185,22 @@ def test_edge_cases() -> None:
     with pytest.raises(ValueError):
         clicks_batch(-1, 10)
     with pytest.raises(ValueError):
-        clicks(10, batch_rows=0)
+        clicks(10, batch_size=0)
 
 
 @settings(max_examples=20, deadline=None)
 @given(
     n=st.integers(0, 3_000),
-    batch_rows=st.integers(50, 1_000),
+    batch_size=st.integers(50, 1_000),
     seed=st.integers(0, 2**32),
     max_delay_ms=st.integers(0, 5_000),
     events_per_second=st.sampled_from([10, 500, 2_000, 100_000]),
 )
 def test_bound_property(
-    n: int, batch_rows: int, seed: int, max_delay_ms: int, events_per_second: int
+    n: int, batch_size: int, seed: int, max_delay_ms: int, events_per_second: int
 ) -> None:
     options = {
-        "batch_rows": batch_rows,
+        "batch_size": batch_size,
         "seed": seed,
         "max_delay": pd.Timedelta(max_delay_ms, "ms"),
         "events_per_second": events_per_second,

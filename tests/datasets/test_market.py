@@ -83,7 +83,7 @@ def sec() -> pa.Table:
 
 @pytest.fixture(scope="module")
 def q() -> pa.Table:
-    return quotes(N_QUOTES, batch_rows=50_000, securities_n=N_SEC)
+    return quotes(N_QUOTES, batch_size=50_000, securities_n=N_SEC)
 
 
 def isin_is_valid(isin: str) -> bool:
@@ -190,10 +190,10 @@ def test_quotes_equals_concatenated_batches() -> None:
     batches = [quotes_batch(b, rows, seed=3) for b in range(4)]
     batches.append(quotes_batch(4, n - 4 * rows, seed=3, start_id=4 * rows))
     expected = pa.Table.from_batches(batches)
-    got = quotes(n, seed=3, batch_rows=rows)
+    got = quotes(n, seed=3, batch_size=rows)
     assert got.equals(expected)
-    assert [b.num_rows for b in quote_batches(n, seed=3, batch_rows=rows)] == [5_000] * 4 + [3_456]
-    assert quotes(n, seed=3, batch_rows=rows).equals(got)
+    assert [b.num_rows for b in quote_batches(n, seed=3, batch_size=rows)] == [5_000] * 4 + [3_456]
+    assert quotes(n, seed=3, batch_size=rows).equals(got)
 
 
 def test_quotes_null_instrument_fraction(q: pa.Table) -> None:
@@ -266,7 +266,7 @@ def test_quotes_edge_cases() -> None:
     with pytest.raises(ValueError):
         quotes_batch(-1, 10)
     with pytest.raises(ValueError):
-        quotes(10, batch_rows=0)
+        quotes(10, batch_size=0)
     with pytest.raises(ValueError):
         quotes_batch(0, 10, securities_n=0)
     small = quotes(5_000, securities_n=10)
@@ -275,8 +275,8 @@ def test_quotes_edge_cases() -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(n=st.integers(0, 2_000), batch_rows=st.integers(100, 1_000), seed=st.integers(0, 2**32))
-def test_quotes_row_ids_property(n: int, batch_rows: int, seed: int) -> None:
-    t = quotes(n, seed=seed, batch_rows=batch_rows)
+@given(n=st.integers(0, 2_000), batch_size=st.integers(100, 1_000), seed=st.integers(0, 2**32))
+def test_quotes_row_ids_property(n: int, batch_size: int, seed: int) -> None:
+    t = quotes(n, seed=seed, batch_size=batch_size)
     np.testing.assert_array_equal(t["quote_id"].to_numpy(), np.arange(n))
     assert (np.diff(t["ts"].to_numpy().astype(np.int64)) > 0).all()

@@ -298,7 +298,7 @@ def test_validation() -> None:
         transactions(10, fraud_rate=0.6)
     with pytest.raises(ValueError, match="disorder"):
         transactions(10, disorder="-1s")
-    with pytest.raises(ValueError, match="batch_rows"):
+    with pytest.raises(ValueError, match="batch_size"):
         next(transaction_batches(10, 0))
 
 

@@ -18,7 +18,7 @@ REF_COLS = ["symbol", "sector", "currency"]
 
 @pytest.fixture(scope="module")
 def market() -> tuple[pa.Table, pa.Table]:
-    return quotes(60_000, batch_rows=20_000).select(QUOTE_COLS), securities(2_000)
+    return quotes(60_000, batch_size=20_000).select(QUOTE_COLS), securities(2_000)
 
 
 def _run(stream: sl.Stream) -> sl.Result:

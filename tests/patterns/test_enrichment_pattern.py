@@ -20,10 +20,10 @@ from tests.oracle import assert_balanced, assert_same_rows, duck
 @pytest.mark.parametrize("how", ["inner", "left"])
 @pytest.mark.parametrize("min_price", [20.0, 150.0])
 def test_quotes_job_equals_its_sql(how, min_price):
-    q, s = quotes(40_000, batch_rows=16_000), securities()
+    q, s = quotes(40_000, batch_size=16_000), securities()
     columns = ["symbol", "sector", "lot_size", "listing_date"]
     reference = sl.Table(s, key="instrument_id")
-    result = enrich_quotes(quote_stream(40_000, batch_rows=16_000), reference,
+    result = enrich_quotes(quote_stream(40_000, batch_size=16_000), reference,
                            min_price=min_price, columns=columns, how=how).run()
     expected = duck(enrichment_sql(min_price, columns, how), quotes=q, securities=s)
     assert_same_rows(result.table, expected)
@@ -31,8 +31,8 @@ def test_quotes_job_equals_its_sql(how, min_price):
 
 
 def test_generated_stream_is_the_dataset():
-    assert quote_stream(25_000, batch_rows=10_000).to_table().equals(
-        quotes(25_000, batch_rows=10_000))
+    assert quote_stream(25_000, batch_size=10_000).to_table().equals(
+        quotes(25_000, batch_size=10_000))
 
 
 def test_flights_job_equals_sql():
@@ -48,7 +48,7 @@ def test_flights_job_equals_sql():
 
 
 def test_cli_prints_summary(capsys):
-    main(["--rows", "30000", "--batch-rows", "10000"])
+    main(["--rows", "30000", "--batch-size", "10000"])
     out = capsys.readouterr().out
     assert "rows_in" in out and "30,000" in out and "Enrich[" in out
 

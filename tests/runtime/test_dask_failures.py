@@ -47,7 +47,7 @@ def test_scheduler_lost_mid_job_is_a_clear_error_and_writes_nothing(tmp_path):
         address = json.loads(scheduler_file.read_text())["address"]
         runner = DaskRunner(address, timeout=30, partitions_per_worker=40)
         runner.client.wait_for_workers(1, timeout=60)
-        job = enrich_quotes(quote_stream(2_000_000, batch_rows=20_000),
+        job = enrich_quotes(quote_stream(2_000_000, batch_size=20_000),
                             sl.Table(securities(), key="instrument_id"))
         out = tmp_path / "out" / "quotes.parquet"
         thread, outcome = run_in_thread(lambda: job.to_parquet(out, runner=runner))
@@ -112,7 +112,7 @@ def test_scheduler_restart_mid_job_is_a_clear_error_then_a_rerun_is_complete(tmp
         processes.append(start_worker())
         runner = DaskRunner(address, timeout=30, partitions_per_worker=40)
         runner.client.wait_for_workers(1, timeout=60)
-        job = enrich_quotes(quote_stream(2_000_000, batch_rows=20_000),
+        job = enrich_quotes(quote_stream(2_000_000, batch_size=20_000),
                             sl.Table(securities(), key="instrument_id"))
         out = tmp_path / "out" / "quotes.parquet"
         thread, outcome = run_in_thread(lambda: job.to_parquet(out, runner=runner))
@@ -141,7 +141,7 @@ def _windows_job() -> sl.Stream:
 
 
 def _enrichment_job(quotes: int = 2_000_000) -> sl.Stream:
-    return enrich_quotes(quote_stream(quotes, batch_rows=20_000),
+    return enrich_quotes(quote_stream(quotes, batch_size=20_000),
                          sl.Table(securities(), key="instrument_id"))
 
 
@@ -257,7 +257,7 @@ def test_a_cluster_without_workers_is_a_clear_error_not_a_hang(pattern, tmp_path
 
 def _filter_job() -> sl.Stream:
     """Stateless, with nothing but its partitions' input (no broadcast reference table)."""
-    return quote_stream(600_000, batch_rows=20_000).filter(sl.col("price") > 100)
+    return quote_stream(600_000, batch_size=20_000).filter(sl.col("price") > 100)
 
 
 @pytest.mark.parametrize(("pattern", "message"), [

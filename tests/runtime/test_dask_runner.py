@@ -38,7 +38,7 @@ def _routes() -> pa.Table:
 
 def _variants() -> dict[str, sl.Stream]:
     f, a, s = flights(), sl.Table(airports(), key="iata"), securities(500)
-    quotes = quote_stream(60_000, batch_rows=7_000, securities_n=500)
+    quotes = quote_stream(60_000, batch_size=7_000, securities_n=500)
     many = sl.Table(pa.table({"k": [1, 1, 2, 3, 3, 3], "v": range(6)}), key="k", unique=False)
     small = pa.table({"k": pa.array([1, 2, 3, 4, None] * 40), "n": pa.array(range(200))})
     return {
@@ -137,7 +137,7 @@ def test_keyed_plans_are_refused_with_a_clear_error(runner):
 
 
 def test_lost_worker_reruns_its_tasks_and_the_result_is_unchanged(runner):
-    stream = enrich_quotes(quote_stream(600_000, batch_rows=10_000),
+    stream = enrich_quotes(quote_stream(600_000, batch_size=10_000),
                            sl.Table(securities(), key="instrument_id"))
     killed = run_killing_a_worker(stream, DaskRunner(runner.client, partitions_per_worker=15),
                                   "sabot-partition", after=3)
