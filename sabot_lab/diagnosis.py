@@ -20,6 +20,7 @@ enrich on sec_id matched no row
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from html import escape
 from typing import Any
@@ -119,15 +120,14 @@ def _first_batch(node: Node) -> pa.Table | None:
     from sabot_lab.runtime.local import LocalRunner
 
     def sampled(n: Node) -> Node:
-        if isinstance(n, Source):
-            batch = next(iter(n.scan.batches()), None)
-            table = n.scan.schema.empty_table() if batch is None else pa.Table.from_batches(
-                [batch])
-            return Source(TableScan(table), n.columns, n.predicate)
-        return n.with_children(tuple(sampled(c) for c in n.children))
+        if not isinstance(n, Source):
+            return n
+        batch = next(iter(n.scan.batches()), None)
+        table = n.scan.schema.empty_table() if batch is None else pa.Table.from_batches([batch])
+        return dataclasses.replace(n, scan=TableScan(table))
 
     try:
-        return LocalRunner(threads=1).run(JobGraph(Sink(sampled(node), CollectSink()))).table
+        return LocalRunner(threads=1).run(JobGraph(Sink(node.map(sampled), CollectSink()))).table
     except Exception:  # a sample is a courtesy: the diagnosis goes on without it
         return None
 

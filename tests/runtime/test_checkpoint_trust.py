@@ -322,25 +322,16 @@ def test_a_rocksdict_store_is_not_reused_by_a_new_run(tmp_path):
         assert again.side_outputs["invalid"].num_rows == 0
 
 
-def test_a_crash_before_the_first_checkpoint_resumes_on_an_empty_store(tmp_path):
+@pytest.mark.parametrize(("crash_at", "every"), [
+    (3, 10),  # before the first checkpoint: the resume starts on an empty store
+    (15, 9),  # 5 batches past the checkpoint went into the store: the resume must not see them
+])
+def test_a_resume_puts_the_store_back_to_the_checkpoint(tmp_path, crash_at, every):
     expected = _rows(_fraud(Crash(None)).run())
     store, directory = str(tmp_path / "store"), tmp_path / "ckpt"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _fraud(Crash(3), state="rocksdict", state_path=store).run(
-            checkpoint_dir=directory, checkpoint_every=10)
-    resumed = _fraud(Crash(None), state="rocksdict", state_path=store).run(
-        checkpoint_dir=directory, resume=True)
-    assert _rows(resumed).equals(expected)
-
-
-def test_a_resume_puts_the_store_back_to_the_checkpoint(tmp_path):
-    """The crashed run wrote 5 batches past its checkpoint into the store: the resume must
-    not see them."""
-    expected = _rows(_fraud(Crash(None)).run())
-    store, directory = str(tmp_path / "store"), tmp_path / "ckpt"
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        _fraud(Crash(15), state="rocksdict", state_path=store).run(
-            checkpoint_dir=directory, checkpoint_every=9)
+        _fraud(Crash(crash_at), state="rocksdict", state_path=store).run(
+            checkpoint_dir=directory, checkpoint_every=every)
     resumed = _fraud(Crash(None), state="rocksdict", state_path=store).run(
         checkpoint_dir=directory, resume=True)
     assert _rows(resumed).equals(expected)
