@@ -107,11 +107,13 @@ class JobManager:
         Partition tasks submitted but not finished at any time (backpressure); default two
         per worker thread.
     retries
-        How often a task that raised is run again (``Client.submit(retries=...)``).
+        How often a task that raised is run again (``Client.submit(retries=...)``). None by
+        default: a task raises on bad input or a bug, and running it again only repeats the
+        error. A task lost with its worker is re-run by Dask whatever this says.
     """
 
     def __init__(self, client: object, partitions_per_worker: int = 2,
-                 max_in_flight: int | None = None, retries: int = 2,
+                 max_in_flight: int | None = None, retries: int = 0,
                  partition_bytes: int = PARTITION_BYTES) -> None:
         self.client = client
         threads = sum(client.nthreads().values()) or 1
