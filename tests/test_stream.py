@@ -193,3 +193,22 @@ def test_parquet_memory_does_not_grow_with_the_file(tmp_path):
     # Read-ahead is bounded (a few batches), so 4x the file is far from 4x the memory.
     small, large = peak_while_reading(1_000_000), peak_while_reading(4_000_000)
     assert large < 1.5 * small
+
+
+def test_durations_are_text_timedeltas_or_nanoseconds_and_the_old_name_warns():
+    from datetime import timedelta
+
+    t = pa.table({"t": [0, 30, 61, 95], "v": [1, 2, 3, 4]})
+
+    def windows(**watermark: object) -> pa.Table:
+        return (sl.Stream.from_table(t, batch_size=1).with_watermark("t", unit="s", **watermark)
+                .window(sl.tumbling(timedelta(minutes=1))).agg(n=sl.count()).to_table())
+
+    by_text = windows(max_out_of_orderness="40s")
+    assert windows(max_out_of_orderness=timedelta(seconds=40)).equals(by_text)
+    assert windows(max_out_of_orderness=40 * 10**9).equals(by_text)
+    with pytest.warns(DeprecationWarning, match="max_out_of_orderness="):
+        assert windows(out_of_orderness="40s").equals(by_text)
+    assert by_text["n"].to_pylist() == [2, 2]  # [0, 60): 0 and 30; [60, 120): 61 and 95
+    with pytest.raises(ValueError, match="must not be negative"):
+        windows(max_out_of_orderness=-1)
