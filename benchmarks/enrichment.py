@@ -14,18 +14,36 @@ keeping the quote columns plus ``symbol``, ``sector``, ``currency`` and
 * ``pandas``: timed from the Arrow tables: ``to_pandas()`` of the needed columns, boolean
   filter, ``merge(how="inner")``, notional.
 
-Data (``datasets.quotes(n)`` and ``datasets.securities()``) is generated once per size, in
-memory, before any timing. Before timing, the four results are checked to agree (row count,
-sum of notional, multiset of ``quote_id``). Each engine is warmed up once per size, then run
-``--repeats`` times in interleaved rounds; the table shows the median wall-clock time
-(``time.perf_counter``), input rows per second (input rows = quotes generated) and the ratio
-to DuckDB's rows per second.
+Key cases (``--cases``), each the same query over a differently keyed copy of the same data:
+
+* ``dense``: ``instrument_id`` as generated (``100_000 + 3 * i``): a compact integer range,
+  sabot_lab's dense lookup table.
+* ``sparse``: ``instrument_id`` mapped by ``x -> x * 7919 mod 1_000_003`` (a bijection) on both
+  sides: 10K ids spread over [0, 1M), too wide for the dense table, so sabot_lab's int64 hash
+  index.
+* ``string``: the key is the security's ``symbol`` (plain ``string`` on both sides; ids absent
+  from the securities become ``"?<id>"``, nulls stay null): the string hash index.
+* ``two_keys``: ``(exchange, instrument_id)``, ids mapped as in ``sparse``; a quote's
+  ``exchange`` is its security's, except about 0.5% of rows given another one (no match).
+
+Data (``datasets.quotes(n)`` and ``datasets.securities()``) is generated once per size, and
+each case's keyed copy once per case, in memory, before any timing. Before timing, the four
+results are checked to agree (row count, sum of notional, multiset of ``quote_id``). Each
+engine is warmed up once per case and size, then run
+``--repeats`` times in interleaved rounds (every engine once per round); the table shows the
+min/median/max wall-clock time (``time.perf_counter``), input rows per second on the median
+(input rows = quotes generated), the ratio to DuckDB's rows per second on medians, and the
+ratio's range (worst: sabot_lab's slowest run against DuckDB's fastest; best: the reverse).
+A target counts as met only when the worst ratio clears it. The background CPU (cores busy
+outside this process while timing) is printed per case.
 
 Run it from the repository root::
 
     .venv/bin/python benchmarks/enrichment.py                      # 1.2M and 12M quotes
     .venv/bin/python benchmarks/enrichment.py --sizes 1200000 --repeats 3 --markdown
     .venv/bin/python benchmarks/enrichment.py --engines sabot_lab duckdb
+    .venv/bin/python benchmarks/enrichment.py --sizes 12000000 --engines sabot_lab duckdb \
+        --cases dense sparse string two_keys --repeats 5
 """
 
 from __future__ import annotations
@@ -42,6 +60,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import duckdb
+import numba
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -63,6 +82,83 @@ ENGINES = ("sabot_lab", "pyarrow", "duckdb", "pandas")
 SUM_REL_TOL = 1e-9
 #: The goal from the issue: sabot_lab at least this many times DuckDB's rows/s at 12M quotes.
 TARGET_ROWS, TARGET_RATIO = 12_000_000, 1.5
+CASES = ("dense", "sparse", "string", "two_keys")
+#: ``sparse``: ids mapped by ``x -> x * SPARSE_FACTOR mod SPARSE_MODULUS``, a bijection on
+#: [0, SPARSE_MODULUS) (the modulus is prime), spreading 10K ids over [0, 1M).
+SPARSE_FACTOR, SPARSE_MODULUS = 7_919, 1_000_003
+EXCHANGE = "exchange"
+
+
+@dataclass(frozen=True)
+class Case:
+    """A keying of the data: the key columns (same names on both sides) and the tables."""
+
+    name: str
+    keys: tuple[str, ...]
+    quotes: pa.Table
+    securities: pa.Table
+
+
+def _sparse_ids(ids: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    if isinstance(ids, pa.ChunkedArray):
+        return pa.chunked_array([_sparse_ids(c) for c in ids.chunks], pa.int64())
+    values = ids.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() >= SPARSE_MODULUS):
+        raise ValueError("ids outside the range the sparse mapping keeps distinct")
+    mapped = values * SPARSE_FACTOR % SPARSE_MODULUS
+    return pa.array(mapped, pa.int64(), mask=ids.is_null().to_numpy(zero_copy_only=False))
+
+
+def _by_chunk(q: pa.Table, name: str, fn: Callable[[pa.Array], pa.Array]) -> pa.Table:
+    """``q`` with column ``name`` replaced by ``fn`` applied chunk by chunk (keeps batches)."""
+    column = q.column(name)
+    new = pa.chunked_array([fn(c) for c in column.chunks])
+    return q.set_column(q.schema.get_field_index(name), name, new)
+
+
+def make_case(name: str, q: pa.Table, s: pa.Table) -> Case:
+    """The tables of case ``name`` (see the module docstring), built outside any timing."""
+    if name == "dense":
+        return Case(name, (KEY,), q, s)
+    if name == "sparse":
+        return Case(name, (KEY,), _by_chunk(q, KEY, _sparse_ids),
+                    s.set_column(s.schema.get_field_index(KEY), KEY, _sparse_ids(s[KEY])))
+    ref_ids = s[KEY].combine_chunks()
+    if name == "string":
+        symbols = s["symbol"].combine_chunks().cast(pa.string())
+
+        def to_symbol(ids: pa.Array) -> pa.Array:
+            position = pc.index_in(ids, value_set=ref_ids)
+            unknown = pc.binary_join_element_wise("?", ids.cast(pa.string()), "")
+            return pc.if_else(pc.is_null(position), unknown, symbols.take(position))
+
+        return Case(name, (KEY,), _by_chunk(q, KEY, to_symbol),
+                    s.set_column(s.schema.get_field_index(KEY), KEY, symbols))
+    if name == "two_keys":
+        exchanges = s[EXCHANGE].combine_chunks().cast(pa.string())
+        other = pa.array(["XNAS", "XLON"])
+        rng = np.random.default_rng(11)
+        chunks = []
+        for ids in q.column(KEY).chunks:
+            exchange = exchanges.take(pc.index_in(ids, value_set=ref_ids).fill_null(0))
+            wrong = pa.array(rng.random(len(ids)) < 0.005)
+            swapped = pc.if_else(pc.equal(exchange, other[0]), other[1], other[0])
+            chunks.append(pc.if_else(wrong, swapped, exchange))
+        keyed = _by_chunk(q, KEY, _sparse_ids).append_column(
+            EXCHANGE, pa.chunked_array(chunks, pa.string()))
+        ref = s.set_column(s.schema.get_field_index(KEY), KEY, _sparse_ids(s[KEY]))
+        ref = ref.set_column(ref.schema.get_field_index(EXCHANGE), EXCHANGE, exchanges)
+        return Case(name, (EXCHANGE, KEY), keyed, ref)
+    raise ValueError(f"unknown case {name!r}")
+
+
+def case_sql(keys: Sequence[str]) -> str:
+    """:func:`enrichment_sql` joined on ``keys`` (the same text for the one-key cases)."""
+    sql = enrichment_sql(min_price=MIN_PRICE)
+    if tuple(keys) == (KEY,):
+        return sql
+    on = " AND ".join(f"q.{k} = s.{k}" for k in keys)
+    return sql.replace(f"q.{KEY} = s.{KEY}", on)
 
 
 # --- the four implementations -----------------------------------------------------------
@@ -70,17 +166,26 @@ TARGET_ROWS, TARGET_RATIO = 12_000_000, 1.5
 # whatever is worth reporting from the run (sabot_lab's per-operator metrics).
 
 
-def run_sabot_lab(q: pa.Table, s: pa.Table) -> tuple[object, object]:
-    reference = sl.Table(s, key=KEY)  # checks key uniqueness: part of the job
-    result = enrich_quotes(sl.Stream.from_table(q), reference, min_price=MIN_PRICE).run()
+def run_sabot_lab(q: pa.Table, s: pa.Table, keys: Sequence[str] = (KEY,)
+                  ) -> tuple[object, object]:
+    reference = sl.Table(s, key=list(keys))  # checks key uniqueness: part of the job
+    if tuple(keys) == (KEY,):
+        job = enrich_quotes(sl.Stream.from_table(q), reference, min_price=MIN_PRICE)
+    else:  # enrich_quotes joined on several keys: the same plan, another ``on``
+        job = (sl.Stream.from_table(q).filter(sl.col("price") > MIN_PRICE)
+               .enrich(reference, on=list(keys), columns=REFERENCE_COLUMNS)
+               .select(*QUOTE_COLUMNS, *REFERENCE_COLUMNS,
+                       notional=sl.col("price") * sl.col("volume")))
+    result = job.run()
     return result.table, result
 
 
-def run_pyarrow(q: pa.Table, s: pa.Table) -> tuple[object, object]:
+def run_pyarrow(q: pa.Table, s: pa.Table, keys: Sequence[str] = (KEY,)
+                ) -> tuple[object, object]:
     kept = q.filter(pc.greater(q["price"], MIN_PRICE))
-    kept = kept.select(list(QUOTE_COLUMNS))
-    ref = s.select([KEY, *REFERENCE_COLUMNS])
-    joined = kept.join(ref, keys=KEY, join_type="inner")
+    kept = kept.select(list(dict.fromkeys([*QUOTE_COLUMNS, *keys])))
+    ref = s.select(list(dict.fromkeys([*keys, *REFERENCE_COLUMNS])))
+    joined = kept.join(ref, keys=list(keys), join_type="inner")
     joined = joined.select([*QUOTE_COLUMNS, *REFERENCE_COLUMNS])
     notional = pc.multiply(joined["price"], joined["volume"])
     return joined.append_column("notional", notional), None
@@ -89,26 +194,29 @@ def run_pyarrow(q: pa.Table, s: pa.Table) -> tuple[object, object]:
 class DuckDBRunner:
     """A DuckDB connection with both Arrow tables registered (setup is not timed)."""
 
-    def __init__(self, q: pa.Table, s: pa.Table, threads: int) -> None:
+    def __init__(self, q: pa.Table, s: pa.Table, threads: int,
+                 keys: Sequence[str] = (KEY,)) -> None:
         self.con = duckdb.connect()
         self.con.execute(f"SET threads TO {int(threads)}")
         self.threads = int(self.con.sql("SELECT current_setting('threads')").fetchall()[0][0])
         self.con.register("quotes", q)
         self.con.register("securities", s)
-        self.sql = enrichment_sql(min_price=MIN_PRICE)
+        self.sql = case_sql(keys)
 
-    def __call__(self, q: pa.Table, s: pa.Table) -> tuple[object, object]:
+    def __call__(self, q: pa.Table, s: pa.Table, keys: Sequence[str] = (KEY,)
+                 ) -> tuple[object, object]:
         return self.con.sql(self.sql).to_arrow_table(), None
 
     def close(self) -> None:
         self.con.close()
 
 
-def run_pandas(q: pa.Table, s: pa.Table) -> tuple[object, object]:
-    quotes_df = q.select(list(QUOTE_COLUMNS)).to_pandas()  # timed: Arrow -> pandas
-    ref_df = s.select([KEY, *REFERENCE_COLUMNS]).to_pandas()
+def run_pandas(q: pa.Table, s: pa.Table, keys: Sequence[str] = (KEY,)
+               ) -> tuple[object, object]:
+    quotes_df = q.select(list(dict.fromkeys([*QUOTE_COLUMNS, *keys]))).to_pandas()  # timed
+    ref_df = s.select(list(dict.fromkeys([*keys, *REFERENCE_COLUMNS]))).to_pandas()
     kept = quotes_df[quotes_df["price"] > MIN_PRICE]
-    joined = kept.merge(ref_df, on=KEY, how="inner")
+    joined = kept.merge(ref_df, on=list(keys), how="inner")
     joined["notional"] = joined["price"] * joined["volume"]
     return joined, None
 
@@ -169,13 +277,17 @@ def check_agreement(digests: dict[str, Digest]) -> None:
 
 # --- timing -----------------------------------------------------------------------------
 
+Engine = Callable[[pa.Table, pa.Table, Sequence[str]], tuple[object, object]]
+
 
 @dataclass
 class Timing:
     engine: str
+    case: str
     rows: int
     seconds: list[float] = field(default_factory=list)
     result_rows: int = 0
+    load: str = ""
 
     @property
     def median(self) -> float:
@@ -186,25 +298,21 @@ class Timing:
         return self.rows / self.median
 
 
-def timed(fn: Callable[[pa.Table, pa.Table], tuple[object, object]], q: pa.Table, s: pa.Table
-          ) -> tuple[float, object, object]:
+def timed(fn: Engine, case: Case) -> tuple[float, object, object]:
     start = time.perf_counter()
-    out, extra = fn(q, s)
+    out, extra = fn(case.quotes, case.securities, case.keys)
     return time.perf_counter() - start, out, extra
 
 
-def bench_size(n: int, s: pa.Table, engines: Sequence[str], repeats: int, cores: int,
+def bench_case(n: int, case: Case, engines: Sequence[str], repeats: int, cores: int,
                info: dict[str, object]
                ) -> tuple[list[Timing], tuple[pd.DataFrame, str] | None]:
-    t0 = time.perf_counter()
-    q = quotes(n)
-    print(f"\n== {n:,} quotes ({q.nbytes / 1e9:.2f} GB in memory, generated in "
-          f"{time.perf_counter() - t0:.1f} s, not timed)", flush=True)
-
-    duck = DuckDBRunner(q, s, cores) if "duckdb" in engines else None
+    print(f"\n-- case {case.name} (keys {', '.join(case.keys)})", flush=True)
+    duck = (DuckDBRunner(case.quotes, case.securities, cores, case.keys)
+            if "duckdb" in engines else None)
     if duck is not None:
         info["duckdb threads"] = duck.threads
-    impl: dict[str, Callable[[pa.Table, pa.Table], tuple[object, object]]] = {
+    impl: dict[str, Engine] = {
         "sabot_lab": run_sabot_lab, "pyarrow": run_pyarrow, "pandas": run_pandas,
     }
     if duck is not None:
@@ -213,9 +321,9 @@ def bench_size(n: int, s: pa.Table, engines: Sequence[str], repeats: int, cores:
 
     # Warm-up (one untimed run each), whose outputs are the correctness check.
     digests = {}
-    timings = {e: Timing(e, n) for e in engines}
+    timings = {e: Timing(e, case.name, n) for e in engines}
     for engine, fn in fns.items():
-        seconds, out, _ = timed(fn, q, s)
+        seconds, out, _ = timed(fn, case)
         digests[engine] = digest(out)
         timings[engine].result_rows = digests[engine].rows
         print(f"   warm-up {engine:<10} {seconds:8.3f} s  {digests[engine].rows:,} rows out",
@@ -233,47 +341,81 @@ def bench_size(n: int, s: pa.Table, engines: Sequence[str], repeats: int, cores:
     for r in range(repeats):  # interleaved rounds: drift hits every engine alike
         for engine, fn in fns.items():
             gc.collect()
-            seconds, out, extra = timed(fn, q, s)
+            seconds, out, extra = timed(fn, case)
             timings[engine].seconds.append(seconds)
             if engine == "sabot_lab" and r == repeats - 1:
                 metrics = (extra.metrics[["operator", "seconds"]], extra.explain())
             del out, extra
         print(f"   round {r + 1}/{repeats}: " + ", ".join(
             f"{e} {timings[e].seconds[-1]:.3f} s" for e in fns), flush=True)
-    print("   " + monitor.report(), flush=True)
+    load = monitor.report()
+    print("   " + load, flush=True)
+    for t in timings.values():
+        t.load = load
 
     if duck is not None:
         duck.close()
-    del q, fns, impl, duck
-    gc.collect()
     return list(timings.values()), metrics
+
+
+def bench_size(n: int, s: pa.Table, cases: Sequence[str], engines: Sequence[str], repeats: int,
+               cores: int, info: dict[str, object]
+               ) -> tuple[list[Timing], list[tuple[str, tuple[pd.DataFrame, str]]]]:
+    t0 = time.perf_counter()
+    q = quotes(n)
+    print(f"\n== {n:,} quotes ({q.nbytes / 1e9:.2f} GB in memory, generated in "
+          f"{time.perf_counter() - t0:.1f} s, not timed)", flush=True)
+    timings: list[Timing] = []
+    breakdowns = []
+    for name in cases:
+        case = make_case(name, q, s)
+        case_timings, metrics = bench_case(n, case, engines, repeats, cores, info)
+        timings += case_timings
+        if metrics is not None:
+            breakdowns.append((name, metrics))
+        del case
+        gc.collect()
+    del q
+    gc.collect()
+    return timings, breakdowns
 
 
 # --- output -----------------------------------------------------------------------------
 
 
-HEADERS = ("engine", "input rows", "rows out", "median s", "min s", "rows/s (M)",
-           "ratio vs DuckDB", "notes")
+HEADERS = ("case", "engine", "input rows", "rows out", "min s", "median s", "max s",
+           "rows/s (M)", "vs DuckDB (median)", "vs DuckDB (worst-best)", "notes")
+
+
+def ratios(t: Timing, duck: Timing) -> tuple[float, float, float]:
+    """sabot_lab (or any engine) against DuckDB in rows/s: on medians, worst case (this
+    engine's slowest run against DuckDB's fastest) and best case (the reverse)."""
+    return (duck.median / t.median, min(duck.seconds) / max(t.seconds),
+            max(duck.seconds) / min(t.seconds))
 
 
 def table_rows(timings: list[Timing]) -> list[tuple[str, ...]]:
     out = []
-    by_size: dict[int, list[Timing]] = {}
+    groups: dict[tuple[int, str], list[Timing]] = {}
     for t in timings:
-        by_size.setdefault(t.rows, []).append(t)
-    for group in by_size.values():
+        groups.setdefault((t.rows, t.case), []).append(t)
+    for group in groups.values():
         duck = next((t for t in group if t.engine == "duckdb"), None)
         for t in group:
-            ratio = f"{t.rows_per_second / duck.rows_per_second:.2f}x" if duck else "n/a"
-            out.append((t.engine, f"{t.rows:,}", f"{t.result_rows:,}", f"{t.median:.3f}",
-                        f"{min(t.seconds):.3f}", f"{t.rows_per_second / 1e6:.1f}", ratio,
-                        NOTES[t.engine]))
+            if duck is not None:
+                median, worst, best = ratios(t, duck)
+                ratio, spread = f"{median:.2f}x", f"{worst:.2f}-{best:.2f}x"
+            else:
+                ratio = spread = "n/a"
+            out.append((t.case, t.engine, f"{t.rows:,}", f"{t.result_rows:,}",
+                        f"{min(t.seconds):.3f}", f"{t.median:.3f}", f"{max(t.seconds):.3f}",
+                        f"{t.rows_per_second / 1e6:.1f}", ratio, spread, NOTES[t.engine]))
     return out
 
 
 def format_plain(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADERS)]
-    left = {0, len(HEADERS) - 1}
+    left = {0, 1, len(HEADERS) - 1}
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(c.ljust(w) if i in left else c.rjust(w)
@@ -282,15 +424,15 @@ def format_plain(rows: list[tuple[str, ...]]) -> str:
     rule = "  ".join("-" * w for w in widths)
     body, previous = [], None
     for r in rows:
-        if previous is not None and r[1] != previous:
+        if previous is not None and (r[0], r[2]) != previous:
             body.append(rule)
         body.append(line(r))
-        previous = r[1]
+        previous = (r[0], r[2])
     return "\n".join([line(HEADERS), rule, *body])
 
 
 def format_markdown(rows: list[tuple[str, ...]]) -> str:
-    align = ["---" if i in (0, len(HEADERS) - 1) else "---:" for i in range(len(HEADERS))]
+    align = ["---" if i in (0, 1, len(HEADERS) - 1) else "---:" for i in range(len(HEADERS))]
     lines = ["| " + " | ".join(HEADERS) + " |", "| " + " | ".join(align) + " |"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -303,7 +445,7 @@ def machine_line(cores: int, info: dict[str, object]) -> str:
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, "
         f"Python {platform.python_version()}, pyarrow {pa.__version__}, "
         f"duckdb {duckdb.__version__}, pandas {pd.__version__}, numpy {np.__version__}, "
-        f"sabot_lab {sl.__version__} (git {git_revision()}){extra}"
+        f"numba {numba.__version__}, sabot_lab {sl.__version__} (git {git_revision()}){extra}"
     )
 
 
@@ -312,15 +454,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_200_000, 12_000_000],
                         help="numbers of quotes (default: 1200000 12000000)")
     parser.add_argument("--repeats", type=int, default=5,
-                        help="timed runs per engine and size; the median is reported")
+                        help="timed rounds (every engine once per round; default 5)")
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES),
                         help="engines to run (default: all)")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES),
+                        help="key cases (default: all)")
     parser.add_argument("--markdown", action="store_true",
                         help="also print the table as Markdown")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     engines = [e for e in ENGINES if e in args.engines]
+    cases = [c for c in CASES if c in args.cases]
 
     n_cores = cores()
     info: dict[str, object] = {
@@ -328,38 +473,43 @@ def main(argv: Sequence[str] | None = None) -> None:
         "pyarrow cpu_count": pa.cpu_count(),
     }
     s = securities()
-    print(f"enrichment benchmark: {', '.join(engines)}; sizes {args.sizes}; "
-          f"median of {args.repeats} after 1 warm-up; {s.num_rows:,} securities")
-    print("query:\n" + "\n".join("   " + line for line in enrichment_sql(MIN_PRICE).split("\n")))
+    print(f"enrichment benchmark: {', '.join(engines)}; cases {', '.join(cases)}; sizes "
+          f"{args.sizes}; {args.repeats} interleaved rounds after 1 warm-up; "
+          f"{s.num_rows:,} securities")
+    print("query (dense, sparse, string; two_keys joins on exchange and instrument_id):\n"
+          + "\n".join("   " + line for line in enrichment_sql(MIN_PRICE).split("\n")))
 
     timings: list[Timing] = []
-    breakdowns: list[tuple[int, tuple[pd.DataFrame, str]]] = []
+    breakdowns: list[tuple[int, str, tuple[pd.DataFrame, str]]] = []
     for n in args.sizes:
-        size_timings, metrics = bench_size(n, s, engines, args.repeats, n_cores, info)
+        size_timings, size_breakdowns = bench_size(n, s, cases, engines, args.repeats, n_cores,
+                                                   info)
         timings += size_timings
-        if metrics is not None:
-            breakdowns.append((n, metrics))
+        breakdowns += [(n, name, m) for name, m in size_breakdowns]
 
     rows = table_rows(timings)
     print()
     print(machine_line(n_cores, info))
     print()
     print(format_plain(rows))
-    for n, (metrics, _) in breakdowns:
+    print()
+    for n, name, (metrics, _) in breakdowns:
         parts = ", ".join(f"{op.split('[')[0]} {sec:.3f}" for op, sec in
                           zip(metrics["operator"], metrics["seconds"], strict=True))
-        print(f"sabot_lab per-operator seconds at {n:,} (last run, summed over threads): "
-              f"{parts}")
+        print(f"sabot_lab per-operator seconds, {name} at {n:,} (last run, summed over "
+              f"threads): {parts}")
     if breakdowns:
-        n, (_, plan) = breakdowns[-1]
-        print(f"sabot_lab executed plan at {n:,} (last run):")
+        n, name, (_, plan) = breakdowns[-1]
+        print(f"sabot_lab executed plan, {name} at {n:,} (last run):")
         print("\n".join("   " + line for line in plan.split("\n")))
-    at_target = {t.engine: t for t in timings if t.rows == TARGET_ROWS}
-    if "sabot_lab" in at_target and "duckdb" in at_target:
-        ratio = at_target["sabot_lab"].rows_per_second / at_target["duckdb"].rows_per_second
-        verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
-        print(f"target sabot_lab >= {TARGET_RATIO}x DuckDB rows/s at {TARGET_ROWS:,} rows: "
-              f"{verdict} ({ratio:.2f}x on medians)")
+    for name in cases:
+        at_target = {t.engine: t for t in timings if t.rows == TARGET_ROWS and t.case == name}
+        if "sabot_lab" in at_target and "duckdb" in at_target:
+            median, worst, best = ratios(at_target["sabot_lab"], at_target["duckdb"])
+            verdict = "met" if worst >= TARGET_RATIO else "NOT met"
+            print(f"target sabot_lab >= {TARGET_RATIO}x DuckDB rows/s at {TARGET_ROWS:,} rows, "
+                  f"{name}: {verdict} (median {median:.2f}x, range {worst:.2f}-{best:.2f}x; "
+                  f"{at_target['sabot_lab'].load})")
     if args.markdown:
         print()
         print(format_markdown(rows))
