@@ -33,6 +33,8 @@ Examples
 
 from __future__ import annotations
 
+import builtins
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -76,6 +78,82 @@ def _accumulate(slots, values, valid, sums, nonnull, mins, maxs, checked, low,
         if v > maxs[s]:
             maxs[s] = v
     return True
+
+
+@numba.njit(nogil=True, cache=True)
+def _accumulate_row(offset, keys, values, valid, all_valid, counts, count, sums, nonnull,
+                    mins, maxs, extrema, checked, low, high):  # pragma: no cover - numba
+    """:func:`_accumulate` (and, when ``count``, :func:`_count`) for every row of a batch
+    into one row of slots, slot ``offset + keys[i]``: one pass, no slot array. Returns the
+    row at which a checked sum would leave ``[low, high]`` (everything before it is added,
+    that row is not), or -1."""
+    for i in range(keys.shape[0]):
+        s = offset + keys[i]
+        if count:
+            counts[s] += 1
+        if not all_valid and not valid[i]:
+            continue
+        v = values[i]
+        if v != v:
+            continue
+        if checked and ((v > 0 and sums[s] > high - v) or (v < 0 and sums[s] < low - v)):
+            return i
+        sums[s] += v
+        nonnull[s] += 1
+        if extrema:
+            if v < mins[s]:
+                mins[s] = v
+            if v > maxs[s]:
+                maxs[s] = v
+    return -1
+
+
+@numba.njit(nogil=True, cache=True)
+def _accumulate_window(ts, wm, period, period_end, end, offset, keys, table, base, values,
+                       valid, all_valid, has_values, counts, sums, nonnull, mins, maxs,
+                       extrema, checked, low, high):  # pragma: no cover - numba
+    """Count (and, when ``has_values``, :func:`_accumulate` one column) the leading rows of a
+    batch that fall in one window and that the watermark has not passed: event time in
+    ``[period, period_end)``, row watermark below ``end``. Fuses classification and
+    aggregation into one pass. Returns (rows taken, their largest event time and row
+    watermark, whether a checked sum stopped it: that row is counted but not summed).
+
+    With a ``table`` (not empty), ``keys`` are integer key values and their ids are
+    ``table[key - base]``; a key not in it (-1 or out of range) stops the run too."""
+    t_max, wm_max = np.iinfo(np.int64).min, np.iinfo(np.int64).min
+    size = table.shape[0]
+    for i in range(ts.shape[0]):
+        t = ts[i]
+        w = wm[i]
+        if t < period or t >= period_end or w >= end:
+            return i, t_max, wm_max, False
+        k = keys[i]
+        if size:
+            j = k - base
+            if j < 0 or j >= size:
+                return i, t_max, wm_max, False
+            k = table[j]
+            if k < 0:
+                return i, t_max, wm_max, False
+        t_max = max(t_max, t)
+        wm_max = max(wm_max, w)
+        s = offset + k
+        counts[s] += 1
+        if not has_values or (not all_valid and not valid[i]):
+            continue
+        v = values[i]
+        if v != v:
+            continue
+        if checked and ((v > 0 and sums[s] > high - v) or (v < 0 and sums[s] < low - v)):
+            return i, t_max, wm_max, True
+        sums[s] += v
+        nonnull[s] += 1
+        if extrema:
+            if v < mins[s]:
+                mins[s] = v
+            if v > maxs[s]:
+                maxs[s] = v
+    return ts.shape[0], t_max, wm_max, False
 
 
 @numba.njit(nogil=True, cache=True)
@@ -190,6 +268,264 @@ def _group_quantiles_impl(keys, values, wanted, qs, out):  # pragma: no cover - 
             out[j, c] = _interpolate(a, b, h - lo)
 
 
+@numba.njit(nogil=True, cache=True)
+def _bucket_move(k, begin, ends, data, used):  # pragma: no cover - numba
+    """Move full bucket ``k`` to the end of ``data`` with twice the room; False when there
+    is no room for it."""
+    b = begin[k]
+    n = ends[k, 0] - b
+    room = max(8, 2 * n)
+    at = used[0]
+    if at + room > data.shape[0]:
+        return False
+    for j in range(n):
+        data[at + j] = data[b + j]
+    begin[k] = at
+    ends[k, 0] = at + n
+    ends[k, 1] = at + room
+    used[0] = at + room
+    return True
+
+
+@numba.njit(nogil=True, cache=True)
+def _bucket_append(keys, values, valid, all_valid, first, begin, ends, data, used, pivots,
+                   tail_begin, tail_ends, tail_data, tail_used):  # pragma: no cover - numba
+    """Append ``values[i]`` (skipping null and NaN) to the bucket of key ``keys[i]`` for
+    ``i >= first``: bucket ``k`` is ``data[begin[k]:ends[k, 0]]`` with room up to
+    ``ends[k, 1]`` (next write position and end side by side: one cache line per row); a
+    full bucket moves to the end of ``data`` (``used[0]`` slots in use) with twice the room.
+    With ``pivots`` (not empty), a value at or above ``pivots[k]`` also goes to the tail
+    buckets (laid out the same way). Returns -1 when done, or the row at which an array is
+    full (grow it and call again from there)."""
+    filtered = pivots.shape[0] > 0
+    for i in range(first, keys.shape[0]):
+        if not all_valid and not valid[i]:
+            continue
+        v = values[i]
+        if v != v:
+            continue
+        k = keys[i]
+        if ends[k, 0] == ends[k, 1] and not _bucket_move(k, begin, ends, data, used):
+            return i
+        tail = filtered and v >= pivots[k]
+        if tail and tail_ends[k, 0] == tail_ends[k, 1] and not _bucket_move(
+                k, tail_begin, tail_ends, tail_data, tail_used):
+            return i
+        p = ends[k, 0]
+        data[p] = v
+        ends[k, 0] = p + 1
+        if tail:
+            p = tail_ends[k, 0]
+            tail_data[p] = v
+            tail_ends[k, 0] = p + 1
+    return -1
+
+
+@numba.njit(nogil=True, cache=True)
+def _bucket_pairs(begin, length, data, ids, values):  # pragma: no cover - numba
+    """The buckets as (key id, value) pairs, key by key."""
+    at = 0
+    for k in range(length.shape[0]):
+        b = begin[k]
+        for j in range(length[k]):
+            ids[at] = k
+            values[at] = data[b + j]
+            at += 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _ranks(a, begin, stop, n, skipped, qs, out, j):  # pragma: no cover - numba
+    """Quantiles ``qs`` (ascending) of ``n`` values into ``out[j]``, of which ``a[begin:stop]``
+    holds all but the ``skipped`` smallest (each needed rank at least ``skipped``): the
+    needed ranks selected in place from the lowest up, as :func:`_group_quantiles_impl`."""
+    done = begin
+    for c in range(qs.shape[0]):
+        h = (n - 1) * qs[c]
+        lo = int(np.floor(h))
+        at = begin + lo - skipped
+        if at >= done:
+            _select(a, done, stop, at)
+            done = at + 1
+        x = a[at]
+        y = x
+        if lo + 1 < n:  # the next order statistic: the smallest of what lies above
+            y = a[at + 1]
+            for i in range(at + 2, stop):
+                if a[i] < y:
+                    y = a[i]
+        out[j, c] = _interpolate(x, y, h - lo)
+
+
+def _bucket_quantiles_impl(begin, length, data, tail_begin, tail_length, tail_data,
+                           old_pivots, wanted, qs, out, pivots):  # pragma: no cover - numba
+    """:func:`_group_quantiles_impl` over values already grouped by key (buckets): no sort.
+
+    The tail buckets (``tail_length`` empty: none) hold each key's values at or above the
+    pivot it had when the window opened; when every needed rank lies in a key's tail (the
+    values below the pivot, ``length - tail_length``, are no more than the lowest needed
+    rank), only its tail is selected among. Otherwise, for a large bucket, a pivot taken
+    from a strided sample of 64 values (a little below the lowest needed rank) splits the
+    bucket in one pass, checked the same way; else the whole bucket is selected in place.
+    ``pivots[j]`` is set to the pivot of key ``wanted[j]`` for the windows to come (NaN:
+    none): ``old_pivots[k]`` (its pivot in this window) when its tail served, else sampled."""
+    for j in range(wanted.shape[0]):
+        k = wanted[j]
+        pivots[j] = np.nan
+        n = length[k] if k < length.shape[0] else 0
+        if n == 0:
+            out[j, :] = np.nan
+            continue
+        first = begin[k]
+        stop = first + n
+        lowest = int(np.floor((n - 1) * qs[0]))  # the lowest rank needed
+        pick = (64 * lowest) // n - 6  # a sample rank a little below it
+        if n < 256 or pick < 1:
+            _ranks(data, first, stop, n, 0, qs, out, j)
+            continue
+        if k < tail_length.shape[0]:
+            kept = tail_length[k]
+            if kept and n - kept <= lowest:  # only the tail: a few values per key
+                _ranks(tail_data, tail_begin[k], tail_begin[k] + kept, n, n - kept, qs, out,
+                       j)
+                pivots[j] = old_pivots[k]
+                continue
+        sample = np.empty(64)
+        for i in range(64):
+            sample[i] = data[first + (i * n) // 64]
+        _select(sample, 0, 64, pick)
+        pivot = sample[pick]
+        pivots[j] = pivot
+        scratch = np.empty(n)
+        kept = 0
+        for i in range(first, stop):  # branch-free: every value written, kept counted
+            v = data[i]
+            scratch[kept] = v
+            kept += v >= pivot
+        below = n - kept
+        if below <= lowest:
+            _ranks(scratch, 0, kept, n, below, qs, out, j)
+            continue
+        _ranks(data, first, stop, n, 0, qs, out, j)
+
+
+_bucket_quantiles = numba.njit(nogil=True, cache=True)(_bucket_quantiles_impl)
+
+
+class _Arena:
+    """Values grouped by key id in one array: bucket ``k`` is
+    ``data[begin[k]:ends[k, 0]]`` with room up to ``ends[k, 1]``; full buckets move to the
+    end with twice the room (see :func:`_bucket_append`)."""
+
+    def __init__(self, n_keys: int, expected: np.ndarray | None = None,
+                 spare: np.ndarray | None = None) -> None:
+        """``expected``: values per key expected (e.g. the previous window's), to lay the
+        buckets out once instead of growing them; ``spare``: memory to reuse (its contents
+        are overwritten)."""
+        room = np.zeros(n_keys, np.int64)
+        if expected is not None and len(expected):
+            m = min(n_keys, len(expected))
+            room[:m] = expected[:m] + expected[:m] // 4 + 8
+        self.begin = np.zeros(n_keys, np.int64)
+        self.begin[1:] = np.cumsum(room)[:-1]
+        self.ends = np.stack([self.begin, self.begin + room], axis=1)
+        size = int(room.sum()) * 9 // 8 + (1 << 12)  # and slack for buckets that outgrow it
+        self.data = spare if spare is not None and len(spare) >= size else np.empty(size)
+        self.used = np.array([int(room.sum())], np.int64)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes + self.begin.nbytes + self.ends.nbytes
+
+    @property
+    def length(self) -> np.ndarray:
+        return self.ends[:, 0] - self.begin
+
+    def make_room(self, n_keys: int, rows: int | None) -> None:
+        """Buckets for key ids below ``n_keys``, and (unless ``None``) room for ``rows``
+        more values (with their buckets moved once)."""
+        if n_keys > len(self.begin):  # new keys: empty buckets, to be placed when first full
+            grow = max(n_keys, 2 * len(self.begin)) - len(self.begin)
+            at = np.full(grow, int(self.used[0]), np.int64)
+            self.begin = np.concatenate([self.begin, at])
+            self.ends = np.concatenate([self.ends, np.stack([at, at], axis=1)])
+        if rows is None:
+            return
+        used = int(self.used[0])
+        largest = int((self.ends[:, 1] - self.begin).max()) if len(self.begin) else 0
+        needed = used + 2 * rows + 2 * largest + 8
+        if needed > len(self.data):
+            data = np.empty(max(needed, 2 * len(self.data)))
+            data[:used] = self.data[:used]
+            self.data = data
+
+
+class _Buckets:
+    """The values kept for an exact quantile of one row of slots, grouped by key id as they
+    arrive (so that firing only selects, it does not sort), and, for keys with a pivot (the
+    previous window's, see :func:`_bucket_quantiles`), those at or above it once more, in a
+    tail arena: firing then selects among a few values per key. Turned into
+    ``(ids, values)`` chunks (:meth:`pairs`) whenever anything but appending and firing
+    needs them."""
+
+    def __init__(self, n_keys: int, expected: np.ndarray | None = None,
+                 spare: np.ndarray | None = None, pivots: np.ndarray | None = None,
+                 expected_tail: np.ndarray | None = None) -> None:
+        self.all = _Arena(n_keys, expected, spare)
+        self.pivots = np.zeros(0)
+        self.tail = _Arena(0)
+        if pivots is not None and len(pivots):
+            self.pivots = np.full(max(n_keys, len(pivots)), np.inf)
+            self.pivots[:len(pivots)] = np.where(np.isnan(pivots), np.inf, pivots)
+            self.tail = _Arena(n_keys, expected_tail)
+
+    @property
+    def nbytes(self) -> int:
+        return self.all.nbytes + self.tail.nbytes + self.pivots.nbytes
+
+    @property
+    def length(self) -> np.ndarray:
+        return self.all.length
+
+    def append(self, keys: np.ndarray, values: np.ndarray, valid: np.ndarray) -> None:
+        all_valid = bool(valid.all())
+        n_keys = int(keys.max()) + 1 if len(keys) else 0
+        self.all.make_room(n_keys, None)
+        if len(self.pivots):
+            if n_keys > len(self.pivots):  # keys new in this window: no pivot (inf)
+                self.pivots = np.concatenate(
+                    [self.pivots, np.full(max(n_keys, 2 * len(self.pivots)) - len(self.pivots),
+                                          np.inf)])
+            self.tail.make_room(n_keys, None)
+        first = 0
+        while True:
+            first = _bucket_append(keys, values, valid, all_valid, first, self.all.begin,
+                                   self.all.ends, self.all.data, self.all.used, self.pivots,
+                                   self.tail.begin, self.tail.ends, self.tail.data,
+                                   self.tail.used)
+            if first < 0:
+                return
+            self.all.make_room(n_keys, len(keys) - first)
+            if len(self.pivots):
+                self.tail.make_room(n_keys, len(keys) - first)
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        length = self.all.length
+        total = int(length.sum())
+        ids, values = np.empty(total, np.int64), np.empty(total)
+        _bucket_pairs(self.all.begin, length, self.all.data, ids, values)
+        return ids, values
+
+    def quantiles(self, keys: np.ndarray, qs: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Quantiles ``qs`` of ``keys`` into ``out``; returns each key's sampled pivot (NaN:
+        none), to open the next window with."""
+        pivots = np.empty(len(keys))
+        # One thread: after the per-batch grouping the work is small, and a parallel region
+        # costs more than it saves on a busy machine (measured: spikes of 10-30 ms).
+        _bucket_quantiles(self.all.begin, self.all.length, self.all.data, self.tail.begin,
+                          self.tail.length, self.tail.data, self.pivots, keys, qs, out, pivots)
+        return pivots
+
+
 _group_quantiles_serial = numba.njit(nogil=True, cache=True)(_group_quantiles_impl)
 _group_quantiles_parallel = numba.njit(nogil=True, cache=True, parallel=True)(
     _group_quantiles_impl)
@@ -210,6 +546,18 @@ def warm_up() -> None:
     """Load (or compile) the kernels before the first batch."""
     slots = np.zeros(1, dtype=np.int64)
     _count(slots, np.zeros(1, dtype=np.int64))
+    # Validity is writable (columns with nulls) or the shared read-only one: two types.
+    for valid, dtype in itertools.product((np.ones(1, dtype=np.bool_), _all_valid(1)),
+                                          (np.float64, np.int64, np.uint64)):
+        one = np.zeros(1, dtype=dtype)
+        state = _ColumnState(dtype)
+        _accumulate_window(slots, slots, 0, 1, 1, 0, slots, np.zeros(0, np.int64), 0, one,
+                           valid, True, True, np.zeros(1, dtype=np.int64), one.copy(),
+                           np.zeros(1, dtype=np.int64), one.copy(), one.copy(), True,
+                           state.checked, state.low, state.high)
+        _accumulate_row(0, slots, one, valid, True, np.zeros(1, dtype=np.int64), True,
+                        one.copy(), np.zeros(1, dtype=np.int64), one.copy(), one.copy(), True,
+                        state.checked, state.low, state.high)
     for dtype in (np.float64, np.int64):
         one = np.zeros(1, dtype=dtype)
         state = _ColumnState(dtype)
@@ -217,6 +565,12 @@ def warm_up() -> None:
                     np.zeros(1, dtype=np.int64), one.copy(), one.copy(), state.checked,
                     state.low, state.high)
     _group_quantiles_serial(slots, np.zeros(1), slots, np.array([0.5]), np.empty((1, 1)))
+    for pivots in (None, np.zeros(1)):
+        buckets = _Buckets(1, pivots=pivots)
+        buckets.append(slots, np.zeros(1), np.ones(1, dtype=np.bool_))
+        buckets.append(slots, np.zeros(1), _all_valid(1))
+        buckets.quantiles(slots, np.array([0.5]), np.empty((1, 1)))
+        buckets.pairs()
 
 
 def _dtype(t: pa.DataType) -> type:
@@ -252,11 +606,28 @@ def _numeric(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     t = column.type
     if pa.types.is_temporal(t):  # timestamps, durations, dates, times: their integer values
         column = column.view(pa.int64() if t.bit_width == 64 else pa.int32())
-    column = column.cast(pa.from_numpy_dtype(_dtype(t)))
+    wanted = pa.from_numpy_dtype(_dtype(t))
+    if column.type != wanted:
+        column = column.cast(wanted)
     if column.null_count:
         valid = pc.is_valid(column).to_numpy(zero_copy_only=False)
         return column.fill_null(0).to_numpy(zero_copy_only=False), valid
-    return column.to_numpy(zero_copy_only=False), np.ones(len(column), dtype=np.bool_)
+    return column.to_numpy(zero_copy_only=False), _all_valid(len(column))
+
+
+_ALL_VALID = np.ones(0, dtype=np.bool_)
+#: Batches of at least this many rows into one row of slots keep exact-quantile values in
+#: buckets by key (:class:`_Buckets`); smaller ones as (ids, values) chunks.
+_BUCKETS_FROM = 256
+
+
+def _all_valid(n: int) -> np.ndarray:
+    """A read-only validity of ``n`` rows, all valid (one shared array, not one per batch)."""
+    global _ALL_VALID
+    if len(_ALL_VALID) < n:
+        _ALL_VALID = np.ones(max(n, 1 << 16), dtype=np.bool_)
+        _ALL_VALID.flags.writeable = False
+    return _ALL_VALID[:n]
 
 
 class _ColumnState:
@@ -266,10 +637,13 @@ class _ColumnState:
     of ``dtype``, ``[low, high]``; unread ones (only min/max asked) may wrap around.
     """
 
-    def __init__(self, dtype: type, summed: bool = True) -> None:
+    def __init__(self, dtype: type, summed: bool = True, extrema: bool = True) -> None:
         self.dtype = np.dtype(dtype)
         self.integers = self.dtype.kind in "iu"
         self.checked = self.integers and summed
+        # Whether a min or max reads mins/maxs: the fused kernels skip them otherwise (they
+        # then keep whatever the other kernels wrote; nothing reads them).
+        self.extrema = extrema
         if self.integers:
             info = np.iinfo(self.dtype)
             self.low, self.high = self.dtype.type(info.min), self.dtype.type(info.max)
@@ -329,8 +703,10 @@ class PartialAggregates:
             elif agg.column not in self.columns:
                 summed = any(a.column == agg.column and a.function in ("sum", "mean")
                              for _, a in self.aggs)
+                extrema = any(a.column == agg.column and a.function in ("min", "max")
+                              for _, a in self.aggs)
                 self.columns[agg.column] = _ColumnState(_dtype(schema.field(agg.column).type),
-                                                        summed)
+                                                        summed, extrema)
         self.key_capacity = 1
         self.row_capacity = 0
         self.rows = 0
@@ -339,6 +715,15 @@ class PartialAggregates:
         # Exact quantiles: per row, per column, the (key ids, values) chunks seen so far.
         self.kept: dict[int, dict[str, list[tuple[np.ndarray, np.ndarray]]]] = {}
         self.sorted_kept: set[tuple[int, str]] = set()  # (row, column) whose chunk 0 is sorted
+        # Values appended to a single row, grouped by key as they arrive, by (row, column);
+        # part of ``kept`` (moved there by _flush before anything else reads it).
+        self.buckets: dict[tuple[int, str], _Buckets] = {}
+        # Per column, of the last window fired: values per key, values per key at or above
+        # the pivot, and each key's pivot for the windows to come (by key id, NaN: none).
+        self.bucket_sizes: dict[str, np.ndarray] = {}
+        self.tail_sizes: dict[str, np.ndarray] = {}
+        self.pivots: dict[str, np.ndarray] = {}
+        self.spare_buckets: list[np.ndarray] = []  # memory of released rows' buckets
 
     @property
     def nbytes(self) -> int:
@@ -347,7 +732,7 @@ class PartialAggregates:
             getattr(c, a).nbytes for c in self.columns.values() for a in c.arrays()) + sum(
             s.nbytes for s in self.sketches.values())
         kept = sum(k.nbytes + v.nbytes for row in self.kept.values() for chunks in row.values()
-                   for k, v in chunks)
+                   for k, v in chunks) + sum(b.nbytes for b in self.buckets.values())
         return arrays + kept
 
     def _arrays(self) -> list[tuple[object, str]]:
@@ -361,6 +746,14 @@ class PartialAggregates:
     def _empty_value(self, owner: object, name: str) -> object:
         """The value of an empty slot of array ``name`` (what :meth:`_fresh` fills)."""
         return 0 if owner is self else owner.empty_value(name)
+
+    def _flush(self, row: int | None = None) -> None:
+        """Move the bucketed values of ``row`` (of every row when ``None``) to ``kept`` as
+        one (ids, values) chunk per column."""
+        for (r, column) in [k for k in self.buckets if row is None or k[0] == row]:
+            ids, values = self.buckets.pop((r, column)).pairs()
+            if len(ids):
+                self.kept[r][column].append((ids, values))
 
     def ensure_keys(self, n_keys: int) -> None:
         """Make room for key ids below ``n_keys`` (doubling; existing slots keep their data)."""
@@ -405,6 +798,10 @@ class PartialAggregates:
             getattr(owner, name)[window] = self._empty_value(owner, name)
         self.kept.pop(row, None)
         self.sorted_kept -= {(row, c) for c in self.quantile_columns}
+        for column in self.quantile_columns:
+            buckets = self.buckets.pop((row, column), None)
+            if buckets is not None and len(self.spare_buckets) < 2:
+                self.spare_buckets.append(buckets.all.data)
         for sketches in self.sketches.values():
             sketches.reset(np.arange(window.start, window.stop))
         self.free_rows.append(row)
@@ -427,6 +824,7 @@ class PartialAggregates:
         """
         live = [int(r) for r in live]
         mapping = {old: new for new, old in enumerate(live)}
+        self.buckets = {(mapping[r], c): b for (r, c), b in self.buckets.items() if r in mapping}
         kc = self.key_capacity
         for owner, name in self._arrays():
             grid = getattr(owner, name).reshape(self.row_capacity, kc)
@@ -459,6 +857,7 @@ class PartialAggregates:
         >>> {name: a.to_pylist() for name, a in again.arrays(0, np.array([0])).items()}
         {'n': [2], 'p50': [2.0]}
         """
+        self._flush()
         meta = {f"{prefix}.shape": [self.row_capacity, self.key_capacity, self.rows],
                 f"{prefix}.free_rows": [int(r) for r in self.free_rows]}
         arrays = {f"{prefix}.{i}.{name}": getattr(owner, name)
@@ -524,6 +923,7 @@ class PartialAggregates:
         self.sketches = sketches
         self.kept = kept
         self.sorted_kept = set()
+        self.buckets = {}
 
     def merge_keys(self, row: int, into: np.ndarray, source: np.ndarray) -> None:
         """Add the slots ``(row, source)`` to ``(row, into)`` pairwise (counts, sums, minima,
@@ -556,6 +956,7 @@ class PartialAggregates:
                 sketches.merge(sketches.take(origin), target)
         self._reset(origin)
         if self.quantile_columns and len(origin):
+            self._flush(row)
             relabel = np.arange(self.key_capacity)
             relabel[source] = into
             for column in self.quantile_columns:
@@ -581,6 +982,7 @@ class PartialAggregates:
         """
         self._reset(row * self.key_capacity + np.asarray(keys, dtype=np.int64))
         if self.quantile_columns and len(keys):
+            self._flush(row)
             drop = np.zeros(self.key_capacity, dtype=np.bool_)
             drop[keys] = True
             for column in self.quantile_columns:
@@ -609,6 +1011,9 @@ class PartialAggregates:
         batch or its :meth:`prepare`-d columns."""
         if isinstance(data, pa.RecordBatch):
             data = self.prepare(data)
+        if take is None and np.ndim(row) == 0 and self.columns and not self.sketches:
+            self._accumulate_row(int(row), keys, data)
+            return
         slots = np.asarray(row, dtype=np.int64) * self.key_capacity + keys
         if take is not None:
             slots = np.where(take, slots, -1)
@@ -626,9 +1031,31 @@ class PartialAggregates:
                 sketches.update(slots, values.astype(np.float64, copy=False))
             else:
                 sketches.update(slots[keep], values[keep].astype(np.float64, copy=False))
+        self._keep_quantile_values(row, keys, data, take)
+
+    def _keep_quantile_values(self, row: int | np.ndarray, keys: np.ndarray,
+                              data: dict[str, tuple[np.ndarray, np.ndarray]],
+                              take: np.ndarray | None) -> None:
+        """Keep the (key, value) pairs of the exact-quantile columns, per row of slots."""
         for name in self.quantile_columns:
             values, valid = data[name]
             values = values.astype(np.float64, copy=False)
+            buckets = self.buckets.get((int(row), name)) if np.ndim(row) == 0 else None
+            if take is None and (buckets is not None or (np.ndim(row) == 0
+                                                         and len(keys) >= _BUCKETS_FROM)):
+                # Grouped by key now, so that firing need not sort (a few rows, such as an
+                # update's, are kept as they come: buckets are laid out for a whole window).
+                if buckets is None:
+                    expected = self.bucket_sizes.get(name)
+                    if expected is None:  # no window fired yet: one open now is the guide
+                        expected = next((b.length for (_, c), b in self.buckets.items()
+                                         if c == name), None)
+                    buckets = self.buckets[(int(row), name)] = _Buckets(
+                        self.key_capacity, expected,
+                        self.spare_buckets.pop() if self.spare_buckets else None,
+                        self.pivots.get(name), self.tail_sizes.get(name))
+                buckets.append(np.asarray(keys, dtype=np.int64), values, valid)
+                continue
             keep = valid & ~np.isnan(values)
             if take is not None:
                 keep &= take
@@ -642,6 +1069,79 @@ class PartialAggregates:
             for r in np.unique(rows):
                 mine = rows == r
                 self.kept[int(r)][name].append((kept_keys[mine], kept_values[mine]))
+
+    def _accumulate_row(self, row: int, keys: np.ndarray,
+                        data: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """:meth:`accumulate` of every row into one row of slots (the usual batch): counts
+        with the first column, one kernel pass per column."""
+        offset = row * self.key_capacity
+        keys = np.asarray(keys, dtype=np.int64)
+        count = True
+        for name, state in self.columns.items():
+            values, valid = data[name]
+            stop = _accumulate_row(offset, keys, values.astype(state.dtype, copy=False), valid,
+                                   bool(valid.all()), self.counts, count, state.sums,
+                                   state.nonnull, state.mins, state.maxs, state.extrema,
+                                   state.checked, state.low, state.high)
+            if stop >= 0:
+                if count:  # as _count would have: every row counted
+                    _count(offset + keys[stop:], self.counts)
+                raise state.overflow(name)
+            count = False
+        self._keep_quantile_values(row, keys, data, None)
+
+    def accumulate_window(self, row: int, keys: np.ndarray,
+                          data: dict[str, tuple[np.ndarray, np.ndarray]], ts: np.ndarray,
+                          wm: np.ndarray, period: int, period_end: int, end: int,
+                          table: tuple[np.ndarray, int] | None = None
+                          ) -> tuple[int, int, int]:
+        """Add the leading rows of a batch whose event time lies in ``[period, period_end)``
+        and whose row watermark is below ``end`` (a window's end) to ``(row, keys)``, in one
+        fused pass for counts and the first column; returns (rows taken, their largest event
+        time and row watermark). Sketch columns are not handled here (``(0, ..)``).
+
+        With ``table`` (a key dictionary's dense table and base, see
+        :meth:`~sabot_lab.ops.window.keys.KeyDictionary.integer_table`), ``keys`` are key
+        values, looked up in the same pass (the run also stops at a key not in the table);
+        only for jobs with no other column and no exact quantile (they need the ids)."""
+        if self.sketches or (table is not None and (len(self.columns) > 1
+                                                    or self.quantile_columns)):
+            return 0, 0, 0
+        lookup, base = table if table is not None else (np.zeros(0, np.int64), 0)
+        offset = row * self.key_capacity
+        columns = list(self.columns.items())
+        if columns:
+            name, state = columns[0]
+            values, valid = data[name]
+            values = values.astype(state.dtype, copy=False)
+            first = (values, valid, bool(valid.all()), True, state.sums, state.nonnull,
+                     state.mins, state.maxs, state.extrema, state.checked, state.low,
+                     state.high)
+        else:
+            none = np.zeros(1, np.int64)
+            first = (none, np.ones(1, np.bool_), True, False, none, none, none, none, False,
+                     False, np.int64(0), np.int64(0))
+        stop, t_max, wm_max, overflow = _accumulate_window(
+            ts, wm, period, period_end, end, offset, keys, lookup, base, first[0], first[1],
+            first[2], first[3], self.counts, *first[4:])
+        if overflow:
+            raise columns[0][1].overflow(columns[0][0])
+        if not stop:
+            return 0, 0, 0
+        keys = keys[:stop]
+        for name, state in columns[1:]:
+            values, valid = data[name]
+            values, valid = values[:stop], valid[:stop]
+            if _accumulate_row(offset, keys, values.astype(state.dtype, copy=False), valid,
+                               bool(valid.all()), self.counts, False, state.sums,
+                               state.nonnull, state.mins, state.maxs, state.extrema,
+                               state.checked, state.low, state.high) >= 0:
+                raise state.overflow(name)
+        if self.quantile_columns:
+            self._keep_quantile_values(row, keys, {name: (values[:stop], valid[:stop])
+                                                   for name, (values, valid) in data.items()},
+                                       None)
+        return stop, int(t_max), int(wm_max)
 
     def present(self, row: int) -> np.ndarray:
         """Key ids with at least one row in ``row``'s slots."""
@@ -680,6 +1180,7 @@ class PartialAggregates:
     def _values_of(self, row: int, column: str, key: int) -> np.ndarray:
         """The kept values of one slot. The row's values are sorted by key once (and again
         after every 64 single-row additions), so each look-up is a binary search."""
+        self._flush(row)
         chunks = self.kept[row][column]
         if (row, column) not in self.sorted_kept or len(chunks) > 64:
             ids = np.concatenate([k for k, _ in chunks] or [np.zeros(0, np.int64)])
@@ -752,6 +1253,25 @@ class PartialAggregates:
         for column in self.quantile_columns:
             qs = sorted({a.q for _, a in self.aggs
                          if a.function == "quantile" and a.column == column})
+            chunks = self.kept[row][column]
+            buckets = self.buckets.get((row, column))
+            if buckets is not None and not chunks:  # the usual window: values by key already
+                result = np.empty((len(keys), len(qs)))
+                keys = np.asarray(keys, dtype=np.int64)
+                pivots = buckets.quantiles(keys, np.array(qs), result)
+                self.bucket_sizes[column] = buckets.length.copy()
+                if len(keys):
+                    known = np.full(int(keys.max()) + 1, np.nan)
+                    known[keys] = pivots
+                    self.pivots[column] = known
+                    length = buckets.length
+                    # Room for what lies above the new pivots: a sample of 64 puts them near
+                    # rank (lowest q - 6/64), give or take 5% of the values.
+                    fraction = builtins.min(1.0, 1.0 - min(qs) + 0.16)
+                    self.tail_sizes[column] = (length * fraction).astype(np.int64)
+                out[column] = {q: result[:, i] for i, q in enumerate(qs)}
+                continue
+            self._flush(row)
             chunks = self.kept[row][column]
             ids = np.concatenate([k for k, _ in chunks]) if chunks else np.zeros(0, np.int64)
             values = np.concatenate([v for _, v in chunks]) if chunks else np.zeros(0)

@@ -22,6 +22,7 @@ from sabot_lab.ops.snapshot import SnapshotReader, pack
 from sabot_lab.ops.window.aggregates import PartialAggregates
 from sabot_lab.ops.window.aggregates import warm_up as warm_up_aggregates
 from sabot_lab.ops.window.keys import KeyDictionary
+from sabot_lab.ops.window.keys import warm_up as warm_up_keys
 from sabot_lab.ops.window.watermark import warm_up as warm_up_watermark
 from sabot_lab.plan.nodes import NO_WATERMARK, WATERMARK_COLUMN, WindowAggregate
 from sabot_lab.plan.windows import to_unit
@@ -84,6 +85,7 @@ class WindowOperator(Operator):
         metrics.aggregates = True
         warm_up_watermark()
         warm_up_aggregates()
+        warm_up_keys()
 
     def advance(self, ts: np.ndarray, wm: np.ndarray) -> int:
         """Move the watermark past a batch with event times ``ts`` and row watermarks ``wm``."""

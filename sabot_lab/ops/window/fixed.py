@@ -51,23 +51,39 @@ _SPARE_ROWS = 64
 def _classify(ts, wm, slide, size, lateness, j, start, kind):  # pragma: no cover - numba
     """For window ``j`` of each row (0 = the latest window holding it): its start, and
     whether the row is normal (0), an update of an emitted window (1) or late (2).
-    Returns the counts of each kind and the smallest and largest start of normal rows."""
+    Returns the counts of each kind, the smallest and largest start of normal rows, and the
+    largest event time and row watermark of the batch."""
     counts = np.zeros(3, dtype=np.int64)
     low, high = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    t_max, wm_max = np.iinfo(np.int64).min, np.iinfo(np.int64).min
+    # The slide period [period, period + slide) of the previous row, and its window start:
+    # rows come mostly in time order, so the division is rarely needed.
+    period, s = np.int64(1), np.int64(0)
+    period_end = np.int64(0)
     for i in range(ts.shape[0]):
-        s = (ts[i] // slide - j) * slide
+        t = ts[i]
+        if t < period or t >= period_end:
+            q = t // slide
+            period = q * slide
+            period_end = period + slide
+            s = (q - j) * slide
         start[i] = s
+        t_max = max(t_max, t)
+        w = wm[i]
+        wm_max = max(wm_max, w)
         end = s + size
-        if end + lateness <= wm[i]:
+        if end + lateness <= w:
             kind[i] = 2
-        elif end <= wm[i]:
+            counts[2] += 1
+        elif end <= w:
             kind[i] = 1
+            counts[1] += 1
         else:
             kind[i] = 0
+            counts[0] += 1
             low = min(low, s)
             high = max(high, s)
-        counts[kind[i]] += 1
-    return counts, low, high
+    return counts, low, high, t_max, wm_max
 
 
 def _warm_up() -> None:
@@ -125,11 +141,33 @@ class WindowAggregateOp(WindowOperator):
             return []
         ts = event_times(batch.column(self.node.time_col))
         wm = batch.column(WATERMARK_COLUMN).to_numpy()
-        key_ids = self.keys.encode(batch.select(list(self.node.keys)))
-        self.partials.ensure_keys(len(self.keys))
         data = self.partials.prepare(batch)
         per_row = self.size // self.slide
         self.metrics.add(rows_expanded=n * (per_row - 1))
+        self.t_max = self.wm_max = np.iinfo(np.int64).min
+        fused = per_row == 1 and self.node.key_filter is None and not self.partials.sketches
+        done = 0
+        if fused and len(self.partials.columns) <= 1 and not self.partials.quantile_columns:
+            # Integer keys seen before: looked up in the same pass, no key ids written.
+            known = self.keys.integer_table(batch.select(list(self.node.keys)))
+            if known is not None:
+                done = self._fused_runs(known[0], data, ts, wm, known[1:])
+                if done:
+                    if done == n:
+                        return self._after_batch([], [], batch, np.zeros(0, np.int64), wm, n)
+                    batch, ts, wm = batch.slice(done), ts[done:], wm[done:]
+                    data = {name: (values[done:], valid[done:])
+                            for name, (values, valid) in data.items()}
+                    n -= done
+        key_ids = self.keys.encode(batch.select(list(self.node.keys)))
+        self.partials.ensure_keys(len(self.keys))
+        done = self._fused_runs(key_ids, data, ts, wm) if fused else 0
+        if done:
+            if done == n:
+                return self._after_batch([], [], batch, key_ids, wm, n)
+            batch, ts, wm, key_ids = batch.slice(done), ts[done:], wm[done:], key_ids[done:]
+            data = {name: (values[done:], valid[done:]) for name, (values, valid) in data.items()}
+            n -= done
         excluded = None
         if self.node.key_filter is not None:  # groups the plan filters out after the window
             keep = self.node.key_filter.evaluate(batch)
@@ -142,8 +180,8 @@ class WindowAggregateOp(WindowOperator):
         start = np.empty(n, dtype=np.int64)
         kind = np.empty(n, dtype=np.int8)
         for j in range(per_row):  # the windows a row belongs to: one for tumbling
-            counts, low, high = _classify(ts, wm, self.slide, self.size, self.lateness, j,
-                                          start, kind)
+            counts, low, high, high_t, high_wm = _classify(ts, wm, self.slide, self.size,
+                                                           self.lateness, j, start, kind)
             if excluded is not None:  # decided lateness first: late rows stay late
                 dropped = excluded & (kind != 2)
                 kind[dropped] = 3
@@ -162,9 +200,43 @@ class WindowAggregateOp(WindowOperator):
                     rows = np.flatnonzero(kind == code)
                     out.append((rows + j * n, start[rows]))  # sortable: row, then window
         self.metrics.add(rows_aggregated=aggregated)
+        self.t_max = builtins.max(self.t_max, int(high_t))
+        self.wm_max = builtins.max(self.wm_max, int(high_wm))
+        return self._after_batch(late, updates, batch, key_ids, wm, n)
+
+    def _fused_runs(self, keys: np.ndarray, data: dict, ts: np.ndarray, wm: np.ndarray,
+                    table: tuple[np.ndarray, int] | None = None) -> int:
+        """Aggregate the leading rows of a batch that come in time order, each run all in
+        one window the watermark has not passed, classified and aggregated in one fused pass
+        per run (``keys``: ids, or key values with the dictionary's ``table``); returns how
+        many rows were taken (the rest go through classification)."""
+        done, n = 0, len(ts)
+        while done < n:
+            period = int(ts[done]) // self.slide * self.slide
+            if period + self.size <= int(wm[done]):
+                break
+            taken, high_t, high_wm = self.partials.accumulate_window(
+                self._window(period).row, keys[done:],
+                {name: (values[done:], valid[done:]) for name, (values, valid) in data.items()},
+                ts[done:], wm[done:], period, period + self.slide, period + self.size, table)
+            if not taken:
+                break
+            done += taken
+            self.t_max = builtins.max(self.t_max, high_t)
+            self.wm_max = builtins.max(self.wm_max, high_wm)
+        if done:
+            self.metrics.add(rows_aggregated=done)
+        return done
+
+    def _after_batch(self, late: list, updates: list, batch: pa.RecordBatch,
+                     key_ids: np.ndarray, wm: np.ndarray, n: int) -> list[pa.RecordBatch]:
+        """Late rows to their side output, the watermark moved (largest event time and row
+        watermark of the batch: ``t_max``, ``wm_max``), windows fired, updates emitted,
+        state freed."""
         if late:
             self._side_output_late(batch, *self._in_arrival_order(late, n), wm)
-        out = self._fire(self.advance(ts, wm))
+        self.watermark = builtins.max(self.watermark, self.t_max - self.bound, self.wm_max)
+        out = self._fire(self.watermark)
         if updates:
             out.append(self._updates(batch, key_ids, *self._in_arrival_order(updates, n)))
         self._free(self.watermark)

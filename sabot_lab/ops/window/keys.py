@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numba
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -31,9 +32,48 @@ import pyarrow.compute as pc
 
 from sabot_lab.ops.snapshot import SnapshotReader, table_to_array
 
-__all__ = ["KeyDictionary"]
+__all__ = ["KeyDictionary", "warm_up"]
 
 _MAX_TABLE = 1 << 22  # entries of the dense integer-key table (32 MB)
+
+
+@numba.njit(nogil=True, cache=True)
+def _lookup(values, base, table, ids):  # pragma: no cover - numba
+    """``ids[i] = table[values[i] - base]``; returns False at the first value outside the
+    table or not in it yet (``ids`` is then incomplete)."""
+    size = table.shape[0]
+    for i in range(values.shape[0]):
+        j = values[i] - base
+        if j < 0 or j >= size:
+            return False
+        found = table[j]
+        if found < 0:
+            return False
+        ids[i] = found
+    return True
+
+
+@numba.njit(nogil=True, cache=True)
+def _unknown_in_order(values, base, table, out):  # pragma: no cover - numba
+    """The distinct values whose ``table[value - base]`` is -1 (all values lie in the
+    table), in order of first appearance, into ``out``; returns how many."""
+    m = 0
+    for i in range(values.shape[0]):
+        j = values[i] - base
+        if table[j] == -1:
+            table[j] = -2  # seen in this batch
+            out[m] = values[i]
+            m += 1
+    for i in range(m):
+        table[out[i] - base] = -1
+    return m
+
+
+def warm_up() -> None:
+    """Load (or compile) the key look-up kernels before the first batch."""
+    one = np.zeros(1, dtype=np.int64)
+    _lookup(one, 0, one, one.copy())
+    _unknown_in_order(one, 0, np.full(1, -1, dtype=np.int64), one.copy())
 
 
 def _encoded(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
@@ -104,11 +144,29 @@ class KeyDictionary:
             self._columns = None
         return ids[codes]
 
+    def integer_table(self, batch: pa.RecordBatch | pa.Table
+                      ) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """For one integer key column without nulls whose keys so far have a dense table:
+        (the key values as int64, the table, its base), so that a kernel can look ids up
+        itself (``table[value - base]``, -1 or out of range: not known yet); else ``None``.
+        The table is only valid until the next :meth:`encode`."""
+        if (len(self.schema) != 1 or not pa.types.is_integer(self.schema[0].type)
+                or not len(self._table)):
+            return None
+        column = batch.column(0)
+        if column.null_count:
+            return None
+        return column.to_numpy().astype(np.int64, copy=False), self._table, self._base
+
     def _encode_compact(self, values: np.ndarray) -> np.ndarray | None:
         """Ids of integer keys through a dense table, when the keys span at most
         ``_MAX_TABLE`` values (no hashing at all); ``None`` when they do not."""
         if not len(values):
             return np.zeros(0, dtype=np.int64)
+        if len(self._table):  # the usual batch: every key seen before, one pass, no hashing
+            ids = np.empty(len(values), dtype=np.int64)
+            if _lookup(values, self._base, self._table, ids):
+                return ids
         low, high = int(values.min()), int(values.max())
         base = min(low, self._base) if len(self._table) else low
         top = max(high, self._base + len(self._table) - 1) if len(self._table) else high
@@ -122,8 +180,8 @@ class KeyDictionary:
         ids = self._table[values - base]
         missing = ids < 0
         if missing.any():
-            new, first = np.unique(values[missing], return_index=True)
-            new = new[np.argsort(first)]  # ids in order of first appearance
+            new = np.empty(int(missing.sum()), dtype=np.int64)  # in order of first appearance
+            new = new[:_unknown_in_order(values[missing], base, self._table, new)]
             found, fresh = [], []
             for value in new.tolist():  # once per new key over the whole run
                 key = self._ids.get((value,))
