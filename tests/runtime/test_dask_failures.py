@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -266,8 +267,10 @@ def _filter_job() -> sl.Stream:
     ("filter", "no Dask worker was available for 3 s"),
     ("windows", "no Dask worker was available for 3 s"),
     # The broadcast reference table lived on the workers only: the scheduler cancels what
-    # needs it at once.
-    ("enrichment", "the cluster lost every worker during the job"),
+    # needs it, usually at once; on a busy machine the watch's timeout can come first. Both
+    # errors say what happened and what to do.
+    ("enrichment", "the cluster lost every worker during the job|"
+                   "no Dask worker was available for 3 s"),
 ])
 def test_a_cluster_losing_all_its_workers_mid_job_is_a_clear_error(pattern, message,
                                                                     tmp_path):
@@ -287,7 +290,7 @@ def test_a_cluster_losing_all_its_workers_mid_job_is_a_clear_error(pattern, mess
         assert lose_all.acted
         error = outcome.get("error")
         assert isinstance(error, ClusterError), outcome
-        assert message in str(error) and "sink was not written" in str(error)
+        assert re.search(message, str(error)) and "sink was not written" in str(error)
         assert "dask worker" in str(error)
         assert not out.exists() and not list((tmp_path / "out").glob("*"))
         # Workers back: the same runner runs the job whole.
