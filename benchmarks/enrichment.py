@@ -65,7 +65,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from common import CpuMonitor, cores, cpu_model, git_revision
+from common import CpuMonitor, cores, cpu_model, format_table, git_revision
 
 import sabot_lab as sl
 from sabot_lab.datasets import quotes, securities
@@ -78,7 +78,7 @@ from sabot_lab.patterns.enrichment import (
 
 MIN_PRICE = 100.0
 KEY = "instrument_id"
-ENGINES = ("sabot_lab", "pyarrow", "duckdb", "pandas")
+ENGINES = ("sabot_lab", "sabot_lab_plain", "pyarrow", "duckdb", "pandas")
 SUM_REL_TOL = 1e-9
 #: The goal from the issue: sabot_lab at least this many times DuckDB's rows/s at 12M quotes.
 TARGET_ROWS, TARGET_RATIO = 12_000_000, 1.5
@@ -180,6 +180,19 @@ def run_sabot_lab(q: pa.Table, s: pa.Table, keys: Sequence[str] = (KEY,)
     return result.table, result
 
 
+def run_sabot_lab_plain(q: pa.Table, s: pa.Table, keys: Sequence[str] = (KEY,)
+                        ) -> tuple[object, object]:
+    """Like for like with the other engines: reference strings as plain strings, copied per
+    row, instead of dictionary-encoded (``dictionary_strings=False``)."""
+    job = (sl.Stream.from_table(q).filter(sl.col("price") > MIN_PRICE)
+           .enrich(sl.Table(s, key=list(keys)), on=list(keys), columns=REFERENCE_COLUMNS,
+                   dictionary_strings=False)
+           .select(*QUOTE_COLUMNS, *REFERENCE_COLUMNS,
+                   notional=sl.col("price") * sl.col("volume")))
+    result = job.run()
+    return result.table, result
+
+
 def run_pyarrow(q: pa.Table, s: pa.Table, keys: Sequence[str] = (KEY,)
                 ) -> tuple[object, object]:
     kept = q.filter(pc.greater(q["price"], MIN_PRICE))
@@ -223,6 +236,7 @@ def run_pandas(q: pa.Table, s: pa.Table, keys: Sequence[str] = (KEY,)
 
 NOTES = {
     "sabot_lab": "public API, incl. sl.Table build + key check",
+    "sabot_lab_plain": "the same, reference strings as plain strings (like the others)",
     "pyarrow": "filter -> select -> Table.join",
     "duckdb": "SQL over registered Arrow, -> Arrow",
     "pandas": "incl. Arrow -> pandas conversion",
@@ -313,7 +327,8 @@ def bench_case(n: int, case: Case, engines: Sequence[str], repeats: int, cores: 
     if duck is not None:
         info["duckdb threads"] = duck.threads
     impl: dict[str, Engine] = {
-        "sabot_lab": run_sabot_lab, "pyarrow": run_pyarrow, "pandas": run_pandas,
+        "sabot_lab": run_sabot_lab, "sabot_lab_plain": run_sabot_lab_plain,
+        "pyarrow": run_pyarrow, "pandas": run_pandas,
     }
     if duck is not None:
         impl["duckdb"] = duck
@@ -413,31 +428,6 @@ def table_rows(timings: list[Timing]) -> list[tuple[str, ...]]:
     return out
 
 
-def format_plain(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADERS)]
-    left = {0, 1, len(HEADERS) - 1}
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i in left else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    body, previous = [], None
-    for r in rows:
-        if previous is not None and (r[0], r[2]) != previous:
-            body.append(rule)
-        body.append(line(r))
-        previous = (r[0], r[2])
-    return "\n".join([line(HEADERS), rule, *body])
-
-
-def format_markdown(rows: list[tuple[str, ...]]) -> str:
-    align = ["---" if i in (0, 1, len(HEADERS) - 1) else "---:" for i in range(len(HEADERS))]
-    lines = ["| " + " | ".join(HEADERS) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def machine_line(cores: int, info: dict[str, object]) -> str:
     extra = "".join(f", {k} {v}" for k, v in info.items())
     return (
@@ -491,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print()
     print(machine_line(n_cores, info))
     print()
-    print(format_plain(rows))
+    print(format_table(HEADERS, rows, False, left=(0, 1, len(HEADERS) - 1)))
     print()
     for n, name, (metrics, _) in breakdowns:
         parts = ", ".join(f"{op.split('[')[0]} {sec:.3f}" for op, sec in
@@ -512,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                   f"{at_target['sabot_lab'].load})")
     if args.markdown:
         print()
-        print(format_markdown(rows))
+        print(format_table(HEADERS, rows, True, left=(0, 1, len(HEADERS) - 1)))
 
 
 if __name__ == "__main__":

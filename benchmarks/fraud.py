@@ -84,7 +84,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from common import CpuMonitor, cores, cpu_model, git_revision
+from common import CpuMonitor, cores, cpu_model, format_table, git_revision
 
 import sabot_lab as sl
 from sabot_lab.datasets import transactions
@@ -526,23 +526,6 @@ def table_rows(engines: Sequence[Engine]) -> list[tuple[str, ...]]:
             for e in engines]
 
 
-def format_plain(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADERS)]
-    left = {0, len(HEADERS) - 1}
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i in left else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
-
-    return "\n".join([line(HEADERS), "  ".join("-" * w for w in widths), *map(line, rows)])
-
-
-def format_markdown(rows: list[tuple[str, ...]]) -> str:
-    align = ["---" if i in (0, len(HEADERS) - 1) else "---:" for i in range(len(HEADERS))]
-    lines = ["| " + " | ".join(HEADERS) + " |", "| " + " | ".join(align) + " |"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
 def machine_line() -> str:
     return (f"machine: {cores()} cores ({cpu_model()}), "
             f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, "
@@ -645,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     rows = table_rows(engines)
     print(f"\n{machine_line()}\n{background}\n")
-    print(format_plain(rows))
+    print(format_table(HEADERS, rows, False, left=(0, len(HEADERS) - 1)))
     print(f"\ndetection latency per {BATCH:,}-transaction batch:")
     print(f"   sabot_lab memory, end to end: {latency_line(memory_latency_ms)}")
     print(f"   sabot_lab memory, inside the rules (detection_latency_ms): wall "
@@ -667,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.profile:
         print("\n" + profile(txns))
     if args.markdown:
-        print("\n" + format_markdown(rows))
+        print("\n" + format_table(HEADERS, rows, True, left=(0, len(HEADERS) - 1)))
 
 
 if __name__ == "__main__":
