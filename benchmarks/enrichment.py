@@ -166,31 +166,31 @@ def case_sql(keys: Sequence[str]) -> str:
 # whatever is worth reporting from the run (sabot_lab's per-operator metrics).
 
 
-def run_sabot_lab(q: pa.Table, s: pa.Table, keys: Sequence[str] = (KEY,)
-                  ) -> tuple[object, object]:
+def _sabot_lab_job(q: pa.Table, s: pa.Table, keys: Sequence[str], dictionary_strings: bool
+                   ) -> tuple[object, object]:
     reference = sl.Table(s, key=list(keys))  # checks key uniqueness: part of the job
-    if tuple(keys) == (KEY,):
+    if tuple(keys) == (KEY,) and dictionary_strings:
         job = enrich_quotes(sl.Stream.from_table(q), reference, min_price=MIN_PRICE)
-    else:  # enrich_quotes joined on several keys: the same plan, another ``on``
+    else:  # enrich_quotes' plan, with another ``on`` or plain strings
         job = (sl.Stream.from_table(q).filter(sl.col("price") > MIN_PRICE)
-               .enrich(reference, on=list(keys), columns=REFERENCE_COLUMNS)
+               .enrich(reference, on=list(keys), columns=REFERENCE_COLUMNS,
+                       dictionary_strings=dictionary_strings)
                .select(*QUOTE_COLUMNS, *REFERENCE_COLUMNS,
                        notional=sl.col("price") * sl.col("volume")))
     result = job.run()
     return result.table, result
 
 
+def run_sabot_lab(q: pa.Table, s: pa.Table, keys: Sequence[str] = (KEY,)
+                  ) -> tuple[object, object]:
+    return _sabot_lab_job(q, s, keys, dictionary_strings=True)
+
+
 def run_sabot_lab_plain(q: pa.Table, s: pa.Table, keys: Sequence[str] = (KEY,)
                         ) -> tuple[object, object]:
     """Like for like with the other engines: reference strings as plain strings, copied per
     row, instead of dictionary-encoded (``dictionary_strings=False``)."""
-    job = (sl.Stream.from_table(q).filter(sl.col("price") > MIN_PRICE)
-           .enrich(sl.Table(s, key=list(keys)), on=list(keys), columns=REFERENCE_COLUMNS,
-                   dictionary_strings=False)
-           .select(*QUOTE_COLUMNS, *REFERENCE_COLUMNS,
-                   notional=sl.col("price") * sl.col("volume")))
-    result = job.run()
-    return result.table, result
+    return _sabot_lab_job(q, s, keys, dictionary_strings=False)
 
 
 def run_pyarrow(q: pa.Table, s: pa.Table, keys: Sequence[str] = (KEY,)

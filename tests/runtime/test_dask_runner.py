@@ -7,7 +7,6 @@ import os
 import pickle
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -153,17 +152,14 @@ def test_scheduler_and_workers_as_separate_processes(tmp_path):
                                "--scheduler-file", str(scheduler_file)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)  # waiting for the scheduler process to write its address
-        for _ in range(2):
+        for _ in range(2):  # workers wait for the scheduler file themselves
             procs.append(subprocess.Popen(
                 [*worker, "--scheduler-file", str(scheduler_file), "--nthreads", "1",
                  "--no-dashboard", "--host", "127.0.0.1"], env=env,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        import json
-
-        address = json.loads(scheduler_file.read_text())["address"]
+        # Distributed's client waits for the scheduler to write its (complete) address file.
+        with distributed.Client(scheduler_file=str(scheduler_file), timeout=60) as probe:
+            address = probe.scheduler.address
         with DaskRunner(address, timeout=30) as by_address:
             by_address.client.wait_for_workers(2, timeout=60)
             stream = _variants()["string-left"]
