@@ -41,6 +41,10 @@ Run it from the repository root (machine otherwise idle: check ``uptime``)::
     .venv/bin/python benchmarks/dask_runner.py --repeats 5 --markdown
     .venv/bin/python benchmarks/dask_runner.py --partitions-per-worker 1 --no-diagnostics
     .venv/bin/python benchmarks/dask_runner.py --tls-only --rows 3000000 --tls-rounds 5
+    .venv/bin/python benchmarks/dask_runner.py --no-diagnostics --json dask_runner.json
+
+``--json PATH`` also writes the run's record for ``benchmarks/report.py``: the throughput table
+(with the target, met only when the whole range clears it), the Dask phases and the TLS table.
 
 (The file is named like the ``distributed`` package; run as a script, its directory would come
 first on ``sys.path`` and shadow the package, so :func:`main` removes it first.)
@@ -61,13 +65,26 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numba
 import pandas as pd
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
-from common import cores, cpu_model, format_table, git_revision, load_average
+from common import (
+    Record,
+    TreeCpuMonitor,
+    add_json_option,
+    cores,
+    cpu_model,
+    format_table,
+    git_revision,
+    load_average,
+    spread,
+    target_cell,
+    versus,
+)
 
 import sabot_lab as sl
 from sabot_lab.datasets import quote_batches, securities
@@ -359,6 +376,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="only the TLS vs no-TLS comparison")
     parser.add_argument("--tls-rounds", type=int, default=5,
                         help="rounds of the TLS comparison (at least 5)")
+    add_json_option(parser)
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -368,6 +386,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--tls-only and --no-tls exclude each other")
 
     md = args.markdown
+    record = Record("dask_runner", ("dask", "distributed", "cryptography", "pandas", "psutil"),
+                    monitor=TreeCpuMonitor())
     clock = CpuClock()
     n_cores = cores()
     what = (f"DaskRunner with TLS vs without; {args.tls_rounds} rounds" if args.tls_only else
@@ -388,11 +408,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.tls_only:
             ppw = args.partitions_per_worker or inspect.signature(
                 sl.DaskRunner).parameters["partitions_per_worker"].default
-            block = tls_block(job, args, clock, 2, ppw, md)
+            block = tls_block(job, args, clock, 2, ppw, md, record)
             print()
             print(block)
             print()
             print(machine_line(n_cores, 2, size, groups, None))
+            if args.json is not None:
+                record.write(args.json)
             return
         local = sl.LocalRunner()
 
@@ -422,6 +444,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 {"local": (job, lambda: local), "dask": (job, _partitioned(dask, ppw))},
                 args.rows, args.repeats, clock, "main")
             t_local, t_dask = main_timings["local"], main_timings["dask"]
+            if args.json is not None:
+                record_throughput(record, args, t_local, t_dask, dask.startup_ms)
 
             extra: list[str] = []
             if not args.no_diagnostics:
@@ -429,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                     ppw, md)
 
         if not args.no_tls:
-            extra.append(tls_block(job, args, clock, threads, ppw, md))
+            extra.append(tls_block(job, args, clock, threads, ppw, md, record))
         print()
         print(f"== throughput ({args.rows:,} quotes from Parquet, median of {args.repeats}; "
               f"{background([t_local, t_dask])})")
@@ -452,6 +476,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
         print(f"target DaskRunner >= {TARGET_RATIO}x LocalRunner rows/s: {verdict} "
               f"({ratio:.2f}x on medians)")
+        if args.json is not None:
+            record.write(args.json)
     finally:
         if args.keep:
             print(f"kept {tmp}")
@@ -495,17 +521,46 @@ def tls_rows(starts: dict[str, list[float]], timings: dict[str, Timing]) -> list
     return out
 
 
+TLS_HEADERS = ("security", "measure", "min", "median", "max", "median vs no TLS")
+
+
 def tls_block(job: sl.Stream, args: argparse.Namespace, clock: CpuClock, threads: int,
-              ppw: int, md: bool) -> str:
-    """The printed TLS-cost block."""
+              ppw: int, md: bool, record: Record) -> str:
+    """The printed TLS-cost block (its table and seconds go to ``record`` too)."""
     print(f"   tls: load average {load_average()}", flush=True)
     starts, timings = tls_cost(job, args.rows, args.tls_rounds, clock, threads, ppw)
-    return (f"== what TLS costs: LocalCluster {threads} workers x 1 thread, {ppw} partitions "
-            f"per worker; {args.tls_rounds} rounds, settings interleaved, a fresh cluster each "
-            f"(first job on it untimed)\n   ({background(timings.values())}; load average "
+    title = (f"what TLS costs: LocalCluster {threads} workers x 1 thread, {ppw} partitions "
+             f"per worker; {args.tls_rounds} rounds, settings interleaved, a fresh cluster each "
+             f"(first job on it untimed)")
+    rows = tls_rows(starts, timings)
+    record.add_table("tls", title, TLS_HEADERS, rows, left=(0, 1))
+    record.add_results({"kind": "tls", "security": name, "cluster_start_seconds":
+                        spread(starts[name]), "job_seconds": spread(t.seconds)}
+                       for name, t in timings.items())
+    return (f"== {title}\n   ({background(timings.values())}; load average "
             f"{load_average()} at the end)\n"
-            + format_table(("security", "measure", "min", "median", "max", "median vs no TLS"),
-                           tls_rows(starts, timings), md, left=(0, 1)))
+            + format_table(TLS_HEADERS, rows, md, left=(0, 1)))
+
+
+def record_throughput(record: Record, args: argparse.Namespace, local: Timing, dask: Timing,
+                      startup_ms: float) -> None:
+    """The throughput (with the target over the whole range) and phase tables, and their
+    machine-readable rows."""
+    ratio = versus(dask.seconds, local.seconds, TARGET_RATIO)
+    cells = [[*r, c] for r, c in zip(throughput_rows([local, dask], local),
+                                     ["-", target_cell(ratio)], strict=True)]
+    record.add_table("throughput", f"{args.rows:,} quotes from Parquet, median of "
+                     f"{args.repeats} interleaved rounds", (*THROUGHPUT_HEADERS, "target"),
+                     cells, left=(0, len(THROUGHPUT_HEADERS)))
+    record.add_table("phases", f"Dask phases, ms (median, min, max of {args.repeats} runs)",
+                     ("phase", "median", "min", "max", "what"), phase_rows(dask, startup_ms),
+                     left=(0, 4))
+    rows: list[dict[str, Any]] = [
+        {"kind": "throughput", "runner": t.name, "input_rows": t.rows, "rows_out": t.rows_out,
+         "seconds": spread(t.seconds), "rows_per_second_median": t.rows_per_second}
+        for t in (local, dask)]
+    rows[1]["vs_local"] = ratio
+    record.add_results(rows)
 
 
 def machine_line(n_cores: int, threads: int, size: int, groups: int,

@@ -1,4 +1,4 @@
-"""Benchmark: stream enrichment of market quotes, sabot_lab vs pyarrow vs DuckDB vs pandas.
+"""Benchmark: stream enrichment of market quotes, sabot_lab vs pyarrow, DuckDB, polars, pandas.
 
 Every engine computes the same query, :func:`sabot_lab.patterns.enrichment.enrichment_sql`:
 quotes with ``price > 100`` inner-joined on ``instrument_id`` to the securities master,
@@ -8,9 +8,15 @@ keeping the quote columns plus ``symbol``, ``sector``, ``currency`` and
 * ``sabot_lab``: ``enrich_quotes(sl.Stream.from_table(q), sl.Table(s, key=...)).run()``
   through the public API (default ``LocalRunner``); building ``sl.Table`` (which checks key
   uniqueness) is inside the timed region.
+* ``sabot_lab_plain``: the same job with ``dictionary_strings=False``: reference strings as
+  plain strings, copied per row, like the other engines' output.
 * ``pyarrow``: hand-written ``Table.filter`` -> ``select`` -> ``Table.join`` -> notional.
 * ``duckdb``: ``con.sql(enrichment_sql()).to_arrow_table()`` over the registered Arrow
   tables, with ``threads`` set explicitly to the machine's core count.
+* ``polars``: timed from the Arrow tables: ``pl.from_arrow`` of the needed columns, then a
+  lazy filter -> inner join -> notional, collected (reference strings stay plain strings).
+  polars is a dependency of the benchmarks only (``pip install -e ".[bench]"``): without it
+  the engine is skipped, with a note.
 * ``pandas``: timed from the Arrow tables: ``to_pandas()`` of the needed columns, boolean
   filter, ``merge(how="inner")``, notional.
 
@@ -27,15 +33,16 @@ Key cases (``--cases``), each the same query over a differently keyed copy of th
   ``exchange`` is its security's, except about 0.5% of rows given another one (no match).
 
 Data (``datasets.quotes(n)`` and ``datasets.securities()``) is generated once per size, and
-each case's keyed copy once per case, in memory, before any timing. Before timing, the four
-results are checked to agree (row count, sum of notional, multiset of ``quote_id``). Each
-engine is warmed up once per case and size, then run
-``--repeats`` times in interleaved rounds (every engine once per round); the table shows the
+each case's keyed copy once per case, in memory, before any timing. Before timing, every
+engine's results are checked to agree (row count, sum of notional, multiset of
+``quote_id``). Each engine is warmed up once per case and size, then run ``--repeats``
+times in interleaved rounds (every engine once per round); the table shows the
 min/median/max wall-clock time (``time.perf_counter``), input rows per second on the median
 (input rows = quotes generated), the ratio to DuckDB's rows per second on medians, and the
 ratio's range (worst: sabot_lab's slowest run against DuckDB's fastest; best: the reverse).
 A target counts as met only when the worst ratio clears it. The background CPU (cores busy
-outside this process while timing) is printed per case.
+outside this process while timing) is printed per case. ``--json PATH`` also writes the run's
+record (see ``benchmarks/common.py``) for ``benchmarks/report.py``.
 
 Run it from the repository root::
 
@@ -44,6 +51,7 @@ Run it from the repository root::
     .venv/bin/python benchmarks/enrichment.py --engines sabot_lab duckdb
     .venv/bin/python benchmarks/enrichment.py --sizes 12000000 --engines sabot_lab duckdb \
         --cases dense sparse string two_keys --repeats 5
+    .venv/bin/python benchmarks/enrichment.py --json benchmarks/results/enrichment.json
 """
 
 from __future__ import annotations
@@ -56,8 +64,9 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import duckdb
 import numba
@@ -65,7 +74,19 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from common import CpuMonitor, cores, cpu_model, format_table, git_revision
+from common import (
+    CpuMonitor,
+    Record,
+    add_json_option,
+    cores,
+    cpu_model,
+    describe_background,
+    format_table,
+    git_revision,
+    spread,
+    target_cell,
+    versus,
+)
 
 import sabot_lab as sl
 from sabot_lab.datasets import quotes, securities
@@ -76,9 +97,14 @@ from sabot_lab.patterns.enrichment import (
     enrichment_sql,
 )
 
+try:
+    import polars as pl
+except ImportError:  # a dependency of the benchmarks only: the engine is skipped
+    pl = None
+
 MIN_PRICE = 100.0
 KEY = "instrument_id"
-ENGINES = ("sabot_lab", "sabot_lab_plain", "pyarrow", "duckdb", "pandas")
+ENGINES = ("sabot_lab", "sabot_lab_plain", "pyarrow", "duckdb", "polars", "pandas")
 SUM_REL_TOL = 1e-9
 #: The goal from the issue: sabot_lab at least this many times DuckDB's rows/s at 12M quotes.
 TARGET_ROWS, TARGET_RATIO = 12_000_000, 1.5
@@ -161,7 +187,7 @@ def case_sql(keys: Sequence[str]) -> str:
     return sql.replace(f"q.{KEY} = s.{KEY}", on)
 
 
-# --- the four implementations -----------------------------------------------------------
+# --- the implementations ---------------------------------------------------------------
 # Each takes the quotes and securities Arrow tables and returns (result, extra); ``extra`` is
 # whatever is worth reporting from the run (sabot_lab's per-operator metrics).
 
@@ -234,11 +260,25 @@ def run_pandas(q: pa.Table, s: pa.Table, keys: Sequence[str] = (KEY,)
     return joined, None
 
 
+def run_polars(q: pa.Table, s: pa.Table, keys: Sequence[str] = (KEY,)
+               ) -> tuple[object, object]:
+    """Lazy polars over the needed columns; the Arrow -> polars conversion is timed."""
+    quotes_df = pl.from_arrow(q.select(list(dict.fromkeys([*QUOTE_COLUMNS, *keys]))))
+    ref_df = pl.from_arrow(s.select(list(dict.fromkeys([*keys, *REFERENCE_COLUMNS]))))
+    joined = (quotes_df.lazy().filter(pl.col("price") > MIN_PRICE)
+              .join(ref_df.lazy(), on=list(keys), how="inner")
+              .select(*QUOTE_COLUMNS, *REFERENCE_COLUMNS,
+                      notional=pl.col("price") * pl.col("volume"))
+              .collect())
+    return joined, None
+
+
 NOTES = {
     "sabot_lab": "public API, incl. sl.Table build + key check",
     "sabot_lab_plain": "the same, reference strings as plain strings (like the others)",
     "pyarrow": "filter -> select -> Table.join",
     "duckdb": "SQL over registered Arrow, -> Arrow",
+    "polars": "lazy filter -> join, incl. Arrow -> polars conversion, DataFrame out",
     "pandas": "incl. Arrow -> pandas conversion",
 }
 
@@ -254,15 +294,14 @@ class Digest:
 
 
 def digest(result: object) -> Digest:
-    if isinstance(result, pd.DataFrame):
-        ids = result["quote_id"].to_numpy()
-        total = float(result["notional"].sum())
-        rows = len(result)
-    else:
-        assert isinstance(result, pa.Table)
-        ids = result["quote_id"].to_numpy()
+    """Rows, sum of notional and sorted quote ids of an Arrow table or a pandas or polars
+    DataFrame."""
+    ids = result["quote_id"].to_numpy()
+    if isinstance(result, pa.Table):
         total = float(pc.sum(result["notional"]).as_py() or 0.0)
-        rows = result.num_rows
+    else:
+        total = float(result["notional"].sum())
+    rows = len(result)
     return Digest(rows, total, np.sort(ids.astype(np.int64)))
 
 
@@ -301,7 +340,7 @@ class Timing:
     rows: int
     seconds: list[float] = field(default_factory=list)
     result_rows: int = 0
-    load: str = ""
+    background: Mapping[str, float] | None = None
 
     @property
     def median(self) -> float:
@@ -328,7 +367,7 @@ def bench_case(n: int, case: Case, engines: Sequence[str], repeats: int, cores: 
         info["duckdb threads"] = duck.threads
     impl: dict[str, Engine] = {
         "sabot_lab": run_sabot_lab, "sabot_lab_plain": run_sabot_lab_plain,
-        "pyarrow": run_pyarrow, "pandas": run_pandas,
+        "pyarrow": run_pyarrow, "polars": run_polars, "pandas": run_pandas,
     }
     if duck is not None:
         impl["duckdb"] = duck
@@ -363,10 +402,10 @@ def bench_case(n: int, case: Case, engines: Sequence[str], repeats: int, cores: 
             del out, extra
         print(f"   round {r + 1}/{repeats}: " + ", ".join(
             f"{e} {timings[e].seconds[-1]:.3f} s" for e in fns), flush=True)
-    load = monitor.report()
-    print("   " + load, flush=True)
+    background = monitor.cores_elsewhere()
+    print("   " + describe_background(background), flush=True)
     for t in timings.values():
-        t.load = load
+        t.background = background
 
     if duck is not None:
         duck.close()
@@ -399,33 +438,40 @@ def bench_size(n: int, s: pa.Table, cases: Sequence[str], engines: Sequence[str]
 
 
 HEADERS = ("case", "engine", "input rows", "rows out", "min s", "median s", "max s",
-           "rows/s (M)", "vs DuckDB (median)", "vs DuckDB (worst-best)", "notes")
+           "rows/s (M)", "vs DuckDB (median)", "vs DuckDB (worst-best)", "target", "notes")
+LEFT = (0, 1, len(HEADERS) - 2, len(HEADERS) - 1)  # the columns of text
 
 
-def ratios(t: Timing, duck: Timing) -> tuple[float, float, float]:
-    """sabot_lab (or any engine) against DuckDB in rows/s: on medians, worst case (this
-    engine's slowest run against DuckDB's fastest) and best case (the reverse)."""
-    return (duck.median / t.median, min(duck.seconds) / max(t.seconds),
-            max(duck.seconds) / min(t.seconds))
+def against_duckdb(timings: list[Timing]) -> list[tuple[Timing, dict[str, Any] | None]]:
+    """Every timing with its :func:`common.versus` DuckDB of the same size and case (``None``
+    without DuckDB); the target applies to sabot_lab at :data:`TARGET_ROWS`."""
+    duck = {(t.rows, t.case): t for t in timings if t.engine == "duckdb"}
+    out = []
+    for t in timings:
+        base = duck.get((t.rows, t.case))
+        target = TARGET_RATIO if (t.engine, t.rows) == ("sabot_lab", TARGET_ROWS) else None
+        out.append((t, None if base is None else versus(t.seconds, base.seconds, target)))
+    return out
 
 
 def table_rows(timings: list[Timing]) -> list[tuple[str, ...]]:
     out = []
-    groups: dict[tuple[int, str], list[Timing]] = {}
-    for t in timings:
-        groups.setdefault((t.rows, t.case), []).append(t)
-    for group in groups.values():
-        duck = next((t for t in group if t.engine == "duckdb"), None)
-        for t in group:
-            if duck is not None:
-                median, worst, best = ratios(t, duck)
-                ratio, spread = f"{median:.2f}x", f"{worst:.2f}-{best:.2f}x"
-            else:
-                ratio = spread = "n/a"
-            out.append((t.case, t.engine, f"{t.rows:,}", f"{t.result_rows:,}",
-                        f"{min(t.seconds):.3f}", f"{t.median:.3f}", f"{max(t.seconds):.3f}",
-                        f"{t.rows_per_second / 1e6:.1f}", ratio, spread, NOTES[t.engine]))
+    for t, ratio in against_duckdb(timings):
+        median = "n/a" if ratio is None else f"{ratio['median']:.2f}x"
+        span = "n/a" if ratio is None else f"{ratio['worst']:.2f}-{ratio['best']:.2f}x"
+        out.append((t.case, t.engine, f"{t.rows:,}", f"{t.result_rows:,}",
+                    f"{min(t.seconds):.3f}", f"{t.median:.3f}", f"{max(t.seconds):.3f}",
+                    f"{t.rows_per_second / 1e6:.1f}", median, span,
+                    "-" if ratio is None else target_cell(ratio), NOTES[t.engine]))
     return out
+
+
+def result_rows(timings: list[Timing]) -> list[dict[str, Any]]:
+    """The machine-readable rows of the record, one per (size, case, engine)."""
+    return [{"case": t.case, "engine": t.engine, "input_rows": t.rows,
+             "rows_out": t.result_rows, "seconds": spread(t.seconds),
+             "rows_per_second_median": t.rows_per_second, "vs_duckdb": ratio,
+             "background": t.background} for t, ratio in against_duckdb(timings)]
 
 
 def machine_line(cores: int, info: dict[str, object]) -> str:
@@ -435,8 +481,21 @@ def machine_line(cores: int, info: dict[str, object]) -> str:
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, "
         f"Python {platform.python_version()}, pyarrow {pa.__version__}, "
         f"duckdb {duckdb.__version__}, pandas {pd.__version__}, numpy {np.__version__}, "
-        f"numba {numba.__version__}, sabot_lab {sl.__version__} (git {git_revision()}){extra}"
+        f"numba {numba.__version__}, "
+        f"polars {'not installed' if pl is None else pl.__version__}, "
+        f"sabot_lab {sl.__version__} (git {git_revision()}){extra}"
     )
+
+
+def available_engines(requested: Sequence[str], record: Record) -> list[str]:
+    """``requested`` in :data:`ENGINES` order, less polars when it is not installed (noted)."""
+    engines = [e for e in ENGINES if e in requested]
+    if "polars" in engines and pl is None:
+        note = 'polars skipped: not installed (pip install -e ".[bench]")'
+        print(f"note: {note}")
+        record.note(note)
+        engines.remove("polars")
+    return engines
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -451,10 +510,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="key cases (default: all)")
     parser.add_argument("--markdown", action="store_true",
                         help="also print the table as Markdown")
+    add_json_option(parser)
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
-    engines = [e for e in ENGINES if e in args.engines]
+    record = Record("enrichment", ("duckdb", "pandas", "polars"))
+    engines = available_engines(args.engines, record)
     cases = [c for c in CASES if c in args.cases]
 
     n_cores = cores()
@@ -462,6 +523,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "sabot_lab threads": sl.LocalRunner().threads,
         "pyarrow cpu_count": pa.cpu_count(),
     }
+    if "polars" in engines:
+        info["polars threads"] = pl.thread_pool_size()
     s = securities()
     print(f"enrichment benchmark: {', '.join(engines)}; cases {', '.join(cases)}; sizes "
           f"{args.sizes}; {args.repeats} interleaved rounds after 1 warm-up; "
@@ -481,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print()
     print(machine_line(n_cores, info))
     print()
-    print(format_table(HEADERS, rows, False, left=(0, 1, len(HEADERS) - 1)))
+    print(format_table(HEADERS, rows, False, left=LEFT))
     print()
     for n, name, (metrics, _) in breakdowns:
         parts = ", ".join(f"{op.split('[')[0]} {sec:.3f}" for op, sec in
@@ -492,17 +555,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         n, name, (_, plan) = breakdowns[-1]
         print(f"sabot_lab executed plan, {name} at {n:,} (last run):")
         print("\n".join("   " + line for line in plan.split("\n")))
-    for name in cases:
-        at_target = {t.engine: t for t in timings if t.rows == TARGET_ROWS and t.case == name}
-        if "sabot_lab" in at_target and "duckdb" in at_target:
-            median, worst, best = ratios(at_target["sabot_lab"], at_target["duckdb"])
-            verdict = "met" if worst >= TARGET_RATIO else "NOT met"
+    for t, ratio in against_duckdb(timings):
+        if ratio is not None and ratio["target"] is not None:
+            verdict = "met" if ratio["met"] else "NOT met"
             print(f"target sabot_lab >= {TARGET_RATIO}x DuckDB rows/s at {TARGET_ROWS:,} rows, "
-                  f"{name}: {verdict} (median {median:.2f}x, range {worst:.2f}-{best:.2f}x; "
-                  f"{at_target['sabot_lab'].load})")
+                  f"{t.case}: {verdict} (median {ratio['median']:.2f}x, range "
+                  f"{ratio['worst']:.2f}-{ratio['best']:.2f}x; "
+                  f"{describe_background(t.background)})")
     if args.markdown:
         print()
-        print(format_table(HEADERS, rows, True, left=(0, 1, len(HEADERS) - 1)))
+        print(format_table(HEADERS, rows, True, left=LEFT))
+    if args.json is not None:
+        record.add_table("results", f"enrichment, {args.repeats} interleaved rounds; rows/s on "
+                         "the median; ratios against DuckDB's rows/s", HEADERS, rows,
+                         left=LEFT)
+        record.add_results(result_rows(timings))
+        record.write(args.json)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,11 @@ Run it from the repository root::
     .venv/bin/python benchmarks/scaling.py --quick           # 1x and 2x, ~4 min
     .venv/bin/python benchmarks/scaling.py --runners dask --partitions-per-worker 10
     .venv/bin/python benchmarks/scaling.py --max-scale 5 --patterns enrichment --markdown
+    .venv/bin/python benchmarks/scaling.py --json benchmarks/results/scaling.json
+
+``--json PATH`` also writes the run's record for ``benchmarks/report.py``: both tables, every
+run's measurements and the growth verdicts (a bound is met only when the peak at the largest
+scale is within ``BOUND`` times the peak at 1x; fraud has no bound, its state grows).
 """
 
 from __future__ import annotations
@@ -65,13 +70,24 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numba
 import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from common import CpuMonitor, cores, cpu_model, format_table, git_revision, load_average
+from common import (
+    Record,
+    TreeCpuMonitor,
+    add_json_option,
+    cores,
+    cpu_model,
+    describe_background,
+    format_table,
+    git_revision,
+    load_average,
+)
 
 import sabot_lab as sl
 
@@ -131,20 +147,6 @@ class CpuClock:
         """Cores busy outside this process tree, and cores stolen, between two samples."""
         own, busy, steal, wall = (y - x for x, y in zip(a, b, strict=True))
         return max(busy - own, 0.0) / wall, steal / wall
-
-
-class TreeCpuMonitor(CpuMonitor):
-    """:class:`common.CpuMonitor`, counting the finished measured runs (children of this
-    process, and their workers) as this process's own CPU rather than as background."""
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float, float] | None:
-        sample = CpuMonitor._sample()
-        if sample is None:
-            return None
-        t = os.times()
-        busy, steal, own, wall = sample
-        return busy, steal, own + t.children_user + t.children_system, wall
 
 
 # --- data (written by the parent before any measurement) -------------------------------------
@@ -438,8 +440,13 @@ GROWTH_HEADERS = ("pattern", "runner", "data", "peak (client + workers)",
                   "above base (client + workers)", "client peak", "workers peak", "verdict")
 
 
-def growth_rows(runs: Sequence[Run]) -> list[list[str]]:
-    """Peak RSS at the largest scale measured over 1x, per pattern and runner."""
+def _above_base(r: Run) -> float:
+    return r.total_peak - r.mb("client_base") - r.mb("workers_base")
+
+
+def growth_results(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """Peak RSS at the largest scale measured over 1x, per pattern and runner; the bound
+    (``target``) applies to every pattern but fraud, whose state grows with its accounts."""
     out = []
     done = [r for r in runs if r.record]
     for pattern in dict.fromkeys(r.pattern for r in runs):
@@ -449,23 +456,38 @@ def growth_rows(runs: Sequence[Run]) -> list[list[str]]:
             top = max(mine, key=lambda r: r.scale, default=None)
             if one is None or top is None or top is one:
                 continue
-
-            def above(r: Run) -> float:
-                return (r.total_peak - r.mb("client_base") - r.mb("workers_base"))
-
             ratio = top.total_peak / one.total_peak
-            workers = (f"{top.mb('workers_peak') / one.mb('workers_peak'):.2f}x"
-                       if runner == "dask" else "-")
-            if pattern == "fraud":
-                verdict = "state grows with accounts (expected)"
-            else:
-                verdict = (f"bounded (<= {BOUND}x)" if ratio <= BOUND
-                           else f"GROWS with the data (> {BOUND}x)")
-            out.append([pattern, runner, f"{top.scale}x", f"{ratio:.2f}x",
-                        f"{above(top) / max(above(one), 1.0):.2f}x",
-                        f"{top.mb('client_peak') / one.mb('client_peak'):.2f}x", workers,
-                        verdict])
+            target = None if pattern == "fraud" else BOUND
+            out.append({
+                "kind": "growth", "pattern": pattern, "runner": runner, "scale": top.scale,
+                "peak_ratio": ratio,
+                "above_base_ratio": _above_base(top) / max(_above_base(one), 1.0),
+                "client_peak_ratio": top.mb("client_peak") / one.mb("client_peak"),
+                "workers_peak_ratio": (top.mb("workers_peak") / one.mb("workers_peak")
+                                       if runner == "dask" else None),
+                "target": target, "met": None if target is None else ratio <= target})
     return out
+
+
+def growth_cells(row: dict[str, Any]) -> list[str]:
+    """The printed row of a :func:`growth_results` row, with its verdict."""
+    if row["target"] is None:
+        verdict = "state grows with accounts (expected)"
+    elif row["met"]:
+        verdict = f"bounded (<= {row['target']}x)"
+    else:
+        verdict = f"GROWS with the data (> {row['target']}x)"
+    workers = row["workers_peak_ratio"]
+    return [row["pattern"], row["runner"], f"{row['scale']}x", f"{row['peak_ratio']:.2f}x",
+            f"{row['above_base_ratio']:.2f}x", f"{row['client_peak_ratio']:.2f}x",
+            "-" if workers is None else f"{workers:.2f}x", verdict]
+
+
+def run_results(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """Every run's measurements (bytes, seconds), as its process reported them."""
+    return [{"kind": "run", "pattern": r.pattern, "scale": r.scale, "runner": r.runner,
+             "input_rows": r.rows, "error": r.error, "process_seconds": r.wall_s,
+             "measured": r.record} for r in runs]
 
 
 def agreement(runs: Sequence[Run]) -> list[str]:
@@ -510,6 +532,7 @@ def parent_main(args: argparse.Namespace) -> None:
           f" ({', '.join(f'{p} 1x = {n:,} rows' for p, n in base.items())}), Parquet in and "
           f"out, runners {', '.join(args.runners)}, one process per run", flush=True)
     print(f"   before start: load average {load_average()}", flush=True)
+    record = Record("scaling", ("dask", "distributed", "psutil"))
     root = Path(tempfile.mkdtemp(prefix="sabot_scaling_", dir=args.tmp))
     try:
         inputs: dict[str, dict[str, Path]] = {}
@@ -543,7 +566,7 @@ def parent_main(args: argparse.Namespace) -> None:
                           f"peak client {run.mb('client_peak'):,.0f} MiB{workers} "
                           f"(process {run.wall_s:.0f} s, background "
                           f"{rec['background_cores']:.2f} cores)", flush=True)
-        background = monitor.report()
+        background = monitor.cores_elsewhere()
     finally:
         if args.keep:
             print(f"kept {root}")
@@ -552,16 +575,22 @@ def parent_main(args: argparse.Namespace) -> None:
 
     md = args.markdown
     print()
-    print("== throughput and peak RSS per scale (MB = MiB; workers = sum of the 2 worker "
-          "processes; peak vs 1x = (client + workers) peak over the same at 1x; bg cores = "
-          "CPU busy outside the run's processes while it timed)")
-    print(format_table(HEADERS, table_rows(runs), md, left=(0, 1)))
+    title = ("throughput and peak RSS per scale (MB = MiB; workers = sum of the 2 worker "
+             "processes; peak vs 1x = (client + workers) peak over the same at 1x; bg cores = "
+             "CPU busy outside the run's processes while it timed)")
+    print(f"== {title}")
+    rows = table_rows(runs)
+    print(format_table(HEADERS, rows, md, left=(0, 1)))
+    record.add_table("runs", title, HEADERS, rows, left=(0, 1))
     print()
-    print(f"== growth of peak RSS from 1x to {max(scales)}x ({max(scales)}x the rows; above "
-          f"base = peak minus the RSS before the run)")
-    growth = growth_rows(runs)
+    title = (f"growth of peak RSS from 1x to {max(scales)}x ({max(scales)}x the rows; above "
+             f"base = peak minus the RSS before the run)")
+    print(f"== {title}")
+    growth = growth_results(runs)
     if growth:
-        print(format_table(GROWTH_HEADERS, growth, md, left=(0, 1, 7)))
+        growth_rows = [growth_cells(g) for g in growth]
+        print(format_table(GROWTH_HEADERS, growth_rows, md, left=(0, 1, 7)))
+        record.add_table("growth", title, GROWTH_HEADERS, growth_rows, left=(0, 1, 7))
     print()
     print("== local and Dask outputs")
     for line in agreement(runs) or ["(one runner only: nothing to compare)"]:
@@ -581,8 +610,16 @@ def parent_main(args: argparse.Namespace) -> None:
           f"{platform.python_version()}, pyarrow {pa.__version__}, dask/distributed "
           f"{_dask_version()}, numba {numba.__version__}, sabot_lab {sl.__version__} "
           f"(git {git_revision()}); {'; '.join(notes)}; Parquet row "
-          f"groups of {ROW_GROUP_ROWS:,} rows; {background}; load average {load_average()} "
-          f"at the end")
+          f"groups of {ROW_GROUP_ROWS:,} rows; {describe_background(background)}; load average "
+          f"{load_average()} at the end")
+    if args.json is not None:
+        compared = agreement(runs)
+        differ = [line for line in compared if "DISAGREE" in line]
+        if compared:
+            record.note("local and Dask outputs: " + ("; ".join(differ) if differ else
+                        "the same rows and check-column sums at every scale"))
+        record.add_results([*run_results(runs), *growth])
+        record.write(args.json, background)
 
 
 def _base_rows(values: Sequence[str]) -> dict[str, int]:
@@ -613,6 +650,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--markdown", action="store_true", help="print tables as Markdown")
     parser.add_argument("--keep", action="store_true", help="keep the Parquet data")
     parser.add_argument("--tmp", default=None, help="where to write the data (default: $TMPDIR)")
+    add_json_option(parser)
     parser.add_argument("--one", nargs=3, metavar=("PATTERN", "SCALE", "RUNNER"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
