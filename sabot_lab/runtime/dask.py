@@ -10,7 +10,9 @@ metrics come back as Arrow tables and plain dicts, and are merged in partition o
 output rows are the same as a local run's, whatever the partition count.
 
 Windows and keyed state (``key_by().process()``) run in stages around a hash exchange by
-key, with the same output as a local run: see :mod:`.exchange`.
+key (:mod:`.exchange`): each key range is owned by a long-lived agent on one worker, which the
+partitions push their rows to, with checkpoints to recover a lost worker from (see
+:mod:`.stateful_job`); the output is the same as a local run's.
 
 Examples
 --------
@@ -54,9 +56,10 @@ from sabot_lab.result import Result
 from sabot_lab.runtime import tasks
 from sabot_lab.runtime.checkpoint import CheckpointSpec
 from sabot_lab.runtime.collect import collect_result, empty_metrics
-from sabot_lab.runtime.exchange import stateful_stages, submit_stateful_job
-from sabot_lab.runtime.execution import ExecutionPlan, PartitionTask
+from sabot_lab.runtime.exchange import stateful_stages
+from sabot_lab.runtime.execution import AgentInfo, ExecutionPlan, PartitionTask
 from sabot_lab.runtime.protocol import RunListener
+from sabot_lab.runtime.stateful_job import StatefulJob, no_worker_message
 
 __all__ = ["DaskRunner", "JobManager"]
 
@@ -65,6 +68,9 @@ log = logging.getLogger(__name__)
 #: Default input per partition task (bytes of Arrow data): 10x the data makes 10x the
 #: partitions, not 10x the memory per worker.
 PARTITION_BYTES = 16 * 2**20
+#: The same for stateful jobs, whose every partition costs a push to every key range: fewer,
+#: larger partitions.
+STATEFUL_PARTITION_BYTES = 64 * 2**20
 
 
 def _template(graph: JobGraph) -> tuple[Node, list[Table], list[Source]]:
@@ -98,26 +104,33 @@ class JobManager:
     client
         A connected ``distributed.Client``.
     partitions_per_worker
-        Partitions each source is split into, per worker thread (at least).
+        Partitions each source is split into, per worker thread (at least); default 2 for
+        stateless jobs, 1 for stateful ones (windows, keyed state).
     partition_bytes
         A source larger than this many bytes per partition (Arrow size in memory; for
         Parquet the uncompressed size of its row groups) is split into more partitions, so
-        a worker holds about this much input per task whatever the size of the data.
+        a worker holds about this much input per task whatever the size of the data;
+        default 16 MiB for stateless jobs, 64 MiB for stateful ones.
     max_in_flight
         Partition tasks submitted but not finished at any time (backpressure); default two
         per worker thread.
+    worker_timeout
+        Seconds to wait for a worker to take over the key ranges of a lost one.
     retries
         How often a task that raised is run again (``Client.submit(retries=...)``). None by
         default: a task raises on bad input or a bug, and running it again only repeats the
         error. A task lost with its worker is re-run by Dask whatever this says.
     """
 
-    def __init__(self, client: object, partitions_per_worker: int = 2,
+    def __init__(self, client: object, partitions_per_worker: int | None = None,
                  max_in_flight: int | None = None, retries: int = 0,
-                 partition_bytes: int = PARTITION_BYTES) -> None:
+                 partition_bytes: int | None = None, worker_timeout: float = 60) -> None:
         self.client = client
-        threads = sum(client.nthreads().values()) or 1
-        self.n_partitions = max(1, partitions_per_worker * threads)
+        self.worker_timeout = worker_timeout
+        self.nthreads = dict(sorted(client.nthreads().items()))
+        threads = sum(self.nthreads.values()) or 1
+        self.threads = threads
+        self.partitions_per_worker = partitions_per_worker
         self.partition_bytes = partition_bytes
         self.max_in_flight = max_in_flight or 2 * threads
         self.retries = retries
@@ -164,7 +177,7 @@ class JobManager:
         scans = []
         tasks = []
         for i, source in enumerate(sources):
-            parts = source.scan.partitions(self.partitions_for(source.scan))
+            parts = source.scan.partitions(self.partitions_for(source.scan, stages is not None))
             scans.append(parts)
             tasks += [PartitionTask(i, p, part.describe()) for p, part in enumerate(parts)]
         workers = sorted(self.client.scheduler_info()["workers"])
@@ -174,18 +187,33 @@ class JobManager:
                                   op_ids=tuple(ids[id(n)] for n in scan_graph.operators()[:-1]))
         return execution, template, scans, references
 
-    def partitions_for(self, scan: object) -> int:
+    def partitions_for(self, scan: object, stateful: bool = False) -> int:
         """How many partitions to split ``scan`` into: ``partitions_per_worker`` per worker
         thread, or more for a source larger than ``partition_bytes`` per partition."""
+        per_worker = self.partitions_per_worker or (1 if stateful else 2)
+        least = max(1, per_worker * self.threads)
         size = scan.nbytes()
         if size is None:  # generated batches: their size is known only once they are made
-            return self.n_partitions
-        return max(self.n_partitions, -(-size // self.partition_bytes))
+            return least
+        limit = self.partition_bytes or (STATEFUL_PARTITION_BYTES if stateful
+                                         else PARTITION_BYTES)
+        return max(least, -(-size // limit))
 
-    def submit_job(self, graph: JobGraph, monitor: RunListener | None = None) -> Result:
+    def place_agents(self, stages: object) -> list[AgentInfo]:
+        """One key range per worker thread (one in all for a job without keys), placed round
+        robin over the workers."""
+        slots = [w for i in range(max(self.nthreads.values(), default=1))
+                 for w, n in self.nthreads.items() if i < n]
+        n_ranges = len(slots) if stages.keys else 1
+        return [AgentInfo(r, slots[r]) for r in range(n_ranges)]
+
+    def submit_job(self, graph: JobGraph, monitor: RunListener | None = None,
+                   checkpoints: CheckpointSpec | None = None) -> Result:
         """Run ``graph`` on the cluster and return its :class:`~sabot_lab.result.Result`;
         ``monitor`` hears of every partition that comes back (with its counters), or for
-        windows and keyed state, of every partition through the keyed stage."""
+        windows and keyed state, of every partition through the keyed stage.
+        ``checkpoints`` (stateful jobs) writes the agents' cuts to a directory, every
+        ``checkpoints.every`` partitions, and resumes from one there."""
         from distributed import as_completed
 
         start = time.perf_counter()
@@ -193,13 +221,21 @@ class JobManager:
         execution, template, scans, references = self.plan(graph)
         planned = time.perf_counter()
         if execution.stateful is not None:
-            table, side, metrics = submit_stateful_job(
-                self, graph, execution.stateful, scans, template, execution.op_ids, references,
-                execution.tasks, monitor)
+            execution.agents = self.place_agents(execution.stateful)
+            job = StatefulJob(self, graph, execution.stateful, scans, template,
+                              execution.op_ids, references, execution.tasks,
+                              execution.agents, monitor, checkpoints)
+            table, side, metrics = job.run()
+            execution.restarts = job.restarts
             execution.timings.update(planning_ms=(planned - start) * 1000,
                                      execution_ms=(time.perf_counter() - planned) * 1000)
             return collect_result(graph, "dask", start, table, side, metrics,
                                   execution=execution)
+        if checkpoints is not None:
+            raise PlanError(
+                "checkpoints on Dask are taken by the key-range agents of stateful jobs "
+                "(windows, keyed state); a stateless job re-runs a lost partition instead. "
+                "Run it without checkpoint_dir=, or on the LocalRunner")
         ref_futures = [self.client.scatter(r.data, broadcast=True, hash=True)
                        for r in references]
 
@@ -286,13 +322,6 @@ def quiet_large_graph_warning() -> None:
     warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
 
 
-def _no_worker_message(seconds: float, address: str) -> str:
-    return (f"no Dask worker was available for {seconds:g} s (the scheduler at {address} has "
-            f"none running), so the job could not go on; the sink was not written. Start "
-            f"workers (`dask worker {address}`) or scale the cluster up, then rerun; "
-            f"DaskRunner(worker_timeout=...) sets how long a job waits for one.")
-
-
 def _running_workers(client: object, wait: float) -> int | None:
     """Workers running now, or ``None`` when the scheduler does not answer within ``wait``
     seconds (losing the scheduler is another error, reported by the job itself)."""
@@ -338,7 +367,7 @@ class _WorkerWatch:
             if time.monotonic() - since >= self.timeout:
                 self.starved = True
                 log.warning("no Dask worker for %g s: aborting the job", self.timeout)
-                self.manager.abort(_no_worker_message(self.timeout, self.address))
+                self.manager.abort(no_worker_message(self.timeout, self.address))
                 return
 
 
@@ -431,10 +460,12 @@ class DaskRunner:
         Size of a LocalCluster this runner starts (default 2 × 1, sized for a 2-core machine);
         at least 1 each.
     partitions_per_worker
-        Partitions per worker thread for each source (at least).
+        Partitions per worker thread for each source (at least); default 2 for stateless
+        jobs, 1 for windows and keyed state.
     partition_bytes
         More partitions for a source larger than this per partition (default 16 MiB of
-        Arrow data), so a worker's memory follows this, not the size of the data.
+        Arrow data, 64 MiB for windows and keyed state), so a worker's memory follows this,
+        not the size of the data.
     security
         How this runner's connections are secured:
 
@@ -470,10 +501,10 @@ class DaskRunner:
         client_or_address: object = None,
         n_workers: int = 2,
         threads_per_worker: int = 1,
-        partitions_per_worker: int = 2,
+        partitions_per_worker: int | None = None,
         security: object = None,
         timeout: float = 10,
-        partition_bytes: int = PARTITION_BYTES,
+        partition_bytes: int | None = None,
         worker_timeout: float = 60,
     ) -> None:
         _check_sizes(n_workers, threads_per_worker, worker_timeout)
@@ -538,17 +569,16 @@ class DaskRunner:
         ``listener`` (e.g. a :class:`~sabot_lab.dashboard.Dashboard`) hears the run: the
         Dask dashboard link, partitions done of all as they come back (with their counters
         for stateless jobs; through the keyed stage for windows and keyed state), and the
-        final counters. There are no ``checkpoints`` on Dask: a lost worker's partitions
-        are re-run instead."""
-        if checkpoints is not None:
-            raise PlanError(f"checkpoints are taken by the LocalRunner; {self!r} recovers by "
-                            f"re-running lost tasks instead")
+        final counters. ``checkpoints`` (stateful jobs only) writes the key-range agents'
+        consistent cuts to a directory every ``checkpoints.every`` partitions and resumes
+        from the one there; without it the cuts are kept in memory, to restart agents lost
+        with a worker."""
         monitor = listener
         if monitor is not None:
             monitor.start(graph, self.name, link=self.dashboard_link)
         result = None
         try:
-            result = self._submit(graph, monitor)
+            result = self._submit(graph, monitor, checkpoints)
         finally:
             if monitor is not None:  # failed when no result came back
                 monitor.finish(None if result is None else result.operator_metrics,
@@ -556,7 +586,8 @@ class DaskRunner:
         result.execution.timings["cluster_start_ms"] = self.startup_ms
         return result
 
-    def _submit(self, graph: JobGraph, monitor: RunListener | None) -> Result:
+    def _submit(self, graph: JobGraph, monitor: RunListener | None,
+                checkpoints: CheckpointSpec | None) -> Result:
         """Run the job once a worker is there, watched for the loss of every worker; the
         cluster's failures become :class:`ClusterError`."""
         from distributed import KilledWorker
@@ -566,9 +597,10 @@ class DaskRunner:
         try:
             self._wait_for_a_worker()
             manager = JobManager(self.client, self.partitions_per_worker,
-                                 partition_bytes=self.partition_bytes)
+                                 partition_bytes=self.partition_bytes,
+                                 worker_timeout=self.worker_timeout)
             with _WorkerWatch(manager, self.worker_timeout, self._address) as watch:
-                return manager.submit_job(graph, monitor)
+                return manager.submit_job(graph, monitor, checkpoints)
         except KilledWorker as exc:
             raise ClusterError(
                 f"a task of this job killed every worker that ran it ({exc}): most likely a "
@@ -577,7 +609,7 @@ class DaskRunner:
                 f"more memory. The sink was not written.") from exc
         except (CommClosedError, CancelledError, OSError, TimeoutError) as exc:
             if watch is not None and watch.starved:
-                raise ClusterError(_no_worker_message(self.worker_timeout,
+                raise ClusterError(no_worker_message(self.worker_timeout,
                                                       self._address)) from exc
             # Futures cancelled under the job (one, or a group) mean its client lost the
             # scheduler, even when it has reconnected since: the futures are gone.
@@ -603,7 +635,7 @@ class DaskRunner:
         try:
             self.client.wait_for_workers(1, timeout=self.worker_timeout)
         except TimeoutError:
-            raise ClusterError(_no_worker_message(self.worker_timeout, self._address)) from None
+            raise ClusterError(no_worker_message(self.worker_timeout, self._address)) from None
 
     def close(self) -> None:
         """Close the client and the cluster this runner started (not a client passed in),

@@ -33,13 +33,6 @@ partition.
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Callable
-from typing import Any, Protocol
-
-import pyarrow as pa
-
-from sabot_lab.ops.base import OperatorMetrics
 from sabot_lab.ops.sinks import CollectSink
 from sabot_lab.ops.sources import TableScan
 from sabot_lab.plan.graph import JobGraph
@@ -53,13 +46,10 @@ from sabot_lab.plan.nodes import (
     Watermark,
     WindowAggregate,
 )
-from sabot_lab.reference import Table
 from sabot_lab.runtime import tasks
-from sabot_lab.runtime.execution import PartitionTask, StatefulStages, chain_ids
-from sabot_lab.runtime.local import LocalRunner
-from sabot_lab.runtime.protocol import RunListener
+from sabot_lab.runtime.execution import StatefulStages, chain_ids
 
-__all__ = ["Submitter", "stateful_stages", "submit_stateful_job"]
+__all__ = ["stateful_stages"]
 
 
 def stateful_stages(graph: JobGraph) -> StatefulStages | None:
@@ -124,104 +114,3 @@ def _detached(chain: tuple[Node, ...]) -> tuple[Node, ...]:
     return tuple(out)
 
 
-# --- the job ---------------------------------------------------------------------------------
-
-class Submitter(Protocol):
-    """What a stateful job needs of its job manager (:class:`~sabot_lab.runtime.dask.
-    JobManager`): the client, task submission, key ranges and backpressure."""
-
-    client: Any
-    n_partitions: int
-    max_in_flight: int
-
-    def submit(self, fn: Callable, *args: object, **kwargs: object) -> Any: ...
-
-
-def submit_stateful_job(manager: Submitter, graph: JobGraph, stages: StatefulStages,
-                        scans: list, template: Node, template_ids: tuple[str, ...],
-                        references: list[Table], tasks_of: list[PartitionTask],
-                        monitor: RunListener | None = None
-                        ) -> tuple[pa.Table, dict, dict[str, OperatorMetrics]]:
-    """Run the stages on ``manager.client``; returns (table, side outputs, metrics by the
-    job's operator ids).
-    ``monitor`` (a :class:`~sabot_lab.dashboard.Dashboard`) hears how many partitions are
-    through the keyed stage.
-
-    Partitions stream through: each one's rows are exchanged and handed to one step per key
-    range as soon as they are ready, and at most ``manager.max_in_flight`` partitions are
-    ahead of the key-range steps, so worker memory holds a few partitions and the state, not
-    the whole input.
-    """
-    from distributed import wait
-
-    client = manager.client
-    submit = manager.submit
-    ref_futures = [client.scatter(r.data, broadcast=True, hash=True) for r in references]
-    n_ranges = manager.n_partitions if stages.keys else 1
-    reducers = [tasks.range_stores(stages.reducer, r) for r in range(n_ranges)]
-    empty = stages.reducer[-1].children[0].schema.empty_table()
-    carry = None
-    states: list[object] = [None] * n_ranges
-    first_meta, split_meta, step_out = [], [], [[] for _ in range(n_ranges)]
-    steps_of: list[list[object]] = []
-    for k, task in enumerate(tasks_of):
-        # In-memory slices travel inside their tasks, not scattered: a task lost with a
-        # worker is recomputed, so its input must survive the worker (scattered data does
-        # not). Only small results (metrics, states, outputs) are kept here: partition data
-        # is released as soon as its steps have run.
-        first = submit(tasks.run_partition, template, template_ids, task.source,
-                       task.partition,
-                       tasks.compacted(scans[task.source][task.partition]), *ref_futures)
-        split = submit(tasks.exchange, first, carry, stages.watermark, stages.middle,
-                       stages.keys, n_ranges, stages.op_ids["exchange"])
-        if stages.watermark is not None:
-            carry = submit(tasks.watermark_carry, first, carry, stages.watermark)
-        first_meta.append(submit(tasks.without, first, "table"))
-        split_meta.append(submit(tasks.without, split, "pieces"))
-        steps = []
-        for r in range(n_ranges):
-            step = submit(tasks.key_range_step, reducers[r], stages.op_ids["reducer"],
-                          states[r], submit(tasks.piece, split, r), False)
-            states[r] = submit(operator.getitem, step, "state")
-            step_out[r].append(submit(tasks.without, step, "state"))
-            steps.append(step)
-        steps_of.append(steps)
-        if k >= manager.max_in_flight:  # backpressure: bounded partitions ahead of the state
-            wait(steps_of[k - manager.max_in_flight])
-            steps_of[k - manager.max_in_flight] = []
-            if monitor is not None:
-                monitor.partitions_through(k - manager.max_in_flight + 1, len(tasks_of))
-    for r in range(n_ranges):
-        step_out[r].append(submit(tasks.key_range_step, reducers[r],
-                                  stages.op_ids["reducer"], states[r], empty, True))
-    for done, steps in enumerate(steps_of, 1):
-        if steps and monitor is not None:
-            wait(steps)
-            monitor.partitions_through(done, len(tasks_of))
-    first_out = client.gather(first_meta, direct=True)
-    split_out = client.gather(split_meta, direct=True)
-    reduce_out = [out for outs in client.gather(step_out, direct=True) for out in outs]
-    ids = graph.node_ids()
-    sources = {ids[id(n)] for n in graph.operators() if isinstance(n, Source)}
-    for task, out in zip(tasks_of, first_out, strict=True):
-        task.worker, task.seconds, task.rows_out = out["worker"], out["seconds"], out["rows"]
-        task.rows_in = sum(row["rows_in"] for op_id, row in out["metrics"].items()
-                           if op_id in sources)
-    merged = {ids[id(n)]: OperatorMetrics(ids[id(n)], n.label) for n in graph.operators()}
-    side: dict[str, list[pa.Table]] = {}
-    for out in (*first_out, *split_out, *reduce_out):
-        for op_id, row in out["metrics"].items():
-            merged[op_id].merge(row)
-        for name, t in out["side_outputs"].items():
-            side.setdefault(name, []).append(t)
-    # One batch: top_n ranks each batch's windows, so a window must not be split.
-    table = pa.concat_tables([out["table"] for out in reduce_out]).combine_chunks()
-    source = Source(TableScan(table, batch_size=max(1, table.num_rows)))
-    final = LocalRunner(threads=1).run(JobGraph(Sink(tasks.rebase(stages.client, source),
-                                                     graph.root.target)))
-    for op_id, row in tasks.labelled(final.operator_metrics[1:],
-                                     stages.op_ids["client"]).items():
-        merged[op_id].merge(row)
-    for name, t in final.side_outputs.items():
-        side.setdefault(name, []).append(t)
-    return final.table, side, merged

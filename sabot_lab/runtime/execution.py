@@ -12,7 +12,7 @@ import pandas as pd
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import Fused, KeyedProcess, Node, Watermark, WindowAggregate
 
-__all__ = ["ExecutionPlan", "PartitionTask", "StatefulStages", "chain_ids"]
+__all__ = ["AgentInfo", "ExecutionPlan", "PartitionTask", "StatefulStages", "chain_ids"]
 
 
 def chain_ids(ids: dict[int, str], chain: tuple[Node, ...]) -> tuple[str, ...]:
@@ -49,8 +49,8 @@ class StatefulStages:
     def describe(self) -> str:
         keys = list(self.keys) or "nothing: one key range"
         if self.watermark is None:
-            return f"3 stages (pipeline, exchange by {keys}, keyed state)"
-        return f"5 stages (pipeline, watermark, exchange by {keys}, window, client)"
+            return f"3 stages (pipeline, exchange by {keys}, keyed state agents)"
+        return f"4 stages (pipeline and watermark, exchange by {keys}, window agents, client)"
 
 
 @dataclass
@@ -64,6 +64,32 @@ class PartitionTask:
     rows_in: int = 0
     rows_out: int = 0
     seconds: float = 0.0
+    #: Wall-clock times (seconds since the epoch, on the worker) the task started and ended.
+    started: float = 0.0
+    ended: float = 0.0
+    #: Bytes of rows this partition pushed to the key-range agents (stateful jobs).
+    bytes_pushed: int = 0
+
+
+@dataclass
+class AgentInfo:
+    """One key range's agent: where it ran, what went through it, how often it restarted."""
+
+    key_range: int
+    worker: str
+    restarts: int = 0
+    rows_in: int = 0
+    bytes_in: int = 0
+    rows_out: int = 0
+    bytes_out: int = 0
+    busy_seconds: float = 0.0
+    #: Bytes of its state at the last cut (checkpoint).
+    state_bytes: int = 0
+
+    def update(self, counts: dict) -> None:
+        """Take the counters an agent reports at the end of the job."""
+        for name, value in counts.items():
+            setattr(self, name, value)
 
 
 @dataclass
@@ -80,12 +106,32 @@ class ExecutionPlan:
     stateful: StatefulStages | None = None
     #: The job's operator ids of the partition pipeline's operators (its sink excluded).
     op_ids: tuple[str, ...] = ()
+    #: For stateful jobs: the key-range agents, and how often lost ones were restarted.
+    agents: list[AgentInfo] = field(default_factory=list)
+    restarts: int = 0
 
     def frame(self) -> pd.DataFrame:
         """One row per partition task."""
         return pd.DataFrame([dataclasses.asdict(t) for t in self.tasks])
 
-    def agents(self) -> pd.DataFrame:
+    def key_ranges(self) -> pd.DataFrame:
+        """One row per key-range agent: its worker, rows and bytes in and out, busy time,
+        restarts and the size of its state at the last checkpoint."""
+        return pd.DataFrame([dataclasses.asdict(a) for a in self.agents])
+
+    def timeline(self) -> pd.DataFrame:
+        """Per partition task: its worker and when it started and ended (seconds from the
+        first start)."""
+        frame = self.frame()
+        if frame.empty or not frame["started"].any():
+            return frame
+        origin = frame.loc[frame["started"] > 0, "started"].min()
+        frame["start_s"] = (frame["started"] - origin).clip(lower=0)
+        frame["end_s"] = (frame["ended"] - origin).clip(lower=0)
+        return frame[["worker", "source", "partition", "start_s", "end_s", "rows_in",
+                      "bytes_pushed"]].sort_values(["worker", "start_s"])
+
+    def per_worker(self) -> pd.DataFrame:
         """Per worker: tasks, rows in and out, seconds."""
         frame = self.frame()
         if frame.empty:
@@ -101,6 +147,13 @@ class ExecutionPlan:
         for t in self.tasks:
             lines.append(f"  source {t.source} partition {t.partition:>3} on {t.worker or '?'}: "
                          f"{t.description}, in={t.rows_in:,} out={t.rows_out:,}")
+        if self.agents:
+            lines.append(f"  {len(self.agents)} key-range agents, {self.restarts} restarts "
+                         f"of the job's agents:")
+        for a in self.agents:
+            lines.append(f"  key range {a.key_range} on {a.worker}: in={a.rows_in:,} rows "
+                         f"({a.bytes_in:,} B), out={a.rows_out:,}, restarted {a.restarts}x, "
+                         f"state {a.state_bytes:,} B at the last cut")
         return "\n".join(lines)
 
     def to_svg(self) -> str:
@@ -108,7 +161,8 @@ class ExecutionPlan:
         workers = self.workers or sorted({t.worker for t in self.tasks})
         col_w, box_h, gap = 230, 34, 8
         per_worker = {w: [t for t in self.tasks if t.worker == w] for w in workers}
-        rows = max((len(v) for v in per_worker.values()), default=0)
+        agents = {w: [a for a in self.agents if a.worker == w] for w in workers}
+        rows = max((len(v) + len(agents[w]) for w, v in per_worker.items()), default=0)
         width, height = col_w * max(len(workers), 1) + 20, 70 + rows * (box_h + gap)
         out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
                'font-family="monospace" font-size="11">',
@@ -125,6 +179,15 @@ class ExecutionPlan:
                     f"src {t.source} part {t.partition}: {t.seconds * 1000:.0f} ms</text>"
                     f'<text x="{x + 6}" y="{y + 27}" fill="#555">{t.rows_in:,} → '
                     f"{t.rows_out:,} rows</text></g>")
+            for j, a in enumerate(agents[w], len(per_worker[w])):
+                y = 50 + j * (box_h + gap)
+                out.append(
+                    f'<g class="agent"><rect x="{x}" y="{y}" width="{col_w - 12}" '
+                    f'height="{box_h}" rx="4" fill="#fdf1e3" stroke="#9a5b13"/>'
+                    f'<text x="{x + 6}" y="{y + 14}">agent: key range {a.key_range}'
+                    f"{f' (restarted {a.restarts}x)' if a.restarts else ''}</text>"
+                    f'<text x="{x + 6}" y="{y + 27}" fill="#555">{a.rows_in:,} rows in, '
+                    f"state {a.state_bytes / 1e6:.1f} MB</text></g>")
             out.append("</g>")
         out.append("</svg>")
         return "".join(out)

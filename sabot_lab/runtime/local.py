@@ -47,7 +47,7 @@ from sabot_lab.runtime.collect import collect_result
 from sabot_lab.runtime.gcpause import paused as gc_paused
 from sabot_lab.runtime.protocol import RunListener
 
-__all__ = ["LocalRunner"]
+__all__ = ["LocalRunner", "OperatorChain"]
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +219,59 @@ class _Execution:
         if self.finish:
             for i, op in enumerate(chain):
                 yield from run_chain(chain[i + 1:], finish_counted(op))
+
+
+class OperatorChain:
+    """The operators of a linear job (source, chain, sink), fed batch by batch from outside
+    instead of pulled from the source: what a key-range agent on Dask holds for a whole job.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> import sabot_lab as sl
+    >>> graph = sl.Stream.from_table(pa.table({"a": [0]}).slice(0, 0)).filter(
+    ...     sl.col("a") > 1).graph()
+    >>> chain = OperatorChain(graph)
+    >>> [b.num_rows for b in chain.push([pa.record_batch({"a": [1, 2, 3]})])]
+    [2]
+    >>> [m.rows_in for m in chain.metrics]
+    [3]
+    """
+
+    def __init__(self, graph: JobGraph) -> None:
+        self.execution = _Execution(graph, None, 1)
+        node = graph.root.children[0]
+        chain: list[Operator] = []
+        while id(node) in self.execution.operators:
+            chain.append(self.execution.operators[id(node)])
+            node = node.children[0]
+        chain.reverse()
+        self.chain = chain
+        self.side_outputs = self.execution.side_outputs
+        #: The chain's operators' metrics in data-flow order (fused stages one by one).
+        self.metrics = [self.execution.metrics[id(n)] for n in graph.operators()[1:-1]]
+
+    def push(self, batches: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
+        """Run ``batches`` through the chain; returns what reaches its end."""
+        return run_chain(self.chain, batches)
+
+    def finish(self) -> list[pa.RecordBatch]:
+        """The end of the input: flush every operator (open windows fire)."""
+        out: list[pa.RecordBatch] = []
+        for i, op in enumerate(self.chain):
+            out += run_chain(self.chain[i + 1:], finish_counted(op))
+        return out
+
+    def snapshot(self) -> dict[str, bytes]:
+        """Every stateful operator's state, by operator id."""
+        return {op_id: op.snapshot() for op_id, op in self.execution.by_id().items()
+                if op.stateful}
+
+    def restore(self, states: dict[str, bytes]) -> None:
+        """Continue from a :meth:`snapshot` (the same operators, by operator id)."""
+        operators = self.execution.by_id()
+        for op_id, state in states.items():
+            operators[op_id].restore(state)
 
 
 class LocalRunner:

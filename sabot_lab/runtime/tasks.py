@@ -21,14 +21,22 @@ from sabot_lab.ops.sinks import CollectSink
 from sabot_lab.ops.sources import TableScan
 from sabot_lab.ops.window import WatermarkOp
 from sabot_lab.plan.graph import JobGraph
-from sabot_lab.plan.nodes import Enrich, KeyedProcess, Node, Sink, Source, Watermark
+from sabot_lab.plan.nodes import (
+    NO_WATERMARK,
+    Enrich,
+    KeyedProcess,
+    Node,
+    Sink,
+    Source,
+    Watermark,
+)
 from sabot_lab.reference import Table
 from sabot_lab.runtime.local import LocalRunner
 from sabot_lab.runtime.partitioning import partition_ids, split_by_partition
 
-__all__ = ["ReferenceSlot", "ScanSlot", "compact", "compacted", "exchange", "instantiate",
-           "key_range_step", "labelled", "piece", "range_stores", "rebase", "run_partition",
-           "warm_worker", "watermark_carry", "without"]
+__all__ = ["ExchangeSpec", "ReferenceSlot", "ScanSlot", "compact", "compacted",
+           "exchange_to_agents", "instantiate", "labelled", "pipeline_to_agents",
+           "range_stores", "rebase", "run_partition", "warm_worker", "watermark_carry"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,7 @@ def run_partition(template: Node, op_ids: tuple[str, ...], source_index: int, pa
     if isinstance(scan, pa.Table):
         scan = TableScan(scan)
     plan = instantiate(template, source_index, scan, references)
+    started = time.time()
     start = time.perf_counter()
     result = LocalRunner(threads=1).run(JobGraph(Sink(plan, CollectSink())))
     return {
@@ -97,6 +106,7 @@ def run_partition(template: Node, op_ids: tuple[str, ...], source_index: int, pa
         "source": source_index,
         "partition": partition,
         "seconds": time.perf_counter() - start,
+        "started": started,
     }
 
 
@@ -186,58 +196,90 @@ def watermark_carry(stage1: dict, state: bytes | None, watermark: Watermark) -> 
     return op.snapshot()
 
 
-def exchange(stage1: dict, state: bytes | None, watermark: Watermark | None,
-             middle: tuple[Node, ...], keys: tuple[str, ...], n_ranges: int,
-             op_ids: tuple[str, ...]) -> dict:
-    """Watermarks for this partition's rows (continuing from ``state``), the stateless
-    operators up to the window, and the rows split by key range."""
+@dataclass(frozen=True)
+class ExchangeSpec:
+    """What an exchange task does after the partition's pipeline: the watermark (``None``
+    for keyed state), the stateless operators up to the window (``middle``, top to bottom),
+    the keys rows are split by, and the job's operator ids of the watermark and middle."""
+
+    watermark: Watermark | None
+    middle: tuple[Node, ...]
+    keys: tuple[str, ...]
+    n_ranges: int
+    op_ids: tuple[str, ...]
+
+
+def pipeline_to_agents(template: Node, op_ids: tuple[str, ...], source_index: int,
+                       partition: int, scan: object, spec: ExchangeSpec, agents: list,
+                       *references: pa.Table) -> dict:
+    """One partition from its source to the key-range agents in one task: its pipeline,
+    its watermarks (from this partition alone: the agents raise them by what came before,
+    see :func:`~sabot_lab.runtime.agent.with_watermark_floor`), the exchange and the push."""
+    stage1 = run_partition(template, op_ids, source_index, partition, scan, *references)
+    return exchange_to_agents(stage1, None, spec, agents, partition)
+
+
+def exchange_to_agents(stage1: dict, state: bytes | None, spec: ExchangeSpec, agents: list,
+                       partition: int) -> dict:
+    """Watermarks for this partition's rows (continuing from ``state``, the watermark state
+    after the partitions before it, when given), the stateless operators up to the window,
+    and each key range's rows pushed to its agent. Returns the stage's metrics and side
+    outputs (merged with the pipeline's when ``stage1`` ran in this task), never the rows."""
+    start = time.time()
     bottom = _source(stage1["table"])
-    if watermark is not None:
-        bottom = watermark.with_children((bottom,))
-    graph = JobGraph(Sink(rebase(middle, bottom), CollectSink()))
+    if spec.watermark is not None:
+        bottom = spec.watermark.with_children((bottom,))
+    graph = JobGraph(Sink(rebase(spec.middle, bottom), CollectSink()))
     restore = None
-    if state is not None and watermark is not None:
+    if state is not None and spec.watermark is not None:
         restore = {graph.node_ids()[id(bottom)]: state}
-    out = _stage_output(LocalRunner(threads=1).run(graph, restore=restore), op_ids)
-    table = out.pop("table").combine_chunks()
+    result = LocalRunner(threads=1).run(graph, restore=restore, finish=False)
+    carry = NO_WATERMARK
+    if spec.watermark is not None:
+        carry = int(np.frombuffer(result.snapshots[graph.node_ids()[id(bottom)]],
+                                  dtype=np.int64)[0])
+    out = _stage_output(result, spec.op_ids)
+    pieces = _split(out.pop("table").combine_chunks(), spec.keys, spec.n_ranges)
+    acks = [agent.push(partition, piece, carry) for agent, piece in zip(agents, pieces,
+                                                                         strict=True)]
+    _wait_seceded(acks)
+    metrics = dict(stage1.get("metrics", {}))
+    metrics.update(out["metrics"])
+    side = dict(stage1.get("side_outputs", {}))
+    for name, table in out["side_outputs"].items():
+        side[name] = pa.concat_tables([side[name], table]) if name in side else table
+    return {"metrics": metrics, "side_outputs": side, "partition": partition,
+            "worker": stage1.get("worker"), "seconds": stage1.get("seconds", 0.0),
+            "rows": stage1["table"].num_rows, "started": stage1.get("started", start),
+            "ended": time.time(), "bytes_pushed": [p.nbytes for p in pieces]}
+
+
+def _wait_seceded(acks: list) -> None:
+    """Wait for the agents' answers with this task's thread handed back to the worker: a
+    restarted agent is created on a worker thread, and must not wait for a task that waits
+    for a lost agent."""
+    from distributed import rejoin, secede
+
+    secede()
+    try:
+        for ack in acks:
+            ack.result()
+    finally:
+        rejoin()
+
+
+def _split(table: pa.Table, keys: tuple[str, ...], n_ranges: int) -> list[pa.Table]:
+    """``table``'s rows by key range (in arrival order within each)."""
     pieces: list[list[pa.RecordBatch]] = [[] for _ in range(n_ranges)]
     for batch in table_batches(table):  # one, unless a column is over 2 GiB
         ranges = partition_ids(batch, keys, n_ranges) if keys \
             else np.zeros(batch.num_rows, dtype=np.int64)
         for r, part in enumerate(split_by_partition(batch, ranges, n_ranges)):
             pieces[r].append(part)
-    out["pieces"] = [pa.Table.from_batches(p, table.schema) for p in pieces]
-    return out
-
-
-def key_range_step(reducer: tuple[Node, ...], op_ids: tuple[str, ...],
-                   state: dict[str, bytes] | None, piece: pa.Table, final: bool) -> dict:
-    """One key range's stateful operators over one partition's rows of that range,
-    continuing from ``state`` (their snapshots after the previous partition); the last step
-    (``final``) flushes them (end of input). Returns output, side outputs, metrics and the
-    state for the next step: the state travels from step to step like a checkpoint, so a
-    lost step is re-run from the previous state and its piece."""
-    graph = JobGraph(Sink(rebase(reducer, _source(piece)), CollectSink()))
-    result = LocalRunner(threads=1).run(graph, restore=state, finish=final)
-    out = _stage_output(result, op_ids)
-    out["state"] = result.snapshots
-    return out
+    return [pa.Table.from_batches(p, table.schema) for p in pieces]
 
 
 def compacted(scan: object) -> object:
     """A scan as a task argument: an in-memory slice as a compact table of its own (a bare
     table: Arrow IPC on the wire; :func:`run_partition` makes it a scan again)."""
     return compact(scan.table) if isinstance(scan, TableScan) else scan
-
-
-def without(output: dict, name: str) -> dict:
-    """A task's output without its bulky part (kept on the worker until no one needs it);
-    a stage-1 output keeps its row count."""
-    out = {k: v for k, v in output.items() if k != name}
-    if name == "table":
-        out["rows"] = output["table"].num_rows
-    return out
-
-
-def piece(split: dict, r: int) -> pa.Table:
-    return split["pieces"][r]

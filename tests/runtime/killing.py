@@ -49,10 +49,17 @@ def join(thread: threading.Thread, what: str = "the job") -> None:
 
 
 def done_tasks(client: object, key_part: str = "") -> int:
-    """Tasks whose key contains ``key_part`` that hold results on the cluster now."""
-    return client.run_on_scheduler(lambda dask_scheduler: sum(
-        ts.state == "memory" for key, ts in dask_scheduler.tasks.items()
-        if key_part in str(key)))
+    """Tasks whose key contains ``key_part`` that hold results on the cluster now, or with
+    :class:`CountStarts` registered, that have finished since (a stateful job lets go of a
+    partition's small result as soon as it has it)."""
+    def count(dask_scheduler: object) -> int:
+        plugin = dask_scheduler.plugins.get(CountStarts.name)
+        if plugin is not None:
+            return sum(n for key, n in plugin.finished.items() if key_part in key)
+        return sum(ts.state == "memory" for key, ts in dask_scheduler.tasks.items()
+                   if key_part in str(key))
+
+    return client.run_on_scheduler(count)
 
 
 def wait_for_done_tasks(client: object, n: int, key_part: str = "",
@@ -70,68 +77,91 @@ def wait_for_done_tasks(client: object, n: int, key_part: str = "",
         time.sleep(0.02)  # polling the scheduler, not standing in for work
 
 
-def _kill_a_busy_worker(dask_scheduler: object, pids: dict[str, int]) -> list[str]:
+def _kill_a_busy_worker(dask_scheduler: object, pids: dict[str, int]
+                        ) -> tuple[str, list[str]]:
     """On the scheduler, between two of its events: SIGKILL a worker that is running
-    tasks, and return their keys (none: every worker idle, nothing killed)."""
+    tasks, and return its address and their keys (none: every worker idle, nothing
+    killed)."""
     for address in sorted(dask_scheduler.workers):
         keys = [str(ts.key) for ts in dask_scheduler.workers[address].processing]
         if keys and address in pids:
             os.kill(pids[address], signal.SIGKILL)
-            return keys
-    return []
+            return address, keys
+    return "", []
 
 
 def kill_a_busy_worker(client: object, running: Callable[[], bool]) -> list[str]:
     """SIGKILL a worker while it runs tasks of the job (``running()`` must stay true until
-    then); return the keys of the tasks it was running."""
+    then); return the keys of the tasks it was running, once the scheduler has noticed."""
     pids = client.run(os.getpid)
     deadline = time.monotonic() + PATIENCE
     while True:
         assert running(), "the job ended before a worker could be killed under it"
-        keys = client.run_on_scheduler(_kill_a_busy_worker, pids=pids)
+        address, keys = client.run_on_scheduler(_kill_a_busy_worker, pids=pids)
         if keys:
+            while address in client.nthreads():
+                assert time.monotonic() < deadline, f"{address} still there after a kill"
+                time.sleep(0.01)  # waiting for the scheduler to notice
             return keys
         assert time.monotonic() < deadline, f"no worker ran a task for {PATIENCE} s"
         time.sleep(0.01)  # between two tasks: try again
 
 
 class CountStarts(SchedulerPlugin):
-    """On the scheduler: how often each task was handed to a worker (the scheduler's own
-    transition log keeps only the last thousand transitions)."""
+    """On the scheduler: how often each task was handed to a worker, and how often it
+    finished (the scheduler's own transition log keeps only the last thousand
+    transitions)."""
 
     name = "sabot-test-count-starts"
 
     def __init__(self) -> None:
         self.started: Counter[str] = Counter()
+        self.finished: Counter[str] = Counter()
 
     def transition(self, key: object, start: str, finish: str, *args: object,
                    **kwargs: object) -> None:
         if finish == "processing":
             self.started[str(key)] += 1
+        elif start == "processing" and finish == "memory":
+            self.finished[str(key)] += 1
+
+
+def replayed_as(key: str) -> str:
+    """What a task's key and its replays' keys share: a stateful job replays a partition
+    after a failure as new tasks, ``sabot-<stage>-<partition>-<job>-<restarts>``."""
+    return key.rsplit("-", 1)[0] + "-" if key.startswith("sabot-") else key
 
 
 def times_started(client: object, keys: list[str]) -> dict[str, int]:
-    """How often each task was handed to a worker since :class:`CountStarts` was added."""
-    def count(dask_scheduler: object, keys: list[str]) -> dict[str, int]:
+    """How often each task (or a replay of it) was handed to a worker since
+    :class:`CountStarts` was added."""
+    def count(dask_scheduler: object, prefixes: dict[str, str]) -> dict[str, int]:
         started = dask_scheduler.plugins[CountStarts.name].started
-        return {key: started[key] for key in keys}
+        return {key: sum(n for k, n in started.items() if k.startswith(prefix))
+                for key, prefix in prefixes.items()}
 
-    return client.run_on_scheduler(count, keys=keys)
+    return client.run_on_scheduler(count, prefixes={key: replayed_as(key) for key in keys})
 
 
 def run_killing_a_worker(job: sl.Stream, runner: object, key_part: str,
-                         after: int = 2) -> sl.Result:
+                         after: int = 2, kills: int = 1) -> sl.Result:
     """``job.run(runner)``, killing a worker that is running tasks of the job once ``after``
-    tasks whose key contains ``key_part`` are done; returns the result.
+    tasks whose key contains ``key_part`` are done (``kills`` times, each once the cluster
+    has replaced the last one killed); returns the result.
 
-    Asserts that the job was running at the kill, that the tasks the worker was running
+    Asserts that the job was running at each kill, that the tasks the worker was running
     were started again elsewhere, and that the job then ended with a result."""
     client = runner.client
+    workers = len(client.nthreads())
     client.register_plugin(CountStarts())
     try:
         thread, outcome = run_in_thread(lambda: job.run(runner))
         wait_for_done_tasks(client, after, key_part, running=thread.is_alive)
-        killed = kill_a_busy_worker(client, running=thread.is_alive)
+        killed = []
+        for kill in range(kills):
+            if kill:  # the cluster has replaced the worker killed before
+                client.wait_for_workers(workers, timeout=PATIENCE)
+            killed += kill_a_busy_worker(client, running=thread.is_alive)
         join(thread, "the job, after a worker was killed,")
         assert "result" in outcome, f"the job failed after a worker was killed: {outcome}"
         started = times_started(client, killed)
@@ -140,5 +170,5 @@ def run_killing_a_worker(job: sl.Stream, runner: object, key_part: str,
     # Every task the worker was running is still wanted by the job: it must start again.
     assert min(started.values()) >= 2, (
         f"tasks of the killed worker did not run again ({started}): nothing was recovered")
-    client.wait_for_workers(2, timeout=PATIENCE)
+    client.wait_for_workers(workers, timeout=PATIENCE)
     return outcome["result"]

@@ -84,8 +84,3 @@ def test_resume_without_a_checkpoint_starts_fresh(tmp_path):
     job = _fraud_job(Crash(None))
     fresh = job.run(checkpoint_dir=tmp_path / "new", resume=True)
     assert _rows(fresh).equals(_rows(job.run()))
-
-
-def test_dask_runner_refuses_checkpoints(runner, tmp_path):
-    with pytest.raises(sl.PlanError, match="re-running lost tasks"):
-        _fraud_job(Crash(None)).run(runner, checkpoint_dir=tmp_path)

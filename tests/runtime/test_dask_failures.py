@@ -46,7 +46,7 @@ def test_scheduler_lost_mid_job_is_a_clear_error_and_writes_nothing(tmp_path):
              str(scheduler_file), "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
             **quiet)
         address = json.loads(scheduler_file.read_text())["address"]
-        runner = DaskRunner(address, timeout=30, partitions_per_worker=40)
+        runner = DaskRunner(address, timeout=90, partitions_per_worker=40)  # a slow restart
         runner.client.wait_for_workers(1, timeout=60)
         job = enrich_quotes(quote_stream(2_000_000, batch_size=20_000),
                             sl.Table(securities(), key="instrument_id"))
@@ -111,7 +111,7 @@ def test_scheduler_restart_mid_job_is_a_clear_error_then_a_rerun_is_complete(tmp
     processes = [start_scheduler()]
     try:
         processes.append(start_worker())
-        runner = DaskRunner(address, timeout=30, partitions_per_worker=40)
+        runner = DaskRunner(address, timeout=90, partitions_per_worker=40)  # a slow restart
         runner.client.wait_for_workers(1, timeout=60)
         job = enrich_quotes(quote_stream(2_000_000, batch_size=20_000),
                             sl.Table(securities(), key="instrument_id"))

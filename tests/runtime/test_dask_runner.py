@@ -88,7 +88,7 @@ def test_parquet_is_read_by_workers_not_shipped_by_the_client(runner, tmp_path):
     assert max(len(pickle.dumps(p)) for p in parts) < 2_000 < path.stat().st_size
     result = stream.run(DaskRunner(runner.client, partitions_per_worker=2))
     assert_same_rows(result.table, stream.run().table)
-    agents = result.execution.agents()
+    agents = result.execution.per_worker()
     assert len(agents) == 2 and (agents["rows_in"] > 0).all()
     assert agents["rows_in"].sum() == 10_000
 
