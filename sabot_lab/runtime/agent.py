@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -131,6 +131,11 @@ class KeyRangeAgent:
         """Deliver this range's rows of ``partition`` and the largest event time of the whole
         partition; returns the number of partitions processed so far."""
         return await self._run(self._push, partition, piece, carry)
+
+    def push_here(self, partition: int, piece: pa.Table, carry: int) -> Future:
+        """:meth:`push` from a task on the agent's own worker: the piece is handed over in
+        memory, not serialized through the worker's own connection."""
+        return self._pool.submit(self._push, partition, piece, carry)
 
     async def take_cut(self, position: int) -> AgentCut | None:
         """The cut at ``position`` (handed over once), or ``None`` if not reached yet."""

@@ -227,6 +227,7 @@ class JobManager:
                               execution.agents, monitor, checkpoints)
             table, side, metrics = job.run()
             execution.restarts = job.restarts
+            execution.timings.update(job.timings)
             execution.timings.update(planning_ms=(planned - start) * 1000,
                                      execution_ms=(time.perf_counter() - planned) * 1000)
             return collect_result(graph, "dask", start, table, side, metrics,

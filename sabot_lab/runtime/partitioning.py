@@ -70,8 +70,10 @@ def partition_ids(batch: pa.RecordBatch | pa.Table, keys: Sequence[str], n: int)
 
 def split_by_partition(batch: pa.RecordBatch, parts: np.ndarray, n: int
                        ) -> list[pa.RecordBatch]:
-    """``n`` batches; batch ``i`` holds the rows whose partition is ``i``, in input order."""
+    """``n`` batches; batch ``i`` holds the rows whose partition is ``i``, in input order.
+
+    Each batch has buffers of its own, not slices of a shared one: a batch is sent to
+    another process on its own, and a slice would carry its parent's whole buffers."""
     order = np.argsort(parts, kind="stable")
     bounds = np.searchsorted(parts[order], np.arange(n + 1))
-    taken = batch.take(pa.array(order))
-    return [taken.slice(int(bounds[i]), int(bounds[i + 1] - bounds[i])) for i in range(n)]
+    return [batch.take(pa.array(order[bounds[i]:bounds[i + 1]])) for i in range(n)]

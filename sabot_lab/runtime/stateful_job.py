@@ -148,6 +148,9 @@ class StatefulJob:
         self.committed_side: dict[str, list[pa.Table]] = {}
         self.outputs: list[pa.Table] = []
         self.restarts = 0
+        #: Milliseconds per phase: agents started, partitions through, agents finished,
+        #: the client's stage.
+        self.timings: dict[str, float] = {}
         self.source_ids = set(self._sources().values())
         self.directory: Checkpoints | None = None
         if checkpoints is not None:
@@ -164,22 +167,31 @@ class StatefulJob:
                          for r in self.references]
             self.actors: list[object] = [None] * self.n_ranges
             self.actor_futures: list[object] = [None] * self.n_ranges
+            start = time.perf_counter()
             for r in range(self.n_ranges):
                 self._start_agent(r, self.info[r].worker)
+            self.timings["agents_start_ms"] = (time.perf_counter() - start) * 1000
             finals, failure = None, None
             while finals is None:
                 try:
                     if failure is not None:  # a failure while recovering is one more
                         self._recover(failure)
                         failure = None
+                    start = time.perf_counter()
                     self._stream()
+                    self.timings["partitions_ms"] = (time.perf_counter() - start) * 1000
+                    start = time.perf_counter()
                     finals = [f.result() for f in [a.finish(len(self.partitions))
                                                    for a in self.actors]]
+                    self.timings["agents_finish_ms"] = (time.perf_counter() - start) * 1000
                 except Exception as exc:
                     if self.manager.aborted is not None or not _lost(exc):
                         raise
                     failure = exc
-            return self._collect(finals)
+            start = time.perf_counter()
+            out = self._collect(finals)
+            self.timings["client_stage_ms"] = (time.perf_counter() - start) * 1000
+            return out
         finally:
             if self.directory is not None:
                 self.directory.close()
@@ -196,9 +208,11 @@ class StatefulJob:
         in_flight: dict[object, int] = {}
         try:
             while next_k < total or in_flight:
-                while next_k < total and len(in_flight) < self.manager.max_in_flight:
-                    in_flight[self._submit(next_k)] = next_k
-                    next_k += 1
+                batch = list(range(next_k, min(total, next_k + self.manager.max_in_flight
+                                               - len(in_flight))))
+                for k, scan in zip(batch, self._scans(batch), strict=True):
+                    in_flight[self._submit(k, scan)] = k
+                next_k += len(batch)
                 finished, _ = wait(list(in_flight), return_when="FIRST_COMPLETED")
                 for future in finished:
                     k = in_flight.pop(future)
@@ -211,11 +225,20 @@ class StatefulJob:
             for future in in_flight:
                 future.cancel()
 
-    def _submit(self, k: int) -> object:
+    def _scans(self, ks: list[int]) -> list[object]:
+        """The scans of partitions ``ks``; in-memory ones are sent to the workers in one go
+        (spread over them, in parallel), not inside their tasks."""
+        scans = [tasks.compacted(self.scans[self.partitions[k].source]
+                                 [self.partitions[k].partition]) for k in ks]
+        tables = [i for i, scan in enumerate(scans) if isinstance(scan, pa.Table)]
+        if tables:
+            sent = self.client.scatter([scans[i] for i in tables], hash=False)
+            for i, future in zip(tables, sent, strict=True):
+                scans[i] = future
+        return scans
+
+    def _submit(self, k: int, scan: object) -> object:
         task = self.partitions[k]
-        scan = tasks.compacted(self.scans[task.source][task.partition])
-        if isinstance(scan, pa.Table):  # in-memory: sent to a worker, not inside the task
-            scan = self.client.scatter(scan, hash=False)
         job = f"{k}-{id(self)}-{self.restarts}"
         key = f"sabot-exchange-{job}"
         if not self.chain:

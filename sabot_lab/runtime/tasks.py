@@ -225,6 +225,8 @@ def exchange_to_agents(stage1: dict, state: bytes | None, spec: ExchangeSpec, ag
     after the partitions before it, when given), the stateless operators up to the window,
     and each key range's rows pushed to its agent. Returns the stage's metrics and side
     outputs (merged with the pipeline's when ``stage1`` ran in this task), never the rows."""
+    from distributed import get_worker
+
     start = time.time()
     bottom = _source(stage1["table"])
     if spec.watermark is not None:
@@ -240,8 +242,10 @@ def exchange_to_agents(stage1: dict, state: bytes | None, spec: ExchangeSpec, ag
                                   dtype=np.int64)[0])
     out = _stage_output(result, spec.op_ids)
     pieces = _split(out.pop("table").combine_chunks(), spec.keys, spec.n_ranges)
-    acks = [agent.push(partition, piece, carry) for agent, piece in zip(agents, pieces,
-                                                                         strict=True)]
+    here = get_worker().state.actors
+    acks = [here[agent.key].push_here(partition, piece, carry) if agent.key in here
+            else agent.push(partition, piece, carry)
+            for agent, piece in zip(agents, pieces, strict=True)]
     _wait_seceded(acks)
     metrics = dict(stage1.get("metrics", {}))
     metrics.update(out["metrics"])
