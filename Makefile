@@ -37,6 +37,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/optimizer.py --repeats 5 --json $(RESULTS)/optimizer.json
 	$(BIN)/python benchmarks/dask_runner.py --repeats 5 --no-diagnostics \
 		--json $(RESULTS)/dask_runner.json
+	$(BIN)/python benchmarks/agents.py --json $(RESULTS)/agents.json
 	$(BIN)/python benchmarks/fraud.py --repeats 5 --json $(RESULTS)/fraud.json
 	$(BIN)/python benchmarks/windows.py --json $(RESULTS)/windows.json
 	$(BIN)/python benchmarks/scaling.py --json $(RESULTS)/scaling.json

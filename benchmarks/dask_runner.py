@@ -55,7 +55,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import inspect
 import itertools
 import platform
 import shutil
@@ -99,6 +98,8 @@ ROW_GROUP_ROWS = 250_000
 #: The goal from the issue: the DaskRunner at least this fraction of local rows/s.
 TARGET_RATIO = 0.7
 SWEEP = (1, 2, 4)
+#: Partitions per worker thread DaskRunner makes for a stateless job like this one.
+STATELESS_PPW = 2
 
 
 # --- environment ----------------------------------------------------------------------------
@@ -297,7 +298,7 @@ def phase_rows(dask: Timing, startup_ms: float) -> list[list[str]]:
 
 
 def agent_rows(result: sl.Result, wall_s: float) -> list[list[str]]:
-    agents = result.execution.agents()
+    agents = result.execution.per_worker()
     out = []
     for row in agents.itertuples(index=False):
         out.append([row.worker, f"{row.tasks}", f"{row.rows_in:,}", f"{row.rows_out:,}",
@@ -406,8 +407,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         reference = sl.Table(securities(), key=KEY)
         job = enrich_quotes(sl.Stream.from_parquet(path), reference)
         if args.tls_only:
-            ppw = args.partitions_per_worker or inspect.signature(
-                sl.DaskRunner).parameters["partitions_per_worker"].default
+            ppw = args.partitions_per_worker or STATELESS_PPW
             block = tls_block(job, args, clock, 2, ppw, md, record)
             print()
             print(block)
@@ -422,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.partitions_per_worker is not None:
             runner_kwargs["partitions_per_worker"] = args.partitions_per_worker
         with sl.DaskRunner(**runner_kwargs) as dask:
-            ppw = dask.partitions_per_worker
+            ppw = dask.partitions_per_worker or STATELESS_PPW
             threads = sum(dask.client.nthreads().values())
             print(f"   DaskRunner started in {dask.startup_ms:,.0f} ms: {threads} worker "
                   f"threads, {ppw} partitions per worker -> {ppw * threads} partitions",
@@ -637,7 +637,7 @@ def diagnostics(args: argparse.Namespace, job: sl.Stream, local: sl.LocalRunner,
             parts_used = busy = execution = ""
             if t.last is not None and t.last.execution is not None:
                 parts_used = f"{len(t.last.execution.tasks)}"
-                busy = f"{t.last.execution.agents()['seconds'].max():.3f}"
+                busy = f"{t.last.execution.per_worker()['seconds'].max():.3f}"
                 execution = f"{t.phase_stats('execution_ms')[0]:,.0f}"
             rows.append([name, parts_used, f"{t.median:.3f}", f"{t.rows_per_second / 1e6:.2f}",
                          f"{t.rows_per_second / base.rows_per_second:.2f}x", execution, busy])

@@ -227,6 +227,7 @@ class JobManager:
                               execution.agents, monitor, checkpoints)
             table, side, metrics = job.run()
             execution.restarts = job.restarts
+            execution.cuts, execution.cut_state_bytes = job.cuts, job.cut_state_bytes
             execution.timings.update(job.timings)
             execution.timings.update(planning_ms=(planned - start) * 1000,
                                      execution_ms=(time.perf_counter() - planned) * 1000)

@@ -1,35 +1,24 @@
-"""Stateful jobs on Dask: the plan cut into stages around a hash exchange by key.
+"""Stateful jobs on Dask: where the plan is cut around the hash exchange by key.
 
-A windowed job ``source … → with_watermark → … → window → … → [top_n → …] → sink`` runs as:
+A windowed job ``source … → with_watermark → … → window → … → [top_n → …] → sink`` is cut
+into
 
-1. **pipeline** (one task per source partition, in parallel): everything below the
-   watermark, exactly as a stateless job.
-2. **watermark** (one tiny task per partition, in partition order): the watermark state
-   (running maximum, previous row) after each partition, so that
-3. **exchange** (one task per partition, in parallel) assigns every row the same per-row
-   watermark as a local run that reads the partitions in order, sends bad clocks to
-   ``rejected``, and splits the rows by a hash of the window's group keys.
-4. **window** (one *step* per key range and partition): the window operator over its keys'
-   rows of that partition, continuing from the state the previous step left (a snapshot,
-   passed on like a checkpoint), and the stateless operators after it; a last step per key
-   range flushes. Rows reach each key range in the original arrival order, and lateness is
-   decided per row from the row's watermark, so each key range emits exactly the rows a
-   local run emits for those keys. Partitions stream through (a bounded number in flight), so
-   workers hold a few partitions and the state, not the whole input.
-5. **client**: ``top_n`` (which ranks across all keys) and what follows it, into the sink.
+1. **below**: everything below the watermark, run per source partition like a stateless job;
+2. **watermark and middle**: the per-row watermark and the stateless operators up to the
+   window, run in the same task, which then splits the rows by a hash of the window's group
+   keys (the exchange);
+3. **reducer**: the window and the stateless operators after it, run by the key-range agents
+   (:mod:`.agent`, driven by :mod:`.stateful_job`), each over its keys' rows in arrival
+   order, so each key range emits exactly the rows a local run emits for those keys;
+4. **client**: ``top_n`` (which ranks across all keys) and what follows it, into the sink.
 
-A keyed-state job (``key_by(k).process(fn)``) has no watermark stage: rows are exchanged by
-``k`` and each key range runs the process function step by step with the state of its keys,
-seeing their rows in arrival order, so its output equals a local run's. A persistent store
+A keyed-state job (``key_by(k).process(fn)``) has no watermark: rows are exchanged by ``k``
+and each agent runs the process function with the state of its keys. A persistent store
 (``state="rocksdict"``) is one per key range, ``<state_path>/range-00003``
-(:func:`range_stores`): the ranges run at the same time, and a store opens in one process.
-
-The merged watermark is the global one (the minimum over inputs is never needed: the
-inputs are ordered). A lost task is recomputed from its inputs (every stage is a pure
-function of its partition and, for a step, of the previous step's state), which is how a
-killed worker is survived: stateful steps recover from the last state and replay their
-partition.
+(:func:`~sabot_lab.runtime.tasks.range_stores`): the ranges run at the same time, and a
+store opens in one process.
 """
+
 
 from __future__ import annotations
 

@@ -67,8 +67,10 @@ class PartitionTask:
     #: Wall-clock times (seconds since the epoch, on the worker) the task started and ended.
     started: float = 0.0
     ended: float = 0.0
-    #: Bytes of rows this partition pushed to the key-range agents (stateful jobs).
+    #: Bytes of rows this partition pushed to the key-range agents (stateful jobs), and
+    #: of those, to agents on other workers.
     bytes_pushed: int = 0
+    bytes_remote: int = 0
 
 
 @dataclass
@@ -109,6 +111,9 @@ class ExecutionPlan:
     #: For stateful jobs: the key-range agents, and how often lost ones were restarted.
     agents: list[AgentInfo] = field(default_factory=list)
     restarts: int = 0
+    #: Consistent cuts (checkpoints) the agents took, and the bytes of state they held.
+    cuts: int = 0
+    cut_state_bytes: int = 0
 
     def frame(self) -> pd.DataFrame:
         """One row per partition task."""

@@ -29,11 +29,15 @@ import pyarrow.compute as pc
 __all__ = ["hash_keys", "partition_ids", "split_by_partition"]
 
 _NULL_HASH = np.uint64(0x9E3779B97F4A7C15)
+_MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _hash_column(array: pa.Array) -> np.ndarray:
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
+def _hash_column(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    if isinstance(array, pa.ChunkedArray):  # chunk by chunk: combining unifies dictionaries
+        if array.num_chunks == 1:
+            return _hash_column(array.chunk(0))
+        return np.concatenate([_hash_column(c) for c in array.chunks]) if array.num_chunks \
+            else np.zeros(0, dtype=np.uint64)
     if not pa.types.is_dictionary(array.type):
         if pa.types.is_integer(array.type) or pa.types.is_floating(array.type) or \
                 pa.types.is_boolean(array.type) or pa.types.is_temporal(array.type):
@@ -55,12 +59,16 @@ def _hash_column(array: pa.Array) -> np.ndarray:
 
 def hash_keys(batch: pa.RecordBatch | pa.Table, keys: Sequence[str]) -> np.ndarray:
     """A uint64 hash per row of the ``keys`` columns, identical in every process."""
-    out = np.zeros(batch.num_rows, dtype=np.uint64)
+    out = None
     for k in keys:
-        # Order-dependent combination, as in boost::hash_combine.
+        # Order-dependent combination, as in boost::hash_combine (from 0: the first key's
+        # hash plus the constant, without the shifts of zeros).
         h = _hash_column(batch.column(k))
-        out ^= h + np.uint64(0x9E3779B97F4A7C15) + (out << np.uint64(6)) + (out >> np.uint64(2))
-    return out
+        if out is None:
+            out = np.add(h, _MIX, out=h)
+        else:
+            out ^= h + _MIX + (out << np.uint64(6)) + (out >> np.uint64(2))
+    return out if out is not None else np.zeros(batch.num_rows, dtype=np.uint64)
 
 
 def partition_ids(batch: pa.RecordBatch | pa.Table, keys: Sequence[str], n: int) -> np.ndarray:
@@ -74,6 +82,8 @@ def split_by_partition(batch: pa.RecordBatch, parts: np.ndarray, n: int
 
     Each batch has buffers of its own, not slices of a shared one: a batch is sent to
     another process on its own, and a slice would carry its parent's whole buffers."""
-    order = np.argsort(parts, kind="stable")
-    bounds = np.searchsorted(parts[order], np.arange(n + 1))
+    # A stable sort of small integers is a radix sort: linear, where int64 would merge sort.
+    small = parts.astype(np.uint16) if n <= 1 << 16 else parts
+    order = np.argsort(small, kind="stable")
+    bounds = np.searchsorted(small[order], np.arange(n + 1))
     return [batch.take(pa.array(order[bounds[i]:bounds[i + 1]])) for i in range(n)]

@@ -148,6 +148,8 @@ class StatefulJob:
         self.committed_side: dict[str, list[pa.Table]] = {}
         self.outputs: list[pa.Table] = []
         self.restarts = 0
+        self.cuts = 0
+        self.cut_state_bytes = 0
         #: Milliseconds per phase: agents started, partitions through, agents finished,
         #: the client's stage.
         self.timings: dict[str, float] = {}
@@ -288,6 +290,7 @@ class StatefulJob:
                            if op_id in self.source_ids)
         task.started, task.ended = out["started"], out["ended"]
         task.bytes_pushed = sum(out["bytes_pushed"])
+        task.bytes_remote = out["bytes_remote"]
 
     # --- cuts and checkpoints ------------------------------------------------------------
 
@@ -334,6 +337,8 @@ class StatefulJob:
             cut.output, cut.side_outputs = None, {}
         for r, cut in enumerate(cuts):
             self.info[r].state_bytes = cut.state_bytes
+        self.cuts += 1
+        self.cut_state_bytes += sum(cut.state_bytes for cut in cuts)
         self.carries = {k: v for k, v in self.carries.items() if k >= position}
         log.debug("agents' cut at partition %d committed", position)
 

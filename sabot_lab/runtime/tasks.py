@@ -255,7 +255,9 @@ def exchange_to_agents(stage1: dict, state: bytes | None, spec: ExchangeSpec, ag
     return {"metrics": metrics, "side_outputs": side, "partition": partition,
             "worker": stage1.get("worker"), "seconds": stage1.get("seconds", 0.0),
             "rows": stage1["table"].num_rows, "started": stage1.get("started", start),
-            "ended": time.time(), "bytes_pushed": [p.nbytes for p in pieces]}
+            "ended": time.time(), "bytes_pushed": [p.nbytes for p in pieces],
+            "bytes_remote": sum(p.nbytes for agent, p in zip(agents, pieces, strict=True)
+                                if agent.key not in here)}
 
 
 def _wait_seceded(acks: list) -> None:
