@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -55,6 +56,7 @@ class AgentCut:
 
     @property
     def state_bytes(self) -> int:
+        """Bytes of the operators' state."""
         return sum(len(s) for s in self.states.values())
 
 
@@ -109,6 +111,7 @@ class KeyRangeAgent:
         self.every = every
         self.bound = bound
         self.next = 0
+        self.final: dict | None = None
         self.carry = NO_WATERMARK
         self.inbox: dict[int, tuple[pa.Table, int]] = {}
         self.cuts: dict[int, AgentCut] = {}
@@ -122,9 +125,12 @@ class KeyRangeAgent:
             for op_id, row in cut.metrics.items():
                 by_id[self.own_ids[op_id]].merge(row)
             self.next, self.carry = cut.position, cut.carry
+        #: Cuts are taken every ``every`` partitions from here, at the same boundaries as
+        #: the other agents' (they all start at the same cut).
+        self.start = self.next
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"sabot-agent-{key_range}")
 
-    async def _run(self, fn: object, *args: object) -> object:
+    async def _run(self, fn: Callable[..., object], *args: object) -> object:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def push(self, partition: int, piece: pa.Table, carry: int) -> int:
@@ -146,6 +152,7 @@ class KeyRangeAgent:
         return await self._run(self._finish, partitions)
 
     async def ping(self) -> int:
+        """Partitions processed so far: an answer says the agent is alive."""
         return self.next
 
     def _push(self, partition: int, piece: pa.Table, carry: int) -> int:
@@ -154,7 +161,7 @@ class KeyRangeAgent:
             while self.next in self.inbox:
                 self._process(*self.inbox.pop(self.next))
                 self.next += 1
-                if self.next % self.every == 0:
+                if (self.next - self.start) % self.every == 0:
                     self.cuts[self.next] = self._cut()
         return self.next
 
@@ -192,6 +199,10 @@ class KeyRangeAgent:
         return {self.job_ids[m.op_id]: m.as_dict() for m in self.chain.metrics}
 
     def _finish(self, partitions: int) -> dict:
+        """Flush once; asked again (the job recovering another agent lost meanwhile), the
+        same answer: the rows flushed are not made twice, nor lost."""
+        if self.final is not None:
+            return self.final
         if self.next != partitions:
             raise RuntimeError(f"key range {self.key_range} processed {self.next} of "
                                f"{partitions} partitions; {sorted(self.inbox)} wait in its "
@@ -202,7 +213,6 @@ class KeyRangeAgent:
         output, side = self._deltas()
         for name, table in self.chain.side_outputs.tables().items():  # declared, even empty
             side.setdefault(name, table.schema.empty_table())
-        self._pool.shutdown(wait=False)
-        return {"output": output, "side_outputs": side,
-                "metrics": self._metrics(),
-                "counts": dict(self.counts)}
+        self.final = {"output": output, "side_outputs": side, "metrics": self._metrics(),
+                      "counts": dict(self.counts)}
+        return self.final

@@ -37,7 +37,6 @@ from sabot_lab.ops.base import COUNTERS, OperatorMetrics
 from sabot_lab.ops.sources import TableScan
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import (
-    NO_WATERMARK,
     WATERMARK_COLUMN,
     Filter,
     Fused,
@@ -50,7 +49,7 @@ from sabot_lab.plan.windows import to_unit
 from sabot_lab.reference import Table
 from sabot_lab.runtime import tasks
 from sabot_lab.runtime.agent import AgentCut, KeyRangeAgent
-from sabot_lab.runtime.checkpoint import Checkpoints, CheckpointSpec
+from sabot_lab.runtime.checkpoint import CheckpointError, Checkpoints, CheckpointSpec
 from sabot_lab.runtime.execution import AgentInfo, PartitionTask, StatefulStages
 from sabot_lab.runtime.local import LocalRunner
 from sabot_lab.runtime.protocol import RunListener
@@ -91,9 +90,10 @@ def _blind_to_watermark(node: Node) -> bool:
         return all(_blind_to_watermark(s) for s in node.stages)
     if isinstance(node, Filter):
         return WATERMARK_COLUMN not in node.predicate.columns
-    if isinstance(node, Project):
-        return all(WATERMARK_COLUMN not in e.columns or name == WATERMARK_COLUMN == getattr(
-            e, "name", None) for name, e in node.exprs)
+    if isinstance(node, Project):  # passing the column on untouched is blind, not reading
+        return all(name == WATERMARK_COLUMN == getattr(e, "name", None) if (
+            name == WATERMARK_COLUMN or WATERMARK_COLUMN in e.columns) else True
+            for name, e in node.exprs)
     return False
 
 
@@ -104,7 +104,9 @@ def _lost(exc: BaseException) -> bool:
 
     if isinstance(exc, CancelledError | CommClosedError):
         return True
-    return isinstance(exc, RuntimeError) and "was lost" in str(exc)
+    # What distributed raises for a call to an actor whose worker is gone.
+    return ((isinstance(exc, RuntimeError) and str(exc).startswith("Worker holding Actor was lost"))
+            or (isinstance(exc, OSError) and str(exc) == "Unable to contact Actor's worker"))
 
 
 @dataclass
@@ -133,9 +135,9 @@ class StatefulJob:
         self.references, self.partitions, self.info = references, partitions, agents
         self.monitor = monitor
         self.n_ranges = len(agents)
-        self.chain = watermark_needs_chain(stages)
+        self.carry_chain = watermark_needs_chain(stages)
         watermark = stages.watermark
-        self.bound = None if watermark is None or self.chain else to_unit(
+        self.bound = None if watermark is None or self.carry_chain else to_unit(
             watermark.out_of_orderness_ns, watermark.time_unit)
         self.every = checkpoints.every if checkpoints is not None else CUT_EVERY
         self.spec = tasks.ExchangeSpec(watermark, stages.middle, stages.keys, self.n_ranges,
@@ -154,42 +156,34 @@ class StatefulJob:
         #: the client's stage.
         self.timings: dict[str, float] = {}
         self.source_ids = set(self._sources().values())
+        self.through = 0  # partitions through the agents, for the progress shown
+        self.refs: list[object] = []
+        self.actors: list[object] = [None] * self.n_ranges
+        self.actor_futures: list[object] = [None] * self.n_ranges
+        self.carries: dict[int, object] = {}
         self.directory: Checkpoints | None = None
         if checkpoints is not None:
             self.directory = Checkpoints(checkpoints.directory, checkpoints.every,
                                          checkpoints.resume, self._fingerprint())
+            if checkpoints.every > len(partitions):
+                log.warning("checkpoint_every=%d partitions, and the job has %d: no checkpoint "
+                            "will be written (on Dask it counts partitions; pass a smaller "
+                            "one, or more partitions)", checkpoints.every, len(partitions))
 
     # --- the run -------------------------------------------------------------------------
 
     def run(self) -> tuple[pa.Table, dict, dict[str, OperatorMetrics]]:
+        """Run the job; returns (table, side outputs, metrics by the job's operator ids)."""
         try:
             if self.directory is not None:
                 self._resume()
             self.refs = [self.client.scatter(r.data, broadcast=True, hash=True)
                          for r in self.references]
-            self.actors: list[object] = [None] * self.n_ranges
-            self.actor_futures: list[object] = [None] * self.n_ranges
             start = time.perf_counter()
             for r in range(self.n_ranges):
                 self._start_agent(r, self.info[r].worker)
             self.timings["agents_start_ms"] = (time.perf_counter() - start) * 1000
-            finals, failure = None, None
-            while finals is None:
-                try:
-                    if failure is not None:  # a failure while recovering is one more
-                        self._recover(failure)
-                        failure = None
-                    start = time.perf_counter()
-                    self._stream()
-                    self.timings["partitions_ms"] = (time.perf_counter() - start) * 1000
-                    start = time.perf_counter()
-                    finals = [f.result() for f in [a.finish(len(self.partitions))
-                                                   for a in self.actors]]
-                    self.timings["agents_finish_ms"] = (time.perf_counter() - start) * 1000
-                except Exception as exc:
-                    if self.manager.aborted is not None or not _lost(exc):
-                        raise
-                    failure = exc
+            finals = self._through_agents()
             start = time.perf_counter()
             out = self._collect(finals)
             self.timings["client_stage_ms"] = (time.perf_counter() - start) * 1000
@@ -197,6 +191,28 @@ class StatefulJob:
         finally:
             if self.directory is not None:
                 self.directory.close()
+
+    def _through_agents(self) -> list[dict]:
+        """Every partition through the agents and their final flush, recovering from the
+        loss of workers (also while recovering); returns each agent's last output."""
+        failure = None
+        while True:
+            try:
+                if failure is not None:
+                    self._recover(failure)
+                    failure = None
+                start = time.perf_counter()
+                self._stream()
+                self.timings["partitions_ms"] = (time.perf_counter() - start) * 1000
+                start = time.perf_counter()
+                finals = [f.result() for f in [a.finish(len(self.partitions))
+                                               for a in self.actors]]
+                self.timings["agents_finish_ms"] = (time.perf_counter() - start) * 1000
+                return finals
+            except Exception as exc:
+                if self.manager.aborted is not None or not _lost(exc):
+                    raise
+                failure = exc
 
     def _stream(self) -> None:
         """Every partition from the last cut on through the agents, committing cuts as
@@ -220,8 +236,10 @@ class StatefulJob:
                     k = in_flight.pop(future)
                     self.done[k] = future.result()
                     self._note(k, self.done[k])
+                    self.through = max(self.through, self.cut.position + sum(
+                        1 for j in self.done if j >= self.cut.position))
                     if self.monitor is not None:
-                        self.monitor.partitions_through(len(self.done), total)
+                        self.monitor.partitions_through(self.through, total)
                 self._commit_cuts()
         finally:
             for future in in_flight:
@@ -234,7 +252,12 @@ class StatefulJob:
                                  [self.partitions[k].partition]) for k in ks]
         tables = [i for i, scan in enumerate(scans) if isinstance(scan, pa.Table)]
         if tables:
-            sent = self.client.scatter([scans[i] for i in tables], hash=False)
+            try:
+                sent = self.client.scatter([scans[i] for i in tables], hash=False)
+            except KeyError as exc:
+                # The scheduler picked a worker that was leaving (distributed raises its
+                # address as a KeyError): the cluster lost it, as a cancelled task says.
+                raise CancelledError(f"scattering to worker {exc} that left") from exc
             for i, future in zip(tables, sent, strict=True):
                 scans[i] = future
         return scans
@@ -243,7 +266,7 @@ class StatefulJob:
         task = self.partitions[k]
         job = f"{k}-{id(self)}-{self.restarts}"
         key = f"sabot-exchange-{job}"
-        if not self.chain:
+        if not self.carry_chain:
             return self.manager.submit(tasks.pipeline_to_agents, self.template,
                                        self.template_ids, task.source, task.partition, scan,
                                        self.spec, self.actors, *self.refs, key=key)
@@ -270,9 +293,15 @@ class StatefulJob:
                 try:
                     self.actors[r] = future.result(timeout=1)
                 except TimeoutError:
-                    if worker in self.client.nthreads():
-                        continue  # still starting: the worker is busy, or just up
-                    break
+                    if worker not in self.client.nthreads():
+                        break
+                    if time.monotonic() > deadline:
+                        raise ClusterError(
+                            f"the agent of key range {r} did not start on {worker} within "
+                            f"{self.manager.worker_timeout:g} s (a worker busy or paused, "
+                            f"e.g. at its memory limit); the sink was not written. Check the "
+                            f"worker's log and memory, then rerun") from None
+                    continue  # still starting: the worker is busy, or just up
                 # The actor lives as long as its future is held.
                 self.actor_futures[r], self.info[r].worker = future, worker
                 return
@@ -304,13 +333,22 @@ class StatefulJob:
             have = self.partial.setdefault(position, {})
             asked = {r: a.take_cut(position) for r, a in enumerate(self.actors)
                      if r not in have}
-            for r, future in asked.items():
-                got = future.result()
+            failure = None
+            for r, future in asked.items():  # an agent hands a cut over once: keep each
+                try:
+                    got = future.result()
+                except Exception as exc:
+                    failure = failure or exc
+                    continue
                 if got is None:
-                    raise RuntimeError(f"key range {r} has no cut at partition {position}")
+                    raise RuntimeError(
+                        f"internal error: key range {r} has no cut at partition {position} "
+                        f"although every partition before it is through; please report it")
                 have[r] = got
+            if failure is not None:
+                raise failure
             carry = None
-            if self.chain:
+            if self.carry_chain:
                 carry = self.carries[position].result() if position in self.carries else None
             self._commit(position, [have[r] for r in range(self.n_ranges)], carry)
             del self.partial[position]
@@ -360,7 +398,7 @@ class StatefulJob:
         names = {f"{op_id}@range-{r:05d}" for r in range(self.n_ranges)
                  for op_id in self._stateful_ids()}
         names |= {f"carry@range-{r:05d}" for r in range(self.n_ranges)}
-        if self.chain:
+        if self.carry_chain:
             names.add("carry@exchange")
         return names
 
@@ -384,7 +422,7 @@ class StatefulJob:
             states[f"carry@range-{r:05d}"] = np.int64(cut.carry).tobytes()
             for op_id, row in cut.metrics.items():
                 metrics[f"{op_id}@range-{r:05d}"] = _counters(row)
-        if self.chain:
+        if self.carry_chain:
             states["carry@exchange"] = carry if carry is not None else b""
         sources = self._sources()
         positions: dict[str, int] = {}
@@ -402,22 +440,35 @@ class StatefulJob:
         if epoch is None:
             return
         position = sum(epoch.positions.values())
+        where = self.directory.directory / "manifest.json"
+        reducer_ids = set(self.stages.op_ids["reducer"])
         cuts = []
         for r in range(self.n_ranges):
             suffix = f"@range-{r:05d}"
-            carry = np.frombuffer(epoch.states[f"carry{suffix}"], dtype=np.int64)
+            carry = epoch.states[f"carry{suffix}"]
+            if len(carry) != 8:
+                raise CheckpointError(f"{where}: the watermark carry of key range {r} has "
+                                      f"{len(carry)} bytes, not 8: the checkpoint is damaged")
             states = {op_id: epoch.states[op_id + suffix] for op_id in self._stateful_ids()}
             metrics = {k[:-len(suffix)]: row for k, row in epoch.metrics.items()
                        if k.endswith(suffix)}
-            cuts.append(AgentCut(position, states, int(carry[0]) if carry.size == 1
-                                 else NO_WATERMARK, metrics))
+            if not set(metrics) <= reducer_ids:
+                raise CheckpointError(f"{where} holds counters of key range {r} for "
+                                      f"operators {sorted(set(metrics) - reducer_ids)} that "
+                                      f"its agent does not run: the checkpoint is damaged")
+            cuts.append(AgentCut(position, states, int(np.frombuffer(carry, np.int64)[0]),
+                                 metrics))
+        carry = epoch.states.get("carry@exchange")
+        if self.carry_chain and not carry:
+            raise CheckpointError(f"{where} has no watermark state for the partitions after "
+                                  f"partition {position}: the checkpoint is damaged")
         for op_id, row in epoch.metrics.items():
             if "@" not in op_id:
                 self._committed(op_id).merge(row)
         self.outputs = list(epoch.outputs)
         self.committed_side = {name: list(t) for name, t in epoch.side_outputs.items()}
-        carry = epoch.states.get("carry@exchange") or None
-        self.cut = _Cut(position, cuts, carry)
+        self.cut = _Cut(position, cuts, carry or None)
+        self.through = position
         log.info("resuming the agents from partition %d of %d", position,
                  len(self.partitions))
 
@@ -429,11 +480,14 @@ class StatefulJob:
         if self.restarts > MAX_RESTARTS:
             raise ClusterError(
                 f"the job lost workers {self.restarts} times ({type(exc).__name__}: {exc}); "
-                f"giving up. The sink was not written.") from exc
+                f"giving up. The sink was not written. Workers that keep dying usually run "
+                f"out of memory: check their logs, use more partitions "
+                f"(DaskRunner(partition_bytes=...)) or workers with more memory") from exc
         log.warning("the cluster lost part of the job (%s: %s): restarting from the cut at "
                     "partition %d", type(exc).__name__, exc, self.cut.position)
         workers = sorted(self.client.nthreads())  # asked now: the client's view lags
-        lost = [r for r in range(self.n_ranges) if not self._alive(r, workers)]
+        alive = self._alive(workers)
+        lost = [r for r in range(self.n_ranges) if r not in alive]
         workers = self._live_workers({self.info[r].worker for r in lost})
         for r in lost:
             load = {w: sum(i.worker == w for i in self.info) for w in workers}
@@ -458,14 +512,18 @@ class StatefulJob:
                                                      self.client.scheduler.address))
             time.sleep(0.1)  # waiting for the cluster to replace a worker
 
-    def _alive(self, r: int, workers: list[str]) -> bool:
-        if self.info[r].worker not in workers:
-            return False
-        try:
-            self.actors[r].ping().result(timeout=30)
-        except Exception:  # any failure to answer: start it again
-            return False
-        return True
+    def _alive(self, workers: list[str]) -> set[int]:
+        """The key ranges whose agents answer (all asked at once)."""
+        asked = {r: self.actors[r].ping() for r in range(self.n_ranges)
+                 if self.info[r].worker in workers}
+        alive = set()
+        for r, future in asked.items():
+            try:
+                future.result(timeout=30)
+            except Exception:  # any failure to answer: start it again
+                continue
+            alive.add(r)
+        return alive
 
     # --- the result ----------------------------------------------------------------------
 

@@ -88,7 +88,7 @@ def labelled(metrics: list[OperatorMetrics], op_ids: tuple[str, ...]) -> dict[st
 
 def run_partition(template: Node, op_ids: tuple[str, ...], source_index: int, partition: int,
                   scan: object, *references: pa.Table) -> dict:
-    """One agent's work: run the pipeline over one partition (executes on a worker);
+    """Run the pipeline over one partition (executes on a worker);
     metrics come back under the job's operator ids, ``op_ids``."""
     from distributed import get_worker
 

@@ -4,6 +4,7 @@ checkpoint refused when the job or the way it is cut differs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pyarrow as pa
@@ -99,3 +100,32 @@ def test_a_stateless_job_on_dask_refuses_checkpoints(runner, tmp_path):
     job = sl.Stream.from_table(pa.table({"a": list(range(100))})).filter(sl.col("a") > 5)
     with pytest.raises(sl.PlanError, match="stateless job re-runs a lost partition"):
         job.run(runner, checkpoint_dir=tmp_path)
+
+
+def test_a_dask_job_resumes_with_another_checkpoint_interval(runner, tmp_path):
+    expected = _window_job(_crash(_window_job, armed=False)).run()
+    dask = DaskRunner(runner.client, partitions_per_worker=6)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _window_job(_crash(_window_job)).run(dask, checkpoint_dir=tmp_path, checkpoint_every=3)
+    resumed = _window_job(_crash(_window_job, armed=False)).run(
+        dask, checkpoint_dir=tmp_path, checkpoint_every=2, resume=True)
+    sl.assert_same_results(resumed.table, expected.table, rtol=1e-9)
+
+
+def test_a_damaged_agent_carry_is_refused_even_with_a_valid_manifest(runner, tmp_path):
+    """An attacker who rewrites a state file and re-signs the manifest still gets a clear
+    refusal, not a job that quietly restarts its watermark."""
+    job = _window_job(_crash(_window_job, armed=False))
+    dask = DaskRunner(runner.client, partitions_per_worker=4)
+    job.run(dask, checkpoint_dir=tmp_path, checkpoint_every=2)
+    path = tmp_path / "manifest.json"
+    body = json.loads(path.read_text())["manifest"]
+    name = body["states"]["carry@range-00000"]
+    data = b"\0" * 16
+    (tmp_path / name).write_bytes(data)
+    body["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    path.write_text(json.dumps({"manifest": body,
+                                "sha256": hashlib.sha256(canonical).hexdigest()}))
+    with pytest.raises(CheckpointError, match="carry of key range 0 has 16 bytes"):
+        job.run(dask, checkpoint_dir=tmp_path, checkpoint_every=2, resume=True)

@@ -58,8 +58,8 @@ def test_keyed_state_then_window_is_refused_with_a_reason(runner):
 
 
 def test_keyed_state_survives_a_killed_worker(runner):
-    """A worker dies mid-job: its key ranges are re-run from their inputs (the state of a
-    key range lives in its task), and the alerts equal a clean run, none lost or doubled."""
+    """A worker dies mid-job: its agents start again elsewhere from the last cut and the
+    partitions after it are replayed; the alerts equal a clean run, none lost or doubled."""
     txns = transactions(300_000, n_accounts=20_000, seed=6)
     job = detect_fraud(sl.Stream.from_table(txns, batch_size=5_000))
     expected = job.run()

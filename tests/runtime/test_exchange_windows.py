@@ -115,3 +115,8 @@ def test_watermarks_need_a_chain_only_when_something_reads_them():
     assert needs["no-skew-filter-then-window"] is False
     assert needs["no-skew-watermark-read"] is True
     assert needs["tumbling-by-user"] is True  # max_future_skew decides from the carry
+    overwritten = (sl.Stream.from_table(_events(100))
+                   .with_watermark("ts", max_out_of_orderness="5s")
+                   .with_columns(_watermark=sl.col("status"))
+                   .window(sl.tumbling("1min")).agg(n=sl.count()))
+    assert watermark_needs_chain(stateful_stages(overwritten.graph())) is True
