@@ -55,6 +55,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import inspect
 import itertools
 import platform
 import shutil
@@ -98,8 +99,6 @@ ROW_GROUP_ROWS = 250_000
 #: The goal from the issue: the DaskRunner at least this fraction of local rows/s.
 TARGET_RATIO = 0.7
 SWEEP = (1, 2, 4)
-#: Partitions per worker thread DaskRunner makes for a stateless job like this one.
-STATELESS_PPW = 2
 
 
 # --- environment ----------------------------------------------------------------------------
@@ -407,7 +406,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         reference = sl.Table(securities(), key=KEY)
         job = enrich_quotes(sl.Stream.from_parquet(path), reference)
         if args.tls_only:
-            ppw = args.partitions_per_worker or STATELESS_PPW
+            ppw = args.partitions_per_worker or inspect.signature(
+                sl.DaskRunner).parameters["partitions_per_worker"].default
             block = tls_block(job, args, clock, 2, ppw, md, record)
             print()
             print(block)
@@ -422,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.partitions_per_worker is not None:
             runner_kwargs["partitions_per_worker"] = args.partitions_per_worker
         with sl.DaskRunner(**runner_kwargs) as dask:
-            ppw = dask.partitions_per_worker or STATELESS_PPW
+            ppw = dask.partitions_per_worker
             threads = sum(dask.client.nthreads().values())
             print(f"   DaskRunner started in {dask.startup_ms:,.0f} ms: {threads} worker "
                   f"threads, {ppw} partitions per worker -> {ppw * threads} partitions",

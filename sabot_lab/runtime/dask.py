@@ -104,8 +104,7 @@ class JobManager:
     client
         A connected ``distributed.Client``.
     partitions_per_worker
-        Partitions each source is split into, per worker thread (at least); default 2 for
-        stateless jobs, 1 for stateful ones (windows, keyed state).
+        Partitions each source is split into, per worker thread (at least).
     partition_bytes
         A source larger than this many bytes per partition (Arrow size in memory; for
         Parquet the uncompressed size of its row groups) is split into more partitions, so
@@ -122,7 +121,7 @@ class JobManager:
         error. A task lost with its worker is re-run by Dask whatever this says.
     """
 
-    def __init__(self, client: object, partitions_per_worker: int | None = None,
+    def __init__(self, client: object, partitions_per_worker: int = 2,
                  max_in_flight: int | None = None, retries: int = 0,
                  partition_bytes: int | None = None, worker_timeout: float = 60) -> None:
         self.client = client
@@ -190,8 +189,7 @@ class JobManager:
     def partitions_for(self, scan: object, stateful: bool = False) -> int:
         """How many partitions to split ``scan`` into: ``partitions_per_worker`` per worker
         thread, or more for a source larger than ``partition_bytes`` per partition."""
-        per_worker = self.partitions_per_worker or (1 if stateful else 2)
-        least = max(1, per_worker * self.threads)
+        least = max(1, self.partitions_per_worker * self.threads)
         size = scan.nbytes()
         if size is None:  # generated batches: their size is known only once they are made
             return least
@@ -462,8 +460,7 @@ class DaskRunner:
         Size of a LocalCluster this runner starts (default 2 × 1, sized for a 2-core machine);
         at least 1 each.
     partitions_per_worker
-        Partitions per worker thread for each source (at least); default 2 for stateless
-        jobs, 1 for windows and keyed state.
+        Partitions per worker thread for each source (at least).
     partition_bytes
         More partitions for a source larger than this per partition (default 16 MiB of
         Arrow data, 64 MiB for windows and keyed state), so a worker's memory follows this,
@@ -503,7 +500,7 @@ class DaskRunner:
         client_or_address: object = None,
         n_workers: int = 2,
         threads_per_worker: int = 1,
-        partitions_per_worker: int | None = None,
+        partitions_per_worker: int = 2,
         security: object = None,
         timeout: float = 10,
         partition_bytes: int | None = None,
