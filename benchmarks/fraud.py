@@ -16,10 +16,10 @@ same alerts, the list of (txn_id, rule) in arrival order, which is checked befor
   alerts (txn_id, rule, severity) written straight into output arrays. It trusts its input
   (no null/NaN/range checks; the data has none). Timed from the Arrow table: column
   extraction and state allocation included. Its severities are checked against sabot_lab's.
-  The ratio column is against this kernel, as the issue's target is.
 * ``hand numba + prefetch``: the same kernel asking the CPU for the record of the account
   ``PREFETCH_DISTANCE`` rows ahead (``sabot_lab.kernels.prefetch``), as sabot_lab's fraud
-  kernel does: what the hardware allows once state reads overlap.
+  kernel does: what the hardware allows once state reads overlap. The ratio columns are
+  against this kernel, as the issue's target is.
 * ``pandas``: vectorized as far as it goes, from ``to_pandas()`` of the five columns (timed):
   velocity as ``groupby.shift(5)`` of the time (the 5th earlier transaction of the account
   within 60 s: equal to a rolling count on time for in-order accounts, and much faster than
@@ -51,9 +51,9 @@ Each engine is warmed up once (the checked run), then run ``--repeats`` times in
 rounds, each run's alerts checked again; the table shows the min/median/max wall-clock time
 (``time.perf_counter``), the median CPU time of the process (all its threads,
 ``time.process_time``), transactions per second (wall-clock, on the median) and the ratio to
-the hand kernel's transactions per second, on medians and over the whole range (worst: this
-engine's slowest run against the hand kernel's fastest); the target line gives the ratio on CPU
-time too. The throughput target counts as met only when the worst ratio clears it, the
+the prefetching hand kernel's transactions per second, on medians and over the whole range
+(worst: this engine's slowest run against that kernel's fastest); the target line gives the
+ratio on CPU time too. The throughput target counts as met only when the worst ratio clears it, the
 latency target only when every run's p99 is below it. ``--profile`` adds a cProfile breakdown
 of one memory-state run, per batch. ``--json PATH`` also writes the run's record for
 ``benchmarks/report.py``.
@@ -110,8 +110,8 @@ from sabot_lab.patterns.fraud import RULES, FraudRules, detect_fraud
 
 BATCH = 10_000
 PYTHON_SAMPLE = 50_000
-#: Targets from the issue: the memory-state job at least this fraction of the hand kernel's
-#: transactions per second, and its p99 detection latency per 10K batch below this (ms).
+#: Targets from the issue: the memory-state job at least this fraction of the prefetching hand
+#: kernel's transactions per second, and its p99 detection latency per 10K batch below this (ms).
 TARGET_RATIO, TARGET_P99_MS = 0.8, 5.0
 
 # The rule parameters, in the units the hand-written versions use (ms, km/h).
@@ -553,7 +553,8 @@ def profile(txns: pa.Table) -> str:
 # --- output ---------------------------------------------------------------------------------
 
 HEADERS = ("engine", "transactions", "min s", "median s", "max s", "median CPU s",
-           "txn/s (M)", "vs hand numba (median)", "vs hand numba (worst-best)", "target",
+           "txn/s (M)", "vs prefetching kernel (median)", "vs prefetching kernel (worst-best)",
+           "target",
            "notes")
 
 
@@ -564,12 +565,13 @@ def against_hand(engine: Engine, hand: Engine, target: float | None = None) -> d
 
 
 def result_rows(engines: Sequence[Engine], memory: Engine) -> list[dict[str, Any]]:
-    """One machine-readable row per engine; the target applies to the memory-state job."""
-    hand = engines[0]
+    """One machine-readable row per engine, against the fastest hand kernel (the one that
+    prefetches); the target applies to the memory-state job."""
+    hand = engines[1]
     return [{"kind": "throughput", "engine": e.name, "transactions": e.rows,
              "seconds": spread(e.seconds), "cpu_seconds": spread(e.cpu_seconds),
              "transactions_per_second_median": e.per_second,
-             "vs_hand_numba": against_hand(e, hand, TARGET_RATIO if e is memory else None),
+             "vs_prefetching_kernel": against_hand(e, hand, TARGET_RATIO if e is memory else None),
              "notes": e.notes} for e in engines]
 
 
@@ -577,7 +579,7 @@ def table_rows(results: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
     """The printed rows of :func:`result_rows`."""
     out = []
     for r in results:
-        s, ratio = r["seconds"], r["vs_hand_numba"]
+        s, ratio = r["seconds"], r["vs_prefetching_kernel"]
         out.append((r["engine"], f"{r['transactions']:,}", f"{s['min']:.3f}",
                     f"{s['median']:.3f}", f"{s['max']:.3f}",
                     f"{r['cpu_seconds']['median']:.3f}",
@@ -639,10 +641,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         Engine(f"pure Python ({sample.num_rows // 1000}K sample)", sample.num_rows,
                lambda _: run_python(sample), notes="a dict per account, a loop per row"),
     ]
-    hand, _, memory, rocks, _, python = engines
+    _, hand, memory, rocks, _, python = engines
 
-    # Checked warm-ups: every engine's alerts equal the hand kernel's (on the same rows).
-    out, _, _ = measure(hand)
+    # Checked warm-ups: every engine's alerts equal the plain hand kernel's (same rows).
+    out, _, _ = measure(engines[0])
     hand_chunks_ms.clear()
     base, severity = as_alerts(out), out[2]
     for engine in engines:
@@ -710,7 +712,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(format_table(LATENCY_HEADERS, latency_rows, False, left=(0, 7)))
     ratio = against_hand(memory, hand, TARGET_RATIO)
     cpu_ratio = memory.cpu_per_second / hand.cpu_per_second
-    print(f"\ntarget sabot_lab memory >= {TARGET_RATIO}x hand numba txn/s over the whole range: "
+    print(f"\ntarget sabot_lab memory >= {TARGET_RATIO}x the prefetching hand kernel's txn/s "
+          f"over the whole range: "
           f"{'met' if ratio['met'] else 'NOT met'} ({ratio['median']:.2f}x on wall-clock "
           f"medians, range {ratio['worst']:.2f}-{ratio['best']:.2f}x; {cpu_ratio:.2f}x on "
           f"CPU-time medians)")
