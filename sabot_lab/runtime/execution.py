@@ -162,13 +162,16 @@ class ExecutionPlan:
         return "\n".join(lines)
 
     def to_svg(self) -> str:
-        """Workers as columns, their partition tasks as boxes (rows in → out)."""
+        """Workers as columns, their partition tasks (rows in → out) and key-range agents as
+        boxes; below, when the tasks' times are known, each worker's timeline."""
         workers = self.workers or sorted({t.worker for t in self.tasks})
         col_w, box_h, gap = 230, 34, 8
         per_worker = {w: [t for t in self.tasks if t.worker == w] for w in workers}
         agents = {w: [a for a in self.agents if a.worker == w] for w in workers}
         rows = max((len(v) + len(agents[w]) for w, v in per_worker.items()), default=0)
         width, height = col_w * max(len(workers), 1) + 20, 70 + rows * (box_h + gap)
+        lanes = self._timeline_svg(workers, height, width - 20)
+        height += 30 + 22 * len(workers) if lanes else 0
         out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
                'font-family="monospace" font-size="11">',
                f'<text x="10" y="16" font-weight="bold">{escape(self.graph.root.label)} on '
@@ -194,8 +197,32 @@ class ExecutionPlan:
                     f'<text x="{x + 6}" y="{y + 27}" fill="#555">{a.rows_in:,} rows in, '
                     f"state {a.state_bytes / 1e6:.1f} MB</text></g>")
             out.append("</g>")
+        out += lanes
         out.append("</svg>")
         return "".join(out)
+
+    def _timeline_svg(self, workers: list[str], top: int, width: int) -> list[str]:
+        """Each worker's partition tasks as bars over time (none when times are unknown)."""
+        timed = [t for t in self.tasks if t.started and t.ended >= t.started]
+        if not timed:
+            return []
+        origin = min(t.started for t in timed)
+        span = max(max(t.ended for t in timed) - origin, 1e-9)
+        scale = (width - 110) / span
+        out = [f'<text x="10" y="{top + 14}" font-weight="bold">timeline: '
+               f"{span * 1000:.0f} ms</text>"]
+        for i, w in enumerate(workers):
+            y = top + 24 + 22 * i
+            out.append(f'<g class="lane"><text x="10" y="{y + 12}">{escape(w[-16:])}</text>')
+            for t in timed:
+                if t.worker == w:
+                    x = 120 + (t.started - origin) * scale
+                    out.append(f'<rect class="bar" x="{x:.1f}" y="{y}" height="16" rx="2" '
+                               f'width="{max((t.ended - t.started) * scale, 1):.1f}" '
+                               f'fill="#2b4f7a" opacity="0.6"><title>partition {t.partition}: '
+                               f"{(t.ended - t.started) * 1000:.0f} ms</title></rect>")
+            out.append("</g>")
+        return out
 
     def _repr_mimebundle_(self, include: object = None, exclude: object = None
                           ) -> dict[str, str]:

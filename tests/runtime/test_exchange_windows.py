@@ -87,6 +87,22 @@ def test_execution_plan_names_the_exchange(runner):
     assert "exchange by ['user']" in text and "window" in text
 
 
+def test_execution_shows_the_agents_and_each_workers_timeline(runner):
+    events = _events(40_000)
+    result = _jobs(events)["no-skew-filter-then-window"].run(
+        DaskRunner(runner.client, partitions_per_worker=3))
+    ex = result.execution
+    workers = len(runner.client.nthreads())
+    svg = ex.to_svg()
+    assert svg.count('class="agent"') == len(ex.agents) == workers  # one per worker thread
+    assert svg.count('class="bar"') == len(ex.tasks) == 3 * workers
+    ranges = ex.key_ranges()
+    # Every row the window took in came through exactly one agent.
+    assert ranges["rows_in"].sum() == result.operator_metrics[-2].rows_in
+    assert (ex.timeline()["end_s"] >= ex.timeline()["start_s"]).all()
+    assert ex.restarts == 0 and {"agents_start_ms", "partitions_ms"} <= set(ex.timings)
+
+
 def test_windows_survive_a_killed_worker(runner):
     events = _events(400_000, seed=9)
     job = _jobs(events)["updates-within-lateness"]
