@@ -205,8 +205,8 @@ class StatefulJob:
                 self._stream()
                 self.timings["partitions_ms"] = (time.perf_counter() - start) * 1000
                 start = time.perf_counter()
-                finals = [f.result() for f in [a.finish(len(self.partitions))
-                                               for a in self.actors]]
+                calls = [a.finish(len(self.partitions)) for a in self.actors]
+                finals = [self._answer(r, call) for r, call in enumerate(calls)]
                 self.timings["agents_finish_ms"] = (time.perf_counter() - start) * 1000
                 return finals
             except Exception as exc:
@@ -336,7 +336,7 @@ class StatefulJob:
             failure = None
             for r, future in asked.items():  # an agent hands a cut over once: keep each
                 try:
-                    got = future.result()
+                    got = self._answer(r, future)
                 except Exception as exc:
                     failure = failure or exc
                     continue
@@ -352,6 +352,17 @@ class StatefulJob:
                 carry = self.carries[position].result() if position in self.carries else None
             self._commit(position, [have[r] for r in range(self.n_ranges)], carry)
             del self.partial[position]
+
+    def _answer(self, r: int, call: object) -> object:
+        """Agent ``r``'s answer to ``call``; ``CancelledError`` once the agent is lost with
+        its worker (distributed never answers a call on the client then)."""
+        while True:
+            try:
+                return call.result(timeout=1)
+            except TimeoutError:
+                if self.actor_futures[r].status not in ("finished", "pending"):
+                    raise CancelledError(f"the agent of key range {r} was lost with its "
+                                         f"worker") from None
 
     def _commit(self, position: int, cuts: list[AgentCut], carry: bytes | None) -> None:
         exchange = [self.done.pop(k) for k in range(self.cut.position, position)]
