@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -87,9 +89,18 @@ def test_a_partition_that_kills_every_worker_is_a_clear_error(tmp_path):
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A free port below the kernel's ephemeral range: the scheduler is restarted on it, and
+    while it is down any outgoing connection on the machine (the client's reconnect attempts
+    among them) could otherwise be given it as its own port."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.Random().sample(range(low // 2, low), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port between {low // 2} and {low}")
 
 
 def test_scheduler_restart_mid_job_is_a_clear_error_then_a_rerun_is_complete(tmp_path):
