@@ -57,7 +57,7 @@ from sabot_lab.runtime import tasks
 from sabot_lab.runtime.checkpoint import CheckpointSpec
 from sabot_lab.runtime.collect import collect_result, empty_metrics
 from sabot_lab.runtime.exchange import stateful_stages
-from sabot_lab.runtime.execution import AgentInfo, ExecutionPlan, PartitionTask
+from sabot_lab.runtime.execution import AgentInfo, ExecutionPlan, PartitionTask, StatefulStages
 from sabot_lab.runtime.protocol import RunListener
 from sabot_lab.runtime.stateful_job import StatefulJob, no_worker_message
 
@@ -197,7 +197,7 @@ class JobManager:
                                          else PARTITION_BYTES)
         return max(least, -(-size // limit))
 
-    def place_agents(self, stages: object) -> list[AgentInfo]:
+    def place_agents(self, stages: StatefulStages) -> list[AgentInfo]:
         """One key range per worker thread (one in all for a job without keys), placed round
         robin over the workers."""
         slots = [w for i in range(max(self.nthreads.values(), default=1))

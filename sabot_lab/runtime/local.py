@@ -189,13 +189,19 @@ class _Execution:
                             batches_in=1, batches_out=1)
                 yield batch
 
-    def stream(self, node: Node) -> Iterator[pa.RecordBatch]:
-        """Batches produced by ``node``: its base (source or union) through its operator chain."""
+    def chain(self, node: Node) -> tuple[list[Operator], Node]:
+        """The operators from ``node`` down to its base (source or union), in data-flow
+        order, and that base."""
         chain: list[Operator] = []
         while id(node) in self.operators:
             chain.append(self.operators[id(node)])
             node = node.children[0]
         chain.reverse()
+        return chain, node
+
+    def stream(self, node: Node) -> Iterator[pa.RecordBatch]:
+        """Batches produced by ``node``: its base (source or union) through its operator chain."""
+        chain, node = self.chain(node)
         if isinstance(node, Source):
             base = self.source(node)
             if not pushes_down(node):
@@ -217,8 +223,14 @@ class _Execution:
             for batch in base:
                 yield from one_batch(batch)
         if self.finish:
-            for i, op in enumerate(chain):
-                yield from run_chain(chain[i + 1:], finish_counted(op))
+            yield from _flush(chain)
+
+
+def _flush(chain: list[Operator]) -> Iterator[pa.RecordBatch]:
+    """The end of the input: every operator of ``chain`` flushed, its output through the
+    operators after it (open windows fire)."""
+    for i, op in enumerate(chain):
+        yield from run_chain(chain[i + 1:], finish_counted(op))
 
 
 class OperatorChain:
@@ -240,13 +252,7 @@ class OperatorChain:
 
     def __init__(self, graph: JobGraph) -> None:
         self.execution = _Execution(graph, None, 1)
-        node = graph.root.children[0]
-        chain: list[Operator] = []
-        while id(node) in self.execution.operators:
-            chain.append(self.execution.operators[id(node)])
-            node = node.children[0]
-        chain.reverse()
-        self.chain = chain
+        self.chain, _ = self.execution.chain(graph.root.children[0])
         self.side_outputs = self.execution.side_outputs
         #: The chain's operators' metrics in data-flow order (fused stages one by one).
         self.metrics = [self.execution.metrics[id(n)] for n in graph.operators()[1:-1]]
@@ -257,10 +263,7 @@ class OperatorChain:
 
     def finish(self) -> list[pa.RecordBatch]:
         """The end of the input: flush every operator (open windows fire)."""
-        out: list[pa.RecordBatch] = []
-        for i, op in enumerate(self.chain):
-            out += run_chain(self.chain[i + 1:], finish_counted(op))
-        return out
+        return list(_flush(self.chain))
 
     def snapshot(self) -> dict[str, bytes]:
         """Every stateful operator's state, by operator id."""

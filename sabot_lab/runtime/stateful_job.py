@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from sabot_lab.errors import ClusterError
+from sabot_lab.expr import Column
 from sabot_lab.ops.base import COUNTERS, OperatorMetrics
 from sabot_lab.ops.sources import TableScan
 from sabot_lab.plan.graph import JobGraph
@@ -90,11 +91,17 @@ def _blind_to_watermark(node: Node) -> bool:
         return all(_blind_to_watermark(s) for s in node.stages)
     if isinstance(node, Filter):
         return WATERMARK_COLUMN not in node.predicate.columns
-    if isinstance(node, Project):  # passing the column on untouched is blind, not reading
-        return all(name == WATERMARK_COLUMN == getattr(e, "name", None) if (
-            name == WATERMARK_COLUMN or WATERMARK_COLUMN in e.columns) else True
-            for name, e in node.exprs)
+    if isinstance(node, Project):
+        return all(_passes_on(name, e) or not (name == WATERMARK_COLUMN
+                                               or WATERMARK_COLUMN in e.columns)
+                   for name, e in node.exprs)
     return False
+
+
+def _passes_on(name: str, expr: object) -> bool:
+    """Whether a projection's output ``name`` is the watermark column, untouched."""
+    return name == WATERMARK_COLUMN and isinstance(expr, Column) and \
+        expr.name == WATERMARK_COLUMN
 
 
 def _lost(exc: BaseException) -> bool:
@@ -236,8 +243,8 @@ class StatefulJob:
                     k = in_flight.pop(future)
                     self.done[k] = future.result()
                     self._note(k, self.done[k])
-                    self.through = max(self.through, self.cut.position + sum(
-                        1 for j in self.done if j >= self.cut.position))
+                    # done holds the partitions past the last cut, replayed ones once
+                    self.through = max(self.through, self.cut.position + len(self.done))
                     if self.monitor is not None:
                         self.monitor.partitions_through(self.through, total)
                 self._commit_cuts()
@@ -349,7 +356,7 @@ class StatefulJob:
                 raise failure
             carry = None
             if self.carry_chain:
-                carry = self.carries[position].result() if position in self.carries else None
+                carry = self.carries[position].result()
             self._commit(position, [have[r] for r in range(self.n_ranges)], carry)
             del self.partial[position]
 
@@ -447,7 +454,7 @@ class StatefulJob:
 
     def _resume(self) -> None:
         """Continue from the checkpoint in the directory, if it has one."""
-        epoch = self.directory.load(self._state_names(), set(self._sources().values()))
+        epoch = self.directory.load(self._state_names(), self.source_ids)
         if epoch is None:
             return
         position = sum(epoch.positions.values())
@@ -505,7 +512,7 @@ class StatefulJob:
             worker = min(workers, key=lambda w: (load[w], w))
             self.info[r].restarts += 1
             self._start_agent(r, worker)
-        self.done = {k: v for k, v in self.done.items() if k < self.cut.position}
+        self.done.clear()  # the partitions past the last cut: all replayed
         self.refs = [self.client.scatter(r.data, broadcast=True, hash=True)
                      for r in self.references]
 
