@@ -164,6 +164,7 @@ class StatefulJob:
         self.timings: dict[str, float] = {}
         self.source_ids = set(self._sources().values())
         self.through = 0  # partitions through the agents, for the progress shown
+        self.agent_starts = 0  # numbers each agent's task key, restarts included
         self.refs: list[object] = []
         self.actors: list[object] = [None] * self.n_ranges
         self.actor_futures: list[object] = [None] * self.n_ranges
@@ -292,10 +293,12 @@ class StatefulJob:
         worker should that one go before the agent is up."""
         deadline = time.monotonic() + self.manager.worker_timeout
         while True:
+            self.agent_starts += 1
             future = self.manager.submit(
                 KeyRangeAgent, self.reducers[r], self.stages.op_ids["reducer"], r,
                 self.every, self.bound, self.cut.agents[r], actor=True, workers=[worker],
-                allow_other_workers=False)
+                allow_other_workers=False,
+                key=f"sabot-agent-{r}-{id(self)}-{self.agent_starts}")
             while True:
                 try:
                     self.actors[r] = future.result(timeout=1)

@@ -128,7 +128,8 @@ class CountStarts(SchedulerPlugin):
 
 def replayed_as(key: str) -> str:
     """What a task's key and its replays' keys share: a stateful job replays a partition
-    after a failure as new tasks, ``sabot-<stage>-<partition>-<job>-<restarts>``."""
+    after a failure as new tasks, ``sabot-<stage>-<partition>-<job>-<restarts>``, and starts
+    a lost agent again as ``sabot-agent-<key range>-<job>-<start>``."""
     return key.rsplit("-", 1)[0] + "-" if key.startswith("sabot-") else key
 
 
