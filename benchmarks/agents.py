@@ -10,12 +10,15 @@ Two parts:
    ``--rounds`` rounds (at least 5) after one untimed warm-up each; outputs are checked to
    hold the same rows. Target: Dask >= 0.5x the local run, "met" only when Dask's slowest run
    against the local fastest clears it.
-2. **Overheads that decide scale-out**, for LocalClusters of W = 1, 2, 4, 8 workers x 1
-   thread (oversubscribed on a small machine: read them as counts, not speed): fraud with
+2. **Overheads that decide scale-out**, for clusters of W = 1, 2, 4, 8 workers x 1 thread
+   (oversubscribed on a small machine: read them as counts, not speed): fraud with
    ``--rows-per-worker`` transactions and a tenth as many accounts per worker, from Parquet.
-   Per W: scheduler tasks (a scheduler plugin counts tasks handed to workers), CPU of the
-   scheduler's event-loop thread, worker CPU, rows and bytes pushed to agents on other
-   workers, consistent cuts and the state bytes they held. Tasks must grow linearly in W.
+   The scheduler runs in a process of its own here (TLS, credentials made for the run), as
+   on a real cluster: in a LocalCluster it shares the client's event loop, whose work
+   (sending, polling agents) would be counted as the scheduler's. Per W: scheduler tasks (a
+   scheduler plugin counts tasks handed to workers), CPU of the scheduler's process, worker
+   CPU, rows and bytes pushed to agents on other workers, consistent cuts and the state
+   bytes they held. Tasks must grow linearly in W.
 
 ``benchmarks/scaling_model.py`` projects throughput at more workers from part 2's record.
 
@@ -28,12 +31,16 @@ Run it from the repository root (machine otherwise idle: check ``uptime``)::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from unittest import mock
 
+import numpy as np
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -128,7 +135,40 @@ class _CountTasks:
 
 
 def _scheduler_counters(dask_scheduler: object) -> tuple[int, float]:
-    return dask_scheduler.plugins[_CountTasks.name].started, time.thread_time()
+    return dask_scheduler.plugins[_CountTasks.name].started, time.process_time()
+
+
+@contextlib.contextmanager
+def subprocess_cluster(workers: int, tmp: Path, monitor: TreeCpuMonitor) -> Iterator[object]:
+    """A client of a cluster whose scheduler and ``workers`` workers (1 thread each) are
+    processes of their own, all on TLS with credentials made for it (files in ``tmp``,
+    handed to the processes through Dask's configuration). Their CPU counts as the run's in
+    ``monitor``, also that of the processes killed when it closes."""
+    import dask
+    from distributed import Client, Security
+    from distributed.deploy.subprocess import SubprocessCluster
+
+    made = Security.temporary()
+    cert, key = tmp / "cluster-cert.pem", tmp / "cluster-key.pem"
+    cert.write_text(made.tls_ca_file)
+    key.write_text(made.tls_scheduler_key)
+    env = {"DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(cert),
+           "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True"}
+    for role in ("SCHEDULER", "WORKER", "CLIENT"):
+        env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__CERT"] = str(cert)
+        env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__KEY"] = str(key)
+    with mock.patch.dict(os.environ, env), contextlib.ExitStack() as stack:
+        dask.config.refresh()
+        stack.callback(dask.config.refresh)
+        cluster = stack.enter_context(SubprocessCluster(
+            host="127.0.0.1", dashboard_address="127.0.0.1:0", n_workers=workers,
+            threads_per_worker=1, scheduler_kwargs={"protocol": "tls"},
+            worker_kwargs={"nthreads": 1}))
+        client = stack.enter_context(Client(cluster, security=Security()))
+        client.wait_for_workers(workers, timeout=120)
+        yield client
+        with monitor.killing_descendants():
+            stack.close()
 
 
 def overheads(args: argparse.Namespace, tmp: Path, record: Record) -> str:
@@ -145,23 +185,28 @@ def overheads(args: argparse.Namespace, tmp: Path, record: Record) -> str:
         pq.write_table(transactions(n, n_accounts=n // 10, seed=2), path,
                        row_group_size=max(1, n // (4 * workers)))
         job = fraud_job(sl.Stream.from_parquet(path))
-        with sl.DaskRunner(n_workers=workers) as dask:
-            client = dask.client
+        runs: list[tuple[int, float, float, float]] = []
+        with subprocess_cluster(workers, tmp, record.monitor) as client, \
+                sl.DaskRunner(client) as dask:
             job.run(dask)  # warm-up
             client.register_plugin(CountTasks())
-            tasks0, sched0 = client.run_on_scheduler(_scheduler_counters)
-            cpu0 = sum(client.run(time.process_time).values())
-            start = time.perf_counter()
-            result = job.run(dask)
-            wall = time.perf_counter() - start
-            cpu = sum(client.run(time.process_time).values()) - cpu0
-            tasks1, sched1 = client.run_on_scheduler(_scheduler_counters)
+            for _ in range(args.overhead_runs):
+                tasks0, sched0 = client.run_on_scheduler(_scheduler_counters)
+                cpu0 = sum(client.run(time.process_time).values())
+                start = time.perf_counter()
+                result = job.run(dask)
+                wall = time.perf_counter() - start
+                cpu = sum(client.run(time.process_time).values()) - cpu0
+                tasks1, sched1 = client.run_on_scheduler(_scheduler_counters)
+                runs.append((tasks1 - tasks0, sched1 - sched0, cpu, wall))
+        # Medians of the runs: one run's CPU varies by tens of percent on a small machine.
+        tasks_n, sched, cpu, wall = (float(np.median(column)) for column in zip(*runs, strict=True))
         ex = result.execution
         remote = sum(t.bytes_remote for t in ex.tasks)
         pushed = sum(t.bytes_pushed for t in ex.tasks)
         row = {"workers": workers, "rows": n, "partitions": len(ex.tasks),
-               "key_ranges": len(ex.agents), "tasks": tasks1 - tasks0,
-               "scheduler_cpu_s": sched1 - sched0, "worker_cpu_s": cpu, "wall_s": wall,
+               "key_ranges": len(ex.agents), "tasks": int(tasks_n),
+               "scheduler_cpu_s": sched, "worker_cpu_s": cpu, "wall_s": wall,
                "bytes_pushed": pushed, "bytes_to_other_workers": remote, "cuts": ex.cuts,
                "cut_state_bytes": ex.cut_state_bytes}
         results.append(row)
@@ -170,10 +215,11 @@ def overheads(args: argparse.Namespace, tmp: Path, record: Record) -> str:
                      f"{cpu:.2f}", f"{pushed / 1e6:,.0f}", f"{remote / 1e6:,.0f}",
                      f"{ex.cuts}", f"{ex.cut_state_bytes / 1e6:,.1f}"])
         print(f"   W={workers} done", flush=True)
-    headers = ["W", "rows", "partitions", "key ranges", "tasks", "scheduler ms",
+    headers = ["W", "rows", "partitions", "key ranges", "tasks", "scheduler CPU ms",
                "worker CPU s", "MB pushed", "MB to other workers", "cuts", "cut state MB"]
     title = (f"what a fraud job costs per cluster size ({args.rows_per_worker:,} txns and "
-             f"{args.rows_per_worker // 10:,} accounts per worker, Parquet; one run after a "
+             f"{args.rows_per_worker // 10:,} accounts per worker, Parquet; scheduler in a "
+             f"process of its own; CPU as the median of {args.overhead_runs} runs after a "
              f"warm-up; oversubscribed above {cores()} workers: counts, not speed)")
     record.add_table("overheads", title, headers, rows)
     record.add_results({"overheads": row} for row in results)
@@ -194,6 +240,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (at least 5)")
     parser.add_argument("--rows-per-worker", type=int, default=500_000)
+    parser.add_argument("--overhead-runs", type=int, default=3,
+                        help="runs per cluster size in part 2 (CPU is their median)")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--no-overheads", action="store_true",
                         help="only part 1 (local vs Dask)")

@@ -9,6 +9,7 @@ With ``--json PATH`` a script also writes a :class:`Record` of its run, from whi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -17,7 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -110,6 +111,10 @@ class TreeCpuMonitor(CpuMonitor):
     """:class:`CpuMonitor`, counting the CPU of finished child processes (measured runs,
     Dask workers, and their own children) as this process's rather than as background."""
 
+    def __init__(self) -> None:
+        self.orphans = 0.0
+        super().__init__()
+
     @staticmethod
     def _sample() -> tuple[float, float, float, float] | None:
         sample = CpuMonitor._sample()
@@ -118,6 +123,36 @@ class TreeCpuMonitor(CpuMonitor):
         t = os.times()
         busy, steal, own, wall = sample
         return busy, steal, own + t.children_user + t.children_system, wall
+
+    def cores_elsewhere(self) -> dict[str, float] | None:
+        if self.orphans:
+            assert self.start is not None
+            busy, steal, own, wall = self.start
+            self.start = (busy, steal, own - self.orphans, wall)
+            self.orphans = 0.0
+        return super().cores_elsewhere()
+
+    @contextlib.contextmanager
+    def killing_descendants(self) -> Iterator[None]:
+        """Around code that kills this process's descendants (a cluster closing): their CPU,
+        which no parent reaps into :func:`os.times` once their parent is killed first, still
+        counts as this process's."""
+        import psutil
+
+        def descendants_cpu() -> float:
+            total = 0.0
+            for child in psutil.Process().children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    t = child.cpu_times()
+                    total += t.user + t.system
+            return total
+
+        before, reaped = descendants_cpu(), os.times()
+        yield
+        after = os.times()
+        reaped_cpu = (after.children_user + after.children_system
+                      - reaped.children_user - reaped.children_system)
+        self.orphans += max(before - reaped_cpu, 0.0)
 
 
 def describe_background(background: Mapping[str, float] | None) -> str:

@@ -242,7 +242,9 @@ class StatefulJob:
                 finished, _ = wait(list(in_flight), return_when="FIRST_COMPLETED")
                 for future in finished:
                     k = in_flight.pop(future)
-                    self.done[k] = future.result()
+                    # Straight from the worker: through the scheduler, every result would
+                    # cost the scheduler a fetch and a send.
+                    self.done[k] = self.client.gather(future, direct=True)
                     self._note(k, self.done[k])
                     # done holds the partitions past the last cut, replayed ones once
                     self.through = max(self.through, self.cut.position + len(self.done))
@@ -359,7 +361,7 @@ class StatefulJob:
                 raise failure
             carry = None
             if self.carry_chain:
-                carry = self.carries[position].result()
+                carry = self.client.gather(self.carries[position], direct=True)
             self._commit(position, [have[r] for r in range(self.n_ranges)], carry)
             del self.partial[position]
 
