@@ -68,6 +68,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import asof_join
 import duckdb
 import numba
 import numpy as np
@@ -508,6 +509,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="engines to run (default: all)")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES),
                         help="key cases (default: all)")
+    parser.add_argument("--asof-sizes", type=int, nargs="*", default=[12_000_000],
+                        help="numbers of quotes for the as-of join against 100K versions "
+                             "(benchmarks/asof_join.py; default 12000000; none to skip)")
     parser.add_argument("--markdown", action="store_true",
                         help="also print the table as Markdown")
     add_json_option(parser)
@@ -540,6 +544,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         timings += size_timings
         breakdowns += [(n, name, m) for name, m in size_breakdowns]
 
+    asof_rows, asof_results = asof_join.bench(args.asof_sizes, args.repeats, n_cores,
+                                              "polars" in engines)
     rows = table_rows(timings)
     print()
     print(machine_line(n_cores, info))
@@ -562,6 +568,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                   f"{t.case}: {verdict} (median {ratio['median']:.2f}x, range "
                   f"{ratio['worst']:.2f}-{ratio['best']:.2f}x; "
                   f"{describe_background(t.background)})")
+    asof_title = (f"as-of join (each quote gets the version valid at its time), "
+                  f"{args.repeats} interleaved rounds; target sabot_lab >= "
+                  f"{asof_join.TARGET}x DuckDB's ASOF JOIN")
+    if asof_rows:
+        print()
+        print(asof_title)
+        print(format_table(asof_join.HEADERS, asof_rows, False, left=(2,)))
     if args.markdown:
         print()
         print(format_table(HEADERS, rows, True, left=LEFT))
@@ -569,7 +582,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         record.add_table("results", f"enrichment, {args.repeats} interleaved rounds; rows/s on "
                          "the median; ratios against DuckDB's rows/s", HEADERS, rows,
                          left=LEFT)
-        record.add_results(result_rows(timings))
+        if asof_rows:
+            record.add_table("asof", asof_title, asof_join.HEADERS, asof_rows, left=(2,))
+        record.add_results(result_rows(timings) + asof_results)
         record.write(args.json)
 
 

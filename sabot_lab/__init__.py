@@ -42,7 +42,7 @@ from sabot_lab.plan.windows import (
     sum,
     tumbling,
 )
-from sabot_lab.process import ProcessFunction, PythonProcessFunction
+from sabot_lab.process import NO_TIMER, ProcessFunction, PythonProcessFunction
 from sabot_lab.reference import Table
 from sabot_lab.result import Result
 from sabot_lab.runtime.local import LocalRunner
@@ -65,6 +65,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "NO_TIMER",
     "AccountingError",
     "CheckpointError",
     "ClusterError",

@@ -11,6 +11,15 @@ per row, columnar arrays indexed by slot). There are two ways to write ``fn``:
   the row as a dict and the key's state as a dict. Easy to read and to teach with; about a
   hundred times slower.
 
+**Event-time timers.** A function with ``timers = True`` keeps one timer per key, in the
+state field ``_timer`` (:data:`NO_TIMER`: none), as a time in the unit of the stream's
+watermark. A timer fires when the watermark passes it (``timer <= watermark``), as in Flink:
+before the key's next row whose watermark is past it, or at the end of the batch (then
+through :meth:`ProcessFunction.on_timer`), and every timer still set fires at the end of the
+input. Firing clears the timer; the function may set it again, later than the time that
+fired. Timers need ``with_watermark(...)`` upstream; they are part of the state, so they
+survive checkpoints and fire in the key range that owns their key on Dask.
+
 Examples
 --------
 >>> import pyarrow as pa
@@ -35,9 +44,27 @@ import numpy as np
 import pyarrow as pa
 
 from sabot_lab.plan.fingerprint import fingerprint_value
+from sabot_lab.plan.nodes import WATERMARK_COLUMN
 from sabot_lab.state import StateBlock, StateSpec
 
-__all__ = ["ProcessFunction", "PythonProcessFunction"]
+__all__ = ["NO_TIMER", "TIMER_FIELD", "ProcessFunction", "PythonProcessFunction",
+           "with_timer"]
+
+#: The state field holding a key's event-time timer, and its value when none is set.
+TIMER_FIELD = "_timer"
+NO_TIMER = int(np.iinfo(np.int64).max)
+
+
+def with_timer(spec: StateSpec) -> StateSpec:
+    """``spec`` with the timer field (int64, no timer by default) added.
+
+    >>> with_timer(StateSpec({"n": "int64"})).defaults
+    {'_timer': 9223372036854775807}
+    """
+    if TIMER_FIELD in spec.fields:
+        raise ValueError(f"the state field {TIMER_FIELD!r} is reserved for timers")
+    return StateSpec({**spec.fields, TIMER_FIELD: "int64"},
+                     {**spec.defaults, TIMER_FIELD: NO_TIMER}, spec.ttl)
 
 
 class ProcessFunction:
@@ -54,6 +81,10 @@ class ProcessFunction:
     columns: tuple[str, ...] = ()
     #: Event-time column (int64 or timestamp) used as ``now`` for state time-to-live.
     time_col: str | None = None
+    #: Whether the function keeps an event-time timer per key (see the module docstring).
+    #: Its :meth:`process` then fires a row's due timer before the row itself, reading the
+    #: ``_watermark`` column; :meth:`on_timer` fires the rest.
+    timers: bool = False
 
     def state_spec(self) -> StateSpec:
         """The per-key state this function keeps."""
@@ -74,6 +105,13 @@ class ProcessFunction:
         their keys) in arrival order; return the output rows, or (output rows, bool mask of
         input rows refused, reason per refused row) to send refused rows to ``invalid``."""
         raise NotImplementedError
+
+    def on_timer(self, keys: pa.Array, times: np.ndarray, block: StateBlock
+                 ) -> pa.RecordBatch:
+        """Fire the timers of ``keys`` (one row each; ``block.slots`` their state) at
+        ``times`` (ascending); their ``_timer`` is cleared already, and may be set again.
+        Return the output rows."""
+        raise NotImplementedError(f"{self.name} sets timers but defines no on_timer")
 
     def fingerprint(self) -> dict[str, Any]:
         """What this function is, for checkpoints: its class, the code of every method its
@@ -117,17 +155,45 @@ class PythonProcessFunction(ProcessFunction):
         The schema of the rows ``fn`` returns.
     defaults, ttl, time_col
         Initial values per field; keys idle for ``ttl`` (in ``time_col``'s unit) are dropped.
+    on_timer
+        ``on_timer(key, time, state: dict) -> list[dict]``: called when the key's timer
+        fires. Setting ``state["_timer"]`` (in ``fn`` or here) sets the key's timer;
+        :data:`NO_TIMER` clears it.
+
+    Examples
+    --------
+    An alert when an account has been silent for 10 time units (an alert from the absence of
+    events). A row's watermark is the one *before* it, so a row may arrive after its key's
+    timer time before the watermark has passed it: the row function checks that case too.
+
+    >>> def seen(key, row, state):
+    ...     late = state["_timer"] < row["t"]  # silent, though the timer has not fired yet
+    ...     out = [{"account": key, "silent_since": state["_timer"] - 10}] if late else []
+    ...     state["_timer"] = row["t"] + 10
+    ...     return out
+    >>> def silent(key, time, state):
+    ...     return [{"account": key, "silent_since": time - 10}]
+    >>> fn = PythonProcessFunction(seen, {"n": "int64"}, ["t"], pa.schema(
+    ...     [("account", pa.int64()), ("silent_since", pa.int64())]), on_timer=silent)
+    >>> import sabot_lab as sl
+    >>> beats = pa.table({"account": [1, 2, 1, 2], "t": [0, 1, 5, 30]})
+    >>> (sl.Stream.from_table(beats).with_watermark("t", unit="s").key_by("account")
+    ...  .process(fn).to_table().to_pydict())
+    {'account': [2, 1, 2], 'silent_since': [1, 5, 30]}
     """
 
     def __init__(self, fn: Callable[[Any, dict, dict], list[dict]],
                  state: Mapping[str, Any], columns: Sequence[str], output: pa.Schema,
                  defaults: Mapping[str, Any] | None = None, ttl: int | None = None,
-                 time_col: str | None = None, name: str | None = None) -> None:
+                 time_col: str | None = None, name: str | None = None,
+                 on_timer: Callable[[Any, int, dict], list[dict]] | None = None) -> None:
         self.fn = fn
         self.name = name or getattr(fn, "__name__", "python")
         self.columns = tuple(columns)
         self.output = output
         self.time_col = time_col
+        self.timer_fn = on_timer
+        self.timers = on_timer is not None
         self._spec = StateSpec(dict(state), dict(defaults or {}), ttl)
 
     def state_spec(self) -> StateSpec:
@@ -140,12 +206,50 @@ class PythonProcessFunction(ProcessFunction):
                 ) -> pa.RecordBatch:
         rows = batch.select(list(self.columns)).to_pylist()
         keys = keys.to_pylist()
+        marks = (batch.column(WATERMARK_COLUMN).to_pylist() if self.timers
+                 else [None] * len(rows))
         out: list[dict] = []
         for i, row in enumerate(rows):  # the teaching path: one Python call per row
             slot = block.slots[i]
-            state = {name: (array[slot] if array.ndim > 1 else array[slot].item())
-                     for name, array in block.arrays.items()}
+            state = self._load(block, slot)
+            if self.timers:
+                out.extend(self._fire_due(keys[i], state, marks[i]))
             out.extend(self.fn(keys[i], row, state))
-            for name, array in block.arrays.items():
-                array[slot] = state[name]
+            self._store(block, slot, state)
         return pa.RecordBatch.from_pylist(out, schema=self.output)
+
+    def on_timer(self, keys: pa.Array, times: np.ndarray, block: StateBlock
+                 ) -> pa.RecordBatch:
+        out: list[dict] = []
+        for key, time, slot in zip(keys.to_pylist(), times.tolist(), block.slots, strict=True):
+            state = self._load(block, slot)
+            out.extend(self._fired(key, time, state))
+            self._store(block, slot, state)
+        return pa.RecordBatch.from_pylist(out, schema=self.output)
+
+    def _fire_due(self, key: Any, state: dict, watermark: int) -> list[dict]:
+        """Fire the key's timer while it is due at ``watermark`` (it may be set again)."""
+        out: list[dict] = []
+        while state[TIMER_FIELD] <= watermark:
+            time = state[TIMER_FIELD]
+            state[TIMER_FIELD] = NO_TIMER
+            out.extend(self._fired(key, time, state))
+        return out
+
+    def _fired(self, key: Any, time: int, state: dict) -> list[dict]:
+        out = self.timer_fn(key, time, state)
+        if state[TIMER_FIELD] <= time:
+            raise ValueError(f"{self.name}: on_timer for key {key!r} at {time} set the timer "
+                             f"to {state[TIMER_FIELD]}, not later than the time that fired; "
+                             f"set it after {time}, or to NO_TIMER to clear it")
+        return out
+
+    @staticmethod
+    def _load(block: StateBlock, slot: int) -> dict:
+        return {name: (array[slot] if array.ndim > 1 else array[slot].item())
+                for name, array in block.arrays.items()}
+
+    @staticmethod
+    def _store(block: StateBlock, slot: int, state: dict) -> None:
+        for name, array in block.arrays.items():
+            array[slot] = state[name]

@@ -11,6 +11,13 @@ Table(key=['id'], rows=2, columns=['id', 'name'], unique=True)
 Traceback (most recent call last):
 ...
 sabot_lab.errors.DuplicateKeyError: reference key ['id'] is not unique: ... e.g. (1,) x2. ...
+
+A versioned table holds several versions of a key, each valid from a time on, for an as-of
+join (``Stream.enrich(..., as_of=...)``): the key and ``valid_from`` together are unique.
+
+>>> Table(pa.table({"id": [1, 1], "from": [0, 10], "tier": ["a", "b"]}), key="id",
+...       valid_from="from")
+Table(key=['id'], rows=2, columns=['id', 'from', 'tier'], unique=True, valid_from='from')
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import pyarrow.parquet as pq
 from sabot_lab.errors import ColumnConversionError, DuplicateKeyError
 from sabot_lab.expr import Expr
 
-__all__ = ["Table", "table_from_pandas"]
+__all__ = ["Table", "is_time_type", "table_from_pandas"]
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +84,20 @@ class Table:
         ``True`` (default) checks once, here, that every key value occurs at most once and
         raises :class:`DuplicateKeyError` naming repeated values otherwise. ``False`` allows
         a one-to-many join: a stream row then gets one output row per matching reference row.
+    valid_from
+        Makes this a *versioned* table: the column (a timestamp, date or integer time) from
+        which each row, a version of its key, is valid. An as-of join
+        (``Stream.enrich(..., as_of="event_time")``) gives each event the latest version of
+        its key valid at the event's time. ``unique`` then checks key and ``valid_from``
+        together.
+    valid_to
+        With ``valid_from``: the column up to which (exclusive) a version is valid; null means
+        open-ended. Without it a version is valid until the key's next version.
 
     Notes
     -----
-    Rows whose key is null can never match; they are kept in the table but counted in
-    :attr:`null_key_rows` (and logged).
+    Rows whose key (or ``valid_from``) is null can never match; they are kept in the table
+    but counted in :attr:`null_key_rows` (and logged).
     """
 
     def __init__(
@@ -90,6 +106,8 @@ class Table:
         key: str | Sequence[str],
         *,
         unique: bool = True,
+        valid_from: str | None = None,
+        valid_to: str | None = None,
     ) -> None:
         if isinstance(data, pd.DataFrame):
             data = table_from_pandas(data)
@@ -109,11 +127,26 @@ class Table:
                 f"reference key column {missing[0]!r} not found; "
                 f"available columns: {data.column_names}"
             )
+        if valid_to is not None and valid_from is None:
+            raise ValueError("valid_to needs valid_from: a version is valid from valid_from "
+                             "up to valid_to")
+        for name, column in (("valid_from", valid_from), ("valid_to", valid_to)):
+            if column is None:
+                continue
+            if column not in data.column_names:
+                raise KeyError(f"{name} column {column!r} not found; available columns: "
+                               f"{data.column_names}")
+            if not is_time_type(data.schema.field(column).type):
+                raise TypeError(f"{name} column {column!r} is {data.schema.field(column).type}"
+                                f"; it must be a timestamp, a date or an integer time")
         self.data: pa.Table = data.combine_chunks()
         #: The filter this table was cut down with by :meth:`filter` (``None``: all rows).
         self.predicate: Expr | None = None
         self.key: tuple[str, ...] = keys
         self.unique = unique
+        #: Versioned tables: the columns each version is valid from (and to).
+        self.valid_from = valid_from
+        self.valid_to = valid_to
         self.null_key_rows = self._count_null_keys()
         if self.null_key_rows:
             log.info("reference table has %d row(s) with a null key; they never match",
@@ -125,6 +158,11 @@ class Table:
     def schema(self) -> pa.Schema:
         """The reference table's schema."""
         return self.data.schema
+
+    @property
+    def versioned(self) -> bool:
+        """Whether rows are versions of their keys, valid from :attr:`valid_from` on."""
+        return self.valid_from is not None
 
     @property
     def num_rows(self) -> int:
@@ -139,30 +177,42 @@ class Table:
         1
         """
         rows = self.data.filter(predicate.evaluate(self.data), null_selection_behavior="drop")
-        subset = Table(rows, self.key, unique=False)
+        subset = Table(rows, self.key, unique=False, valid_from=self.valid_from,
+                       valid_to=self.valid_to)
         subset.unique = self.unique  # a subset of unique keys is unique: no need to re-check
         subset.predicate = predicate if self.predicate is None else self.predicate & predicate
         return subset
 
+    @property
+    def _match_columns(self) -> list[str]:
+        """The columns a row needs non-null to ever match, and that identify it."""
+        return [*self.key, *([self.valid_from] if self.versioned else [])]
+
     def _count_null_keys(self) -> int:
-        valid = pc.is_valid(self.data.column(self.key[0]))
-        for k in self.key[1:]:
+        columns = self._match_columns
+        valid = pc.is_valid(self.data.column(columns[0]))
+        for k in columns[1:]:
             valid = pc.and_(valid, pc.is_valid(self.data.column(k)))
         return self.data.num_rows - (pc.sum(valid).as_py() or 0)
 
     def _check_unique(self) -> None:
-        counts = self.data.select(list(self.key)).group_by(list(self.key)).aggregate(
-            [([], "count_all")]
-        )
+        columns = self._match_columns
+        counts = self.data.select(columns).group_by(columns).aggregate([([], "count_all")])
         dupes = counts.filter(pc.greater(counts.column("count_all"), 1))
         # Null keys never match, so repeated nulls do not make a lookup ambiguous.
-        for k in self.key:
+        for k in columns:
             dupes = dupes.filter(pc.is_valid(dupes.column(k)))
         if dupes.num_rows:
             examples = ", ".join(
-                f"{tuple(row[k] for k in self.key)} x{row['count_all']}"
+                f"{tuple(row[k] for k in columns)} x{row['count_all']}"
                 for row in dupes.slice(0, 5).to_pylist()
             )
+            if self.versioned:
+                raise DuplicateKeyError(
+                    f"versioned reference {columns} is not unique: {dupes.num_rows} key(s) "
+                    f"have two versions valid from the same time, e.g. {examples}. Keep one "
+                    f"version per key and {self.valid_from!r} (an as-of join could not "
+                    f"choose between them).")
             raise DuplicateKeyError(
                 f"reference key {list(self.key)} is not unique: {dupes.num_rows} key value(s) "
                 f"occur more than once, e.g. {examples}. Deduplicate the table, or pass "
@@ -170,7 +220,19 @@ class Table:
             )
 
     def __repr__(self) -> str:
+        versions = "" if not self.versioned else f", valid_from={self.valid_from!r}" + (
+            f", valid_to={self.valid_to!r}" if self.valid_to is not None else "")
         return (
             f"Table(key={list(self.key)}, rows={self.num_rows}, "
-            f"columns={self.data.column_names}, unique={self.unique})"
+            f"columns={self.data.column_names}, unique={self.unique}{versions})"
         )
+
+
+def is_time_type(t: pa.DataType) -> bool:
+    """Whether an as-of join can compare values of ``t`` as times: timestamps, dates and
+    integers (a time in the user's own unit).
+
+    >>> is_time_type(pa.timestamp("us")), is_time_type(pa.int32()), is_time_type(pa.string())
+    (True, True, False)
+    """
+    return pa.types.is_timestamp(t) or pa.types.is_date(t) or pa.types.is_integer(t)

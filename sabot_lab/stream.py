@@ -46,6 +46,7 @@ from sabot_lab.ops.sources import (
 )
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import (
+    AsOfEnrich,
     Enrich,
     Filter,
     KeyedProcess,
@@ -272,8 +273,13 @@ class Stream:
         suffix: str = "_ref",
         unmatched: str = "drop",
         dictionary_strings: bool = True,
+        as_of: str | None = None,
+        tolerance: DurationLike | None = None,
     ) -> Stream:
         """Lookup-join the stream against a reference :class:`~sabot_lab.reference.Table`.
+
+        With a versioned table (``Table(..., valid_from=...)``) and ``as_of``, a temporal
+        join: each row gets the version of its key valid at its ``as_of`` time.
 
         Parameters
         ----------
@@ -297,6 +303,22 @@ class Stream:
             Return string/binary reference columns dictionary-encoded (indices into the
             reference column: no per-row string copy, and pandas gets a Categorical).
             ``False`` returns plain strings.
+        as_of
+            The stream's time column (timestamp, date or integer time) for a versioned
+            table: each row gets the latest version of its key whose ``valid_from`` is at or
+            before that time (and, with ``valid_to``, still valid then). Rows before their
+            key's first version are unmatched, with that reason in the side output.
+        tolerance
+            With ``as_of``: the oldest a version may be at the row's time (``"7d"``, a
+            timedelta; for an integer time column, an int in its unit); an older one leaves
+            the row unmatched.
+
+        >>> versions = Table(pa.table({"k": ["x", "x"], "from": [0, 10], "tier": ["a", "b"]}),
+        ...                  key="k", valid_from="from")
+        >>> s = Stream.from_table(pa.table({"k": ["x", "x", "x"], "t": [-5, 3, 10]}))
+        >>> s.enrich(versions, as_of="t", how="left", columns=["tier"],
+        ...          dictionary_strings=False).to_table().to_pydict()
+        {'k': ['x', 'x', 'x'], 't': [-5, 3, 10], 'tier': [None, 'a', 'b']}
 
         >>> ref = Table(pa.table({"k": ["x"], "v": [1]}), key="k")
         >>> s = Stream.from_table(pa.table({"k": ["x", "y"]}))
@@ -327,8 +349,30 @@ class Stream:
             columns = [c for c in reference.schema.names if c not in reference.key]
         if unmatched not in ("drop", "side_output"):
             raise ValueError(f"unmatched must be 'drop' or 'side_output', got {unmatched!r}")
-        return Stream(Enrich(self.node, reference, pairs, how, tuple(columns), suffix,
-                             unmatched == "side_output", dictionary_strings))
+        if reference.versioned != (as_of is not None):
+            raise PlanError(
+                f"enrich(as_of={as_of!r}) against {reference!r}: a versioned table "
+                f"(Table(..., valid_from=...)) needs as_of='<the stream's time column>', and "
+                f"as_of needs a versioned table")
+        if as_of is None:
+            if tolerance is not None:
+                raise PlanError("tolerance applies to an as-of join only: pass as_of= too")
+            return Stream(Enrich(self.node, reference, pairs, how, tuple(columns), suffix,
+                                 unmatched == "side_output", dictionary_strings))
+        return Stream(AsOfEnrich(self.node, reference, pairs, how, tuple(columns), suffix,
+                                 unmatched == "side_output", dictionary_strings, as_of,
+                                 self._tolerance(as_of, tolerance)))
+
+    def _tolerance(self, as_of: str, tolerance: DurationLike | None) -> int | None:
+        """An as-of join's tolerance in the unit it compares ``as_of`` in."""
+        if tolerance is None or as_of not in self.schema.names:
+            return non_negative("tolerance", tolerance)
+        if pa.types.is_integer(self.schema.field(as_of).type):
+            if not isinstance(tolerance, int) or isinstance(tolerance, bool):
+                raise PlanError(f"as_of column {as_of!r} is an integer time: give tolerance "
+                                f"as an int in its unit, not {tolerance!r}")
+            return tolerance
+        return non_negative("tolerance", tolerance)
 
     def with_watermark(
         self,

@@ -1,9 +1,10 @@
 """Data for sabot_lab: deterministic synthetic market data and small real public data sets.
 
 Synthetic (generated in code, see :mod:`sabot_lab.datasets.market`): :func:`securities`,
-:func:`quotes`, :func:`quotes_batch`, :func:`quote_batches`. Real (bundled files in the
-repository's ``datasets/`` folder, see :mod:`sabot_lab.datasets.public`): :func:`flights`,
-:func:`airports`, :func:`sp500_constituents`, located by :func:`data_dir`.
+:func:`security_versions`, :func:`quotes`, :func:`quotes_batch`, :func:`quote_batches`.
+Real (bundled files in the repository's ``datasets/`` folder, see
+:mod:`sabot_lab.datasets.public`): :func:`flights`, :func:`airports`,
+:func:`sp500_constituents`, located by :func:`data_dir`.
 Synthetic card transactions with labelled fraud (see :mod:`sabot_lab.datasets.transactions`):
 :func:`accounts`, :func:`transactions`, :func:`transaction_batches`.
 
@@ -16,7 +17,13 @@ Examples
 
 from sabot_lab.datasets.clicks import click_batches, clicks, clicks_batch
 from sabot_lab.datasets.logs import apache_log_lines, apache_logs, parse_combined_log
-from sabot_lab.datasets.market import quote_batches, quotes, quotes_batch, securities
+from sabot_lab.datasets.market import (
+    quote_batches,
+    quotes,
+    quotes_batch,
+    securities,
+    security_versions,
+)
 from sabot_lab.datasets.public import airports, data_dir, flights, sp500_constituents
 from sabot_lab.datasets.taxi import taxi_trips
 from sabot_lab.datasets.transactions import accounts, transaction_batches, transactions
@@ -36,6 +43,7 @@ __all__ = [
     "quotes",
     "quotes_batch",
     "securities",
+    "security_versions",
     "sp500_constituents",
     "taxi_trips",
     "transaction_batches",

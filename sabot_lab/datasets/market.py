@@ -46,6 +46,7 @@ __all__ = [
     "quotes",
     "quotes_batch",
     "securities",
+    "security_versions",
 ]
 
 #: ``instrument_id`` of the instrument with index ``i`` is ``ID_BASE + ID_STEP * i``.
@@ -550,3 +551,40 @@ def quotes(
         list(quote_batches(n, seed=seed, batch_size=batch_size, securities_n=securities_n)),
         schema=QUOTES_SCHEMA,
     )
+
+
+def security_versions(n: int = 10_000, versions: int = 10, *, days: int = 25,
+                      seed: int = 7) -> pa.Table:
+    """Generate versioned reference data: each instrument's rating and risk weight over time.
+
+    ``versions`` rows per instrument ``i`` in ``0..n-1`` (key ``instrument_id`` as in
+    :func:`securities`), each valid from a seeded time (``valid_from``, timestamp[us])
+    spread over the ``days`` business days from the first day of :func:`quotes`, and one
+    day before: most quotes fall after their instrument's first version, some before it. An
+    instrument's versions have distinct times; rows come shuffled, not sorted by time or key.
+    ``version`` numbers an instrument's versions from 1 in time order (the ground truth of
+    which version was valid when).
+
+    >>> v = security_versions(3, 4)
+    >>> v.num_rows, v.column_names
+    (12, ['instrument_id', 'valid_from', 'version', 'rating', 'risk_weight'])
+    """
+    if n < 0 or versions < 1 or days < 1:
+        raise ValueError(f"need n >= 0, versions >= 1 and days >= 1, got {n}, {versions}, {days}")
+    rng = np.random.default_rng([seed, 17])
+    first = np.datetime64(_FIRST_DAY, "us").astype(np.int64) - 86_400_000_000
+    last = np.datetime64(np.busday_offset(_FIRST_DAY, days, roll="forward"), "us").astype(
+        np.int64)
+    times = np.sort(rng.integers(first, last, size=(n, versions)), axis=1)
+    # Sorted times plus 0, 1, 2... are strictly increasing: no two versions at one time.
+    times = (times + np.arange(versions)).ravel()
+    index = np.repeat(np.arange(n, dtype=np.int64), versions)
+    order = rng.permutation(n * versions)
+    rating = _RATINGS.take(_draw_category(rng, _RATING_CDF, n * versions))
+    return pa.table({
+        "instrument_id": _instrument_ids(index)[order],
+        "valid_from": pa.array(times[order], pa.timestamp("us")),
+        "version": pa.array(np.tile(np.arange(1, versions + 1, dtype=np.int32), n)[order]),
+        "rating": rating.take(order),
+        "risk_weight": np.round(rng.uniform(0.2, 1.5, n * versions), 3)[order],
+    })

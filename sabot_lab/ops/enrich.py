@@ -27,6 +27,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -37,34 +39,43 @@ from sabot_lab.ops.lookup import Lookup
 from sabot_lab.ops.sources import ScanFilterOp
 from sabot_lab.plan.nodes import Enrich
 
-__all__ = ["EnrichOp", "FilterEnrichOp", "build_lookup", "fuse_scan_filter_into_enrich"]
+__all__ = ["EnrichOp", "FilterEnrichOp", "build_lookup", "cached_index",
+           "fuse_scan_filter_into_enrich"]
+
+T = TypeVar("T")
 
 
-_LOOKUPS: OrderedDict[tuple, tuple[pa.Table, Lookup]] = OrderedDict()
-_LOOKUPS_LOCK = threading.Lock()
-_LOOKUPS_KEPT = 8
+_INDEXES: OrderedDict[tuple, tuple[pa.Table, object]] = OrderedDict()
+_INDEXES_LOCK = threading.Lock()
+_INDEXES_KEPT = 8
+
+
+def cached_index(data: pa.Table, key: tuple, build: Callable[[], T]) -> T:
+    """``build()``, or the index built for ``data`` and ``key`` before in this process.
+
+    Indexes are kept for the last few reference tables (keyed by the table object, which the
+    cache keeps alive), so repeated runs, and every partition a Dask worker runs, reuse one
+    index instead of rebuilding it.
+    """
+    key = (id(data), *key)
+    with _INDEXES_LOCK:
+        if key in _INDEXES:
+            _INDEXES.move_to_end(key)
+            return _INDEXES[key][1]
+    index = build()
+    with _INDEXES_LOCK:
+        _INDEXES[key] = (data, index)
+        while len(_INDEXES) > _INDEXES_KEPT:
+            _INDEXES.popitem(last=False)
+    return index
 
 
 def build_lookup(node: Enrich) -> Lookup:
-    """The lookup index for ``node``, built once per reference table and process.
-
-    Built indexes are kept for the last few reference tables (keyed by the table object,
-    which the cache keeps alive), so repeated runs, and every partition a Dask worker runs,
-    reuse one index instead of rebuilding it.
-    """
+    """The lookup index for ``node``, built once per reference table and process."""
     ref_keys = tuple(r for _, r in node.on)
     data = node.reference.data
-    key = (id(data), ref_keys, node.reference.unique)
-    with _LOOKUPS_LOCK:
-        if key in _LOOKUPS:
-            _LOOKUPS.move_to_end(key)
-            return _LOOKUPS[key][1]
-    lookup = Lookup.build(data, list(ref_keys), unique=node.reference.unique)
-    with _LOOKUPS_LOCK:
-        _LOOKUPS[key] = (data, lookup)
-        while len(_LOOKUPS) > _LOOKUPS_KEPT:
-            _LOOKUPS.popitem(last=False)
-    return lookup
+    return cached_index(data, ("lookup", ref_keys, node.reference.unique),
+                        lambda: Lookup.build(data, list(ref_keys), unique=node.reference.unique))
 
 
 class EnrichOp(Operator):
@@ -107,21 +118,24 @@ class EnrichOp(Operator):
             columns += [array.take(indices) for array in self.ref_columns]
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
 
-    def _side_output_unmatched(self, batch: pa.RecordBatch, matched: np.ndarray) -> None:
+    def _side_output_unmatched(self, batch: pa.RecordBatch, matched: np.ndarray,
+                               reasons: np.ndarray | str) -> None:
         missing = batch.filter(pa.array(~matched))
         null_key = np.zeros(missing.num_rows, dtype=np.bool_)
         for k in self.keys:
             null_key |= missing.column(k).is_null().to_numpy(zero_copy_only=False)
-        reason = np.where(null_key, "null key", "no matching reference key")
+        reason = np.where(null_key, "null key", reasons)
         self.side_outputs.emit("unmatched", missing.append_column("reason", pa.array(reason)))
 
-    def _leave(self, batch: pa.RecordBatch, matched: np.ndarray) -> None:
-        """Account for inner-join rows without a match (and side-output them if asked)."""
+    def _leave(self, batch: pa.RecordBatch, matched: np.ndarray,
+               reasons: np.ndarray | str = "no matching reference key") -> None:
+        """Account for inner-join rows without a match (and side-output them if asked, with
+        ``reasons``: one for all, or one per unmatched row; a null key is its own)."""
         lost = batch.num_rows - int(matched.sum())
         if not lost:
             return
         if self.node.unmatched_side_output:
-            self._side_output_unmatched(batch, matched)
+            self._side_output_unmatched(batch, matched, reasons)
             self.metrics.add(rows_side_output=lost)
         else:
             self.metrics.add(rows_filtered=lost)
@@ -185,7 +199,7 @@ class FilterEnrichOp(Operator):
     @staticmethod
     def applies(scan_filter: Operator, op: Operator) -> bool:
         """Whether ``op`` is an enrich that this fusion can run right after ``scan_filter``."""
-        return (isinstance(op, EnrichOp) and op.node.how == "inner" and op.lookup.unique
+        return (type(op) is EnrichOp and op.node.how == "inner" and op.lookup.unique
                 and not op.node.unmatched_side_output
                 and scan_filter.node.predicate is not None)
 

@@ -5,6 +5,10 @@ Rows whose key is null go to the ``null_key`` side output, rows the function rej
 rest reach the function with their keys' state, in arrival order. Input rows are absorbed
 (``rows_aggregated``) and the function's rows are the output, so the accounting is that of an
 aggregation: rows in = absorbed + side output.
+
+A function with event-time timers fires a row's due timer itself (before the row); after each
+batch this operator fires every timer the batch's last watermark has passed, and at the end
+of the input every timer still set (the final watermark is past them all).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import pyarrow.compute as pc
 
 from sabot_lab.ops.base import Operator, OperatorMetrics, SideOutputs
 from sabot_lab.ops.snapshot import SnapshotError
-from sabot_lab.plan.nodes import KeyedProcess
+from sabot_lab.plan.nodes import WATERMARK_COLUMN, KeyedProcess
+from sabot_lab.process import NO_TIMER, TIMER_FIELD, with_timer
 from sabot_lab.state import KeyedState, MemoryState, StateSpec
 
 __all__ = ["KeyedProcessOp", "make_state"]
@@ -45,7 +50,9 @@ class KeyedProcessOp(Operator):
         super().__init__(node, metrics, side_outputs)
         self.function = self.node.function
         self.key = self.node.keys[0]
-        self.state = make_state(self.node.state, self.function.state_spec(),
+        spec = self.function.state_spec()
+        self.timers = bool(getattr(self.function, "timers", False))
+        self.state = make_state(self.node.state, with_timer(spec) if self.timers else spec,
                                 self.node.state_path)
         self.metrics.aggregates = True
         reason = pa.field("reason", pa.string())
@@ -94,13 +101,40 @@ class KeyedProcessOp(Operator):
                 self.metrics.add(rows_aggregated=-int(refused.sum()))
         if first is not None:
             self.state.expire(first)
-        return [out]
+        if not self.timers:
+            return [out]
+        watermark = pc.max(batch.column(WATERMARK_COLUMN)).as_py()
+        return [out, *self._fire(watermark)]
+
+    def _fire(self, upto: int) -> list[pa.RecordBatch]:
+        """Fire every timer at or before ``upto``, in time order; again for timers that
+        firing set and that are due too."""
+        out = []
+        while True:
+            keys, times = self.state.due(TIMER_FIELD, upto)
+            if not len(keys):
+                return out
+            order = np.argsort(times, kind="stable")
+            keys, times = keys.take(pa.array(order)), times[order]
+            block = self.state.acquire(keys)
+            timers = block.arrays[TIMER_FIELD]
+            timers[block.slots] = NO_TIMER
+            out.append(self.function.on_timer(keys, times, block))
+            again = timers[block.slots] <= times
+            self.state.release(block)
+            if again.any():
+                key = keys[int(np.flatnonzero(again)[0])].as_py()
+                raise ValueError(f"{self.function.name}: on_timer set the timer of key {key!r} "
+                                 f"to a time not later than the one that fired; set it later, "
+                                 f"or to NO_TIMER to clear it")
 
     def finish(self) -> list[pa.RecordBatch]:
-        """Report the state held at the end (keys and bytes)."""
+        """Fire the timers still set (the input is over: the watermark passes them all), and
+        report the state held at the end (keys and bytes)."""
+        out = self._fire(NO_TIMER - 1) if self.timers else []
         self.metrics.state_bytes = self.state.nbytes
         self.metrics.state_keys = len(self.state)
-        return []
+        return out
 
     def state_size(self) -> tuple[int, int]:
         """Keys and bytes held now (what :meth:`finish` reports at the end)."""

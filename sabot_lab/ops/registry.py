@@ -19,12 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from sabot_lab.ops.asof import AsOfEnrichOp
 from sabot_lab.ops.base import Operator, OperatorMetrics, SideOutputs
 from sabot_lab.ops.enrich import EnrichOp
 from sabot_lab.ops.keyed import KeyedProcessOp
 from sabot_lab.ops.stateless import FilterOp, MapBatchesOp, ProjectOp
 from sabot_lab.ops.window import SessionWindowOp, TopNOp, WatermarkOp, WindowAggregateOp
 from sabot_lab.plan.nodes import (
+    AsOfEnrich,
     Enrich,
     Filter,
     KeyedProcess,
@@ -53,6 +55,7 @@ OPERATORS: dict[type[Node], Factory] = {
     Project: ProjectOp,
     MapBatches: MapBatchesOp,
     Enrich: EnrichOp,
+    AsOfEnrich: AsOfEnrichOp,
     Watermark: WatermarkOp,
     WindowAggregate: _window,
     TopN: TopNOp,

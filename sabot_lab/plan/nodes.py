@@ -38,6 +38,7 @@ from sabot_lab.reference import Table
 __all__ = [
     "NO_WATERMARK",
     "WATERMARK_COLUMN",
+    "AsOfEnrich",
     "Enrich",
     "Filter",
     "Fused",
@@ -378,6 +379,66 @@ class Enrich(_Unary):
 
 
 @dataclass(frozen=True, eq=False)
+class AsOfEnrich(Enrich):
+    """Temporal (as-of) join against a versioned :class:`~sabot_lab.reference.Table`.
+
+    Each stream row gets the latest version of its key whose ``valid_from`` is at or before
+    the row's ``as_of`` time; that version must still be valid then: before its ``valid_to``
+    (when the table has one) and at most ``tolerance`` after its ``valid_from`` (when set).
+    ``tolerance`` is in nanoseconds for timestamp and date columns, in the column's own unit
+    for integer times. Rows without such a version are unmatched, as in :class:`Enrich`.
+    """
+
+    as_of: str = ""
+    tolerance: int | None = None
+
+    @property
+    def label(self) -> str:
+        keys = ", ".join(s if s == r else f"{s}={r}" for s, r in self.on)
+        side = " unmatched->side" if self.unmatched_side_output else ""
+        within = "" if self.tolerance is None else f" within {self.tolerance}"
+        return (f"AsOfEnrich[{self.how} on {keys} as of {self.as_of}{within} "
+                f"+{list(self.columns)}{side}]")
+
+    def _infer_schema(self) -> pa.Schema:
+        schema = super()._infer_schema()
+        valid_from = getattr(self.reference, "valid_from", None)
+        if valid_from is None:
+            raise PlanError("an as-of join needs a versioned reference table: "
+                            "Table(data, key=..., valid_from='<column>')")
+        stream = self.child.schema
+        if self.as_of not in stream.names:
+            raise KeyError(f"as_of column {self.as_of!r} not found; available columns: "
+                           f"{stream.names}")
+        event = stream.field(self.as_of).type
+        ref = self.reference.schema
+        for column in (valid_from, getattr(self.reference, "valid_to", None)):
+            if column is not None and time_kind(event) != time_kind(ref.field(column).type):
+                raise ExprError(
+                    f"as_of column {self.as_of!r} is {event} but the reference's {column!r} is "
+                    f"{ref.field(column).type}: an as-of join compares timestamps and dates "
+                    f"with each other (both with a time zone or both without), and integer "
+                    f"times with integer times; cast one side")
+        if self.tolerance is not None and self.tolerance < 0:
+            raise ExprError(f"tolerance must not be negative, got {self.tolerance}")
+        return schema
+
+
+def time_kind(t: pa.DataType) -> str:
+    """What an as-of join compares a time column as: ``"integer"``, ``"instant"`` (a
+    timestamp with a time zone), ``"local time"`` (without one, and dates) or ``"other"``.
+
+    >>> time_kind(pa.timestamp("ms", "UTC")), time_kind(pa.date32()), time_kind(pa.int16())
+    ('instant', 'local time', 'integer')
+    """
+    if pa.types.is_integer(t):
+        return "integer"
+    if pa.types.is_timestamp(t):
+        return "instant" if t.tz is not None else "local time"
+    return "local time" if pa.types.is_date(t) else "other"
+
+
+@dataclass(frozen=True, eq=False)
 class Union(Node):
     """Concatenates streams with the same schema (inputs in order, batches interleaved)."""
 
@@ -464,6 +525,10 @@ class KeyedProcess(_Unary):
             if name not in schema.names:
                 raise KeyError(f"{self.function.name} needs column {name!r}; available "
                                f"columns: {schema.names}")
+        if getattr(self.function, "timers", False) and WATERMARK_COLUMN not in schema.names:
+            raise ExprError(f"{self.function.name} sets event-time timers, which fire when the "
+                            f"watermark passes them: add .with_watermark(time_column, ...) "
+                            f"before key_by()")
         return self.function.output_schema(schema)
 
 

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 
 from sabot_lab.expr import Binary, Column, Expr, Literal, col
 from sabot_lab.plan.nodes import (
+    AsOfEnrich,
     Enrich,
     Filter,
     Fused,
@@ -131,7 +132,8 @@ def push_filter_below_enrich(node: Node) -> Node | None:
         return None
     stream_columns = set(enrich.child.schema.names)
     reference_names = dict(zip(enrich.output_names, enrich.columns, strict=True))
-    into_reference_ok = enrich.how == "inner"
+    # Filtering an as-of join's versions would hand some rows an older version instead.
+    into_reference_ok = enrich.how == "inner" and not isinstance(enrich, AsOfEnrich)
     below, into_reference, stay = [], [], []
     for c in conjuncts(node.predicate):
         if c.columns <= stream_columns:
@@ -260,7 +262,8 @@ def _prune(node: Node, needed: frozenset[str] | None) -> Node:
         below = None if needed is None else needed | node.predicate.columns
         return node.with_children((_prune(node.child, below),))
     if isinstance(node, Enrich):
-        keys = frozenset(s for s, _ in node.on)
+        keys = frozenset(s for s, _ in node.on) | frozenset(
+            [node.as_of] if isinstance(node, AsOfEnrich) else [])
         if needed is None or node.unmatched_side_output:
             # With a side output, the unmatched rows keep every stream column.
             kept = node.columns if needed is None else tuple(

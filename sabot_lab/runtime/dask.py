@@ -82,7 +82,8 @@ def _template(graph: JobGraph) -> tuple[Node, list[Table], list[Source]]:
         if isinstance(node, Enrich):
             references.append(node.reference)
             ref = node.reference
-            slot = tasks.ReferenceSlot(len(references) - 1, ref.key, ref.unique, ref.schema)
+            slot = tasks.ReferenceSlot(len(references) - 1, ref.key, ref.unique, ref.schema,
+                                       ref.valid_from, ref.valid_to)
             return dataclasses.replace(node, reference=slot)
         if isinstance(node, Source):
             sources.append(node)

@@ -12,8 +12,10 @@ into
    order, so each key range emits exactly the rows a local run emits for those keys;
 4. **client**: ``top_n`` (which ranks across all keys) and what follows it, into the sink.
 
-A keyed-state job (``key_by(k).process(fn)``) has no watermark: rows are exchanged by ``k``
-and each agent runs the process function with the state of its keys. A persistent store
+A keyed-state job (``key_by(k).process(fn)``) without a watermark is cut the same way, less
+the watermark: rows are exchanged by ``k`` and each agent runs the process function with the
+state of its keys. With a watermark (a function with event-time timers), the keyed process
+takes the window's place: each agent fires the timers of its keys. A persistent store
 (``state="rocksdict"``) is one per key range, ``<state_path>/range-00003``
 (:func:`~sabot_lab.runtime.tasks.range_stores`): the ranges run at the same time, and a
 store opens in one process.
@@ -73,12 +75,13 @@ def stateful_stages(graph: JobGraph) -> StatefulStages | None:
         return StatefulStages(below, None, (), _detached(reducer), (), op_ids={
             "exchange": (), "reducer": chain_ids(ids, reducer),
             "client": (ids[id(graph.root)],)})
-    windows = [i for i, n in enumerate(above) if isinstance(n, WindowAggregate)]
-    if len(windows) > 1 or any(isinstance(n, Watermark | KeyedProcess) for n in above):
-        raise NotImplementedError("the DaskRunner runs one window per job, after one watermark")
+    keyed = [i for i, n in enumerate(above) if isinstance(n, WindowAggregate | KeyedProcess)]
+    if len(keyed) > 1 or any(isinstance(n, Watermark) for n in above):
+        raise NotImplementedError("the DaskRunner runs one window or keyed process per job, "
+                                  "after one watermark")
     tops = [i for i, n in enumerate(above) if isinstance(n, TopN)]
     cut_client = max(tops) + 1 if tops else 0
-    cut_middle = windows[0] + 1 if windows else len(above)
+    cut_middle = keyed[0] + 1 if keyed else len(above)
     middle, reducer, client = (tuple(above[cut_middle:]), tuple(above[cut_client:cut_middle]),
                                tuple(above[:cut_client]))
     return StatefulStages(

@@ -50,7 +50,9 @@ class StatefulStages:
         keys = list(self.keys) or "nothing: one key range"
         if self.watermark is None:
             return f"3 stages (pipeline, exchange by {keys}, keyed state agents)"
-        return f"4 stages (pipeline and watermark, exchange by {keys}, window agents, client)"
+        kind = ("window" if any(isinstance(n, WindowAggregate) for n in self.reducer)
+                else "keyed state")
+        return f"4 stages (pipeline and watermark, exchange by {keys}, {kind} agents, client)"
 
 
 @dataclass

@@ -47,6 +47,8 @@ class ReferenceSlot:
     key: tuple[str, ...]
     unique: bool
     schema: pa.Schema
+    valid_from: str | None = None
+    valid_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,8 @@ def instantiate(template: Node, source_index: int, scan: object,
     def fill(node: Node) -> Node:
         if isinstance(node, Enrich):
             slot = node.reference
-            table = Table(references[slot.index], slot.key, unique=False)
+            table = Table(references[slot.index], slot.key, unique=False,
+                          valid_from=slot.valid_from, valid_to=slot.valid_to)
             table.unique = slot.unique  # checked once on the client
             return dataclasses.replace(node, reference=table)
         if isinstance(node, Source):

@@ -133,6 +133,14 @@ class KeyedState(ABC):
         """The state as a table: ``key``, one column per field (rings as fixed-size lists)
         and, if asked, ``last_access``; at most ``limit`` keys."""
 
+    def due(self, field: str, upto: int) -> tuple[pa.Array, np.ndarray]:
+        """The keys whose int64 ``field`` is at most ``upto``, and those values (timers due
+        by then). This scans every key; backends override it with a faster scan."""
+        table = self.to_table()
+        values = table.column(field).to_numpy()
+        hit = np.flatnonzero(values <= upto)
+        return table.column("key").take(pa.array(hit)), values[hit]
+
     @abstractmethod
     def _load(self, table: pa.Table) -> None:
         """Replace all state by ``table`` (columns as :meth:`to_table` with ``last_access``)."""

@@ -177,6 +177,26 @@ class MemoryState(KeyedState):
         arrays = {name: array[live] for name, array in self._data.items()}
         return self._table_from_arrays(keys, arrays, self._last[live] if last_access else None)
 
+    def due(self, field: str, upto: int) -> tuple[pa.Array, np.ndarray]:
+        """The keys whose int64 ``field`` is at most ``upto``, and those values.
+
+        Examples
+        --------
+        >>> state = MemoryState(StateSpec({"t": "int64"}))
+        >>> block = state.acquire(["a", "b", "c"])
+        >>> block.arrays["t"][block.slots] = [5, 50, 9]
+        >>> state.release(block)
+        >>> keys, times = state.due("t", 10)
+        >>> keys.to_pylist(), times.tolist()
+        (['a', 'c'], [5, 9])
+        """
+        if self._map is None:
+            return pa.array([], type=pa.int64()), np.zeros(0, dtype=np.int64)
+        live = self._map.live_slots()
+        values = self._data[field][live]
+        hit = values <= upto
+        return self._map.keys_at(live[hit]), values[hit]
+
     # -- internals ----------------------------------------------------------------------
     def _slotmap(self, kind: str) -> SlotMap:
         self._set_kind(kind)

@@ -14,9 +14,11 @@ import pytest
 import sabot_lab as sl
 from sabot_lab.datasets import clicks, transactions
 from sabot_lab.patterns.fraud import detect_fraud
+from sabot_lab.patterns.silence import Silence
 from sabot_lab.runtime.checkpoint import CheckpointError
 from sabot_lab.runtime.dask import DaskRunner
 from tests.oracle import assert_balanced
+from tests.patterns.test_silence_pattern import BOUND, GAP, heartbeats
 
 
 class CrashAt:
@@ -52,8 +54,18 @@ def _window_job(crash: CrashAt) -> sl.Stream:
                                                                p95=sl.quantile("bytes", 0.95)))
 
 
+def _silence_job(crash: CrashAt) -> sl.Stream:
+    """Event-time timers: alerts from the absence of heartbeats."""
+    beats = heartbeats()
+    return (sl.Stream.from_table(beats, batch_size=300).map_batches(crash, beats.schema)
+            .with_watermark("t", unit="s", max_out_of_orderness=f"{BOUND}s")
+            .key_by("device").process(Silence("device", "t", GAP)))
+
+
 def _crash(make_job: object, armed: bool = True) -> CrashAt:
     """A crash in the last third of the input."""
+    if make_job is _silence_job:
+        return CrashAt("seq", 4_000, armed)
     if make_job is _fraud_job:
         txns = transactions(60_000, n_accounts=2_000, seed=5)
         return CrashAt("txn_id", txns["txn_id"][45_000].as_py(), armed)
@@ -62,10 +74,10 @@ def _crash(make_job: object, armed: bool = True) -> CrashAt:
 
 
 #: What differs from run to run (a timing, not a row).
-MEASURED = {_fraud_job: ("detection_latency_ms",), _window_job: ()}
+MEASURED = {_fraud_job: ("detection_latency_ms",), _window_job: (), _silence_job: ()}
 
 
-@pytest.mark.parametrize("make_job", [_fraud_job, _window_job])
+@pytest.mark.parametrize("make_job", [_fraud_job, _window_job, _silence_job])
 def test_dask_resumes_a_failed_job_from_its_checkpoint(runner, tmp_path, make_job):
     expected = make_job(_crash(make_job, armed=False)).run()
     dask = DaskRunner(runner.client, partitions_per_worker=6)

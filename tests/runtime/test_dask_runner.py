@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import sabot_lab as sl
-from sabot_lab.datasets import airports, flights, securities
+from sabot_lab.datasets import airports, flights, securities, security_versions
 from sabot_lab.errors import SchemaMismatchError
 from sabot_lab.ops.sinks import CollectSink
 from sabot_lab.patterns.enrichment import enrich_quotes, quote_stream
@@ -54,6 +54,15 @@ def _variants() -> dict[str, sl.Stream]:
         "one-to-many": sl.Stream.from_table(small, batch_size=7).enrich(many, how="left"),
         "union": sl.Stream.from_table(f.slice(0, 3_000)).union(
             sl.Stream.from_table(f.slice(5_000))).filter(sl.col("delay") > 10),
+        "as-of-side": quotes.enrich(
+            sl.Table(security_versions(500, 4, days=1), key="instrument_id",
+                     valid_from="valid_from"),
+            as_of="ts", tolerance="3h", unmatched="side_output"),
+        "as-of-then-window": quotes.enrich(
+            sl.Table(security_versions(500, 4, days=1), key="instrument_id",
+                     valid_from="valid_from"), as_of="ts", how="left", columns=["rating"])
+        .with_watermark("ts", max_out_of_orderness="1s").window(sl.tumbling("10min"))
+        .group_by("rating").agg(n=sl.count(), volume=sl.sum("volume")),
     }
 
 

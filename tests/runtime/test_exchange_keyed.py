@@ -82,5 +82,7 @@ def test_keyed_state_survives_two_killed_workers(runner):
     columns = [c for c in expected.table.column_names if c != "detection_latency_ms"]
     sl.assert_same_results(killed.table.select(columns), expected.table.select(columns),
                            rtol=1e-12)
-    assert killed.execution.restarts >= 2
+    # The second kill may hit the worker that replaced the first one, holding no agent yet:
+    # Dask then runs its partition tasks again by itself, without restarting an agent.
+    assert killed.execution.restarts >= 1
     assert_balanced(killed.operator_metrics)

@@ -1,0 +1,170 @@
+"""Event-time timers (an alert from the absence of events) against a plain-Python, event by
+event simulation: the teaching path and the numba path, across batch sizes, disorder within
+the watermark's bound, a crash and resume, and a Dask cluster."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import sabot_lab as sl
+from sabot_lab.patterns.silence import Silence
+from tests.runtime.test_checkpoint import Crash
+
+GAP = 60
+BOUND = 20
+
+
+def heartbeats(n: int = 6_000, devices: int = 40, seed: int = 1) -> pa.Table:
+    """Heartbeats with random gaps (some longer than GAP); across devices out of order by up
+    to BOUND, each device's own in order."""
+    rng = np.random.default_rng(seed)
+    device = rng.integers(0, devices, n)
+    steps = np.where(rng.random(n) < 0.05, rng.integers(GAP, 4 * GAP, n), rng.integers(1, 30, n))
+    t = np.zeros(n, dtype=np.int64)
+    for d in range(devices):  # each device's times: a walk of its own steps
+        mine = np.flatnonzero(device == d)
+        t[mine] = np.cumsum(steps[mine]) + 1_000
+    arrival = np.argsort(t + rng.integers(0, BOUND, n), kind="stable")
+    device, t = device[arrival], t[arrival]
+    for d in range(devices):  # keep a device's own rows in time order
+        mine = np.flatnonzero(device == d)
+        t[mine] = np.sort(t[mine])
+    return pa.table({"device": device, "t": t, "seq": np.arange(n)})
+
+
+def simulate(table: pa.Table, gap: int = GAP, bound: int = BOUND) -> Counter:
+    """Row by row in arrival order: the watermark before a row is the largest earlier time
+    minus ``bound``; every timer at or before it fires first (any device), then the row."""
+    timers: dict[int, int] = {}
+    last: dict[int, int] = {}
+    alerts: Counter = Counter()
+    high = None
+    for device, t in zip(table["device"].to_pylist(), table["t"].to_pylist(), strict=True):
+        mark = None if high is None else high - bound
+        for d, due in sorted(timers.items(), key=lambda kv: kv[1]):
+            if mark is not None and due <= mark:
+                alerts[(d, last[d], due)] += 1
+                del timers[d]
+        if device in timers and timers[device] <= t:
+            alerts[(device, last[device], timers.pop(device))] += 1
+        last[device] = max(last.get(device, t), t)
+        timers[device] = last[device] + gap
+        high = t if high is None else max(high, t)
+    for d, due in timers.items():  # the end of the input: every timer fires
+        alerts[(d, last[d], due)] += 1
+    return alerts
+
+
+def python_silence() -> sl.PythonProcessFunction:
+    """The same rule written row by row, for teaching."""
+    def seen(key, row, state):
+        out = []
+        if state["_timer"] <= row["t"]:
+            out.append({"device": key, "silent_since": state["last"], "alert_at": state["_timer"]})
+            state["_timer"] = sl.NO_TIMER
+        state["last"] = max(state["last"], row["t"])
+        state["_timer"] = state["last"] + GAP
+        return out
+
+    def silent(key, time, state):
+        return [{"device": key, "silent_since": state["last"], "alert_at": time}]
+
+    return sl.PythonProcessFunction(
+        seen, {"last": "int64"}, ["t"],
+        pa.schema([("device", pa.int64()), ("silent_since", pa.int64()),
+                   ("alert_at", pa.int64())]),
+        defaults={"last": np.iinfo(np.int64).min}, on_timer=silent, name="silence_py")
+
+
+def _job(table: pa.Table, function: sl.ProcessFunction, batch_size: int,
+         crash: Crash | None = None) -> sl.Stream:
+    stream = sl.Stream.from_table(table, batch_size=batch_size)
+    if crash is not None:
+        stream = stream.map_batches(crash, table.schema)
+    return (stream.with_watermark("t", unit="s", max_out_of_orderness=f"{BOUND}s")
+            .key_by("device").process(function))
+
+
+def _alerts(result: sl.Result) -> Counter:
+    t = result.table
+    return Counter(zip(t["device"].to_pylist(), t["silent_since"].to_pylist(),
+                       t["alert_at"].to_pylist(), strict=True))
+
+
+@pytest.fixture(scope="module")
+def beats() -> tuple[pa.Table, Counter]:
+    table = heartbeats()
+    expected = simulate(table)
+    assert sum(expected.values()) > 100  # silences happen, mid-stream and at the end
+    return table, expected
+
+
+@pytest.mark.parametrize("batch_size", [1, 37, 1_000, 6_000])
+@pytest.mark.parametrize("make", [lambda: Silence("device", "t", GAP), python_silence])
+def test_timers_match_an_event_by_event_simulation(beats, make, batch_size):
+    table, expected = beats
+    if batch_size == 1 and make is python_silence:
+        table = table.slice(0, 1_500)
+        expected = simulate(table)
+    assert _alerts(_job(table, make(), batch_size).run()) == expected
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+def test_other_disorder_and_timestamps(seed):
+    table = heartbeats(3_000, devices=15, seed=seed)
+    expected = simulate(table)
+    stamped = table.set_column(1, "t", table["t"].cast(pa.timestamp("s")))
+    result = (sl.Stream.from_table(stamped, batch_size=250)
+              .with_watermark("t", max_out_of_orderness=f"{BOUND}s")
+              .key_by("device").process(Silence("device", "t", GAP))).run()
+    got = Counter((d, s.timestamp(), a.timestamp()) for d, s, a in zip(
+        result.table["device"].to_pylist(), result.table["silent_since"].to_pylist(),
+        result.table["alert_at"].to_pylist(), strict=True))
+    assert got == Counter({(d, float(s), float(a)): n for (d, s, a), n in expected.items()})
+
+
+@pytest.mark.parametrize("crash_at", [3, 11])
+def test_timers_survive_a_crash_and_resume(tmp_path, beats, crash_at):
+    table, expected = beats
+    crash = Crash(crash_at)
+    job = _job(table, Silence("device", "t", GAP), 400, crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        job.run(checkpoint_dir=tmp_path, checkpoint_every=2)
+    crash.at = None
+    resumed = job.run(checkpoint_dir=tmp_path, checkpoint_every=2, resume=True)
+    assert _alerts(resumed) == expected
+
+
+def test_timers_need_a_watermark():
+    with pytest.raises(sl.PlanError, match=r"add \.with_watermark"):
+        sl.Stream.from_table(heartbeats(10)).key_by("device").process(Silence("device", "t", 5))
+
+
+def test_a_timer_set_again_at_the_time_that_fired_is_refused():
+    def seen(key, row, state):
+        state["_timer"] = row["t"]
+        return []
+
+    def again(key, time, state):
+        state["_timer"] = time
+        return []
+
+    fn = sl.PythonProcessFunction(seen, {"n": "int64"}, ["t"],
+                                  pa.schema([("device", pa.int64())]), on_timer=again)
+    job = (sl.Stream.from_table(pa.table({"device": [1, 1], "t": [5, 9]}))
+           .with_watermark("t", unit="s").key_by("device").process(fn))
+    with pytest.raises(ValueError, match="not later than the time that fired"):
+        job.run()
+
+
+def test_timers_on_dask_fire_in_the_key_range_that_owns_them(beats):
+    pytest.importorskip("distributed")
+    table, expected = beats
+    with sl.DaskRunner(n_workers=2, threads_per_worker=1, partitions_per_worker=3) as runner:
+        for make in (lambda: Silence("device", "t", GAP), python_silence):
+            result = _job(table, make(), 500).run(runner)
+            assert _alerts(result) == expected
