@@ -19,6 +19,7 @@ from sabot_lab.errors import (
     CsvParseError,
     DuplicateKeyError,
     ExprError,
+    JobInterrupted,
     ParquetReadError,
     PlanError,
     SchedulerUnreachableError,
@@ -27,6 +28,7 @@ from sabot_lab.errors import (
     StaleBlockError,
 )
 from sabot_lab.expr import coalesce, col, lit
+from sabot_lab.live import LiveJob
 from sabot_lab.plan.compare import compare_plans
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.optimizer import PlanOptimizer
@@ -76,6 +78,8 @@ __all__ = [
     "DuplicateKeyError",
     "ExprError",
     "JobGraph",
+    "JobInterrupted",
+    "LiveJob",
     "LocalRunner",
     "MemoryState",
     "ParquetReadError",

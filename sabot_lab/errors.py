@@ -80,3 +80,8 @@ class SchedulerUnreachableError(ConnectionError):
 
 class ClusterError(RuntimeError):
     """The Dask cluster failed a job: the scheduler went away, or workers kept dying."""
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """A blocking ``run()`` was interrupted (Ctrl-C, Jupyter's stop button); nothing of the
+    job is left running. Still a ``KeyboardInterrupt``, so it stops a script as one does."""

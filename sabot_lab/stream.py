@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from sabot_lab.dashboard import Dashboard
 from sabot_lab.expr import Expr, Literal, col
+from sabot_lab.live import LiveJob
 from sabot_lab.ops.batches import DEFAULT_BATCH_SIZE
 from sabot_lab.ops.csv import CsvScan
 from sabot_lab.ops.sinks import CallbackSink, CollectSink, ParquetSink
@@ -501,6 +502,19 @@ class Stream:
             checkpoint_dir, checkpoint_every, resume)
         return run_job(self.graph(target), runner, optimize=optimize, checkpoints=checkpoints,
                        dashboard=dashboard)
+
+    def start(self, runner: Any = None, target: SinkTarget | None = None,
+              optimize: bool | PlanOptimizer = True) -> LiveJob:
+        """Run the stream in the background and return at once with a
+        :class:`~sabot_lab.live.LiveJob`: ``job.status``, ``job.latest()`` (the newest
+        output), ``job.stop()`` (ends it, returns the result of what was read) and
+        ``job.result()`` (waits for the end of the input). For unbounded or slow sources.
+
+        >>> job = Stream.from_table(pa.table({"a": [1, 2, 3]})).start()
+        >>> job.result().table["a"].to_pylist()
+        [1, 2, 3]
+        """
+        return LiveJob(self.graph(target), runner, optimize)
 
     def to_table(self, runner: Any = None, optimize: bool = True) -> pa.Table:
         """Run and return the output as a ``pyarrow.Table``."""

@@ -7,7 +7,7 @@ Layers, lowest first (a module may import its own layer and those below):
 2. ``state``, ``process``, ``ops``: what runs on batches;
 3. ``result``, ``dashboard``: what a run produces and who watches it;
 4. ``runtime``: the runners;
-5. ``diagnosis``: a tool over results (it runs sample jobs);
+5. ``diagnosis``, ``live``: tools over runs (sample jobs; a job in the background);
 6. ``stream``, ``testing``, ``teaching``, ``patterns``, ``datasets``, ``demo``, and the
    package itself: the public surface.
 
@@ -28,7 +28,7 @@ LAYERS = {
     "state": 2, "process": 2, "ops": 2,
     "result": 3, "dashboard": 3,
     "runtime": 4,
-    "diagnosis": 5,
+    "diagnosis": 5, "live": 5,
     "stream": 6, "testing": 6, "teaching": 6, "patterns": 6, "datasets": 6, "demo": 6,
     "": 6,
 }

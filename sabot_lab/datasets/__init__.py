@@ -5,7 +5,9 @@ Synthetic (generated in code, see :mod:`sabot_lab.datasets.market`): :func:`secu
 Real (bundled files in the repository's ``datasets/`` folder, see
 :mod:`sabot_lab.datasets.public`): :func:`flights`, :func:`airports`,
 :func:`sp500_constituents`, located by :func:`data_dir`.
-Synthetic card transactions with labelled fraud (see :mod:`sabot_lab.datasets.transactions`):
+Synthetic device heartbeats with silences (see :mod:`sabot_lab.datasets.heartbeats`):
+:func:`heartbeats`. Synthetic card transactions with labelled fraud (see
+:mod:`sabot_lab.datasets.transactions`):
 :func:`accounts`, :func:`transactions`, :func:`transaction_batches`.
 
 Examples
@@ -16,6 +18,7 @@ Examples
 """
 
 from sabot_lab.datasets.clicks import click_batches, clicks, clicks_batch
+from sabot_lab.datasets.heartbeats import heartbeats
 from sabot_lab.datasets.logs import apache_log_lines, apache_logs, parse_combined_log
 from sabot_lab.datasets.market import (
     quote_batches,
@@ -38,6 +41,7 @@ __all__ = [
     "clicks_batch",
     "data_dir",
     "flights",
+    "heartbeats",
     "parse_combined_log",
     "quote_batches",
     "quotes",

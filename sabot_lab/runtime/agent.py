@@ -147,9 +147,10 @@ class KeyRangeAgent:
         """The cut at ``position`` (handed over once), or ``None`` if not reached yet."""
         return self.cuts.pop(position, None)
 
-    async def finish(self, partitions: int) -> dict:
-        """The end of the input (``partitions`` in all): flush, and return what is left."""
-        return await self._run(self._finish, partitions)
+    async def finish(self, partitions: int, flush: bool = True) -> dict:
+        """The end of the input (``partitions`` in all): flush (unless a stopped job asks not
+        to: only final rows then), and return what is left."""
+        return await self._run(self._finish, partitions, flush)
 
     async def ping(self) -> int:
         """Partitions processed so far: an answer says the agent is alive."""
@@ -198,7 +199,7 @@ class KeyRangeAgent:
     def _metrics(self) -> dict[str, dict]:
         return {self.job_ids[m.op_id]: m.as_dict() for m in self.chain.metrics}
 
-    def _finish(self, partitions: int) -> dict:
+    def _finish(self, partitions: int, flush: bool = True) -> dict:
         """Flush once; asked again (the job recovering another agent lost meanwhile), the
         same answer: the rows flushed are not made twice, nor lost."""
         if self.final is not None:
@@ -208,7 +209,8 @@ class KeyRangeAgent:
                                f"{partitions} partitions; {sorted(self.inbox)} wait in its "
                                f"inbox")
         start = time.perf_counter()
-        self.output += self.chain.finish()
+        if flush:
+            self.output += self.chain.finish()
         self.counts["busy_seconds"] += time.perf_counter() - start
         output, side = self._deltas()
         for name, table in self.chain.side_outputs.tables().items():  # declared, even empty

@@ -58,7 +58,7 @@ from sabot_lab.runtime.checkpoint import CheckpointSpec
 from sabot_lab.runtime.collect import collect_result, empty_metrics
 from sabot_lab.runtime.exchange import stateful_stages
 from sabot_lab.runtime.execution import AgentInfo, ExecutionPlan, PartitionTask, StatefulStages
-from sabot_lab.runtime.protocol import RunListener
+from sabot_lab.runtime.protocol import RunListener, StopSignal
 from sabot_lab.runtime.stateful_job import StatefulJob, no_worker_message
 
 __all__ = ["DaskRunner", "JobManager"]
@@ -207,12 +207,14 @@ class JobManager:
         return [AgentInfo(r, slots[r]) for r in range(n_ranges)]
 
     def submit_job(self, graph: JobGraph, monitor: RunListener | None = None,
-                   checkpoints: CheckpointSpec | None = None) -> Result:
+                   checkpoints: CheckpointSpec | None = None, stop: StopSignal | None = None
+                   ) -> Result:
         """Run ``graph`` on the cluster and return its :class:`~sabot_lab.result.Result`;
         ``monitor`` hears of every partition that comes back (with its counters), or for
         windows and keyed state, of every partition through the keyed stage.
         ``checkpoints`` (stateful jobs) writes the agents' cuts to a directory, every
-        ``checkpoints.every`` partitions, and resumes from one there."""
+        ``checkpoints.every`` partitions, and resumes from one there. ``stop`` ends the job
+        early when requested (see :meth:`DaskRunner.run`)."""
         from distributed import as_completed
 
         start = time.perf_counter()
@@ -223,7 +225,7 @@ class JobManager:
             execution.agents = self.place_agents(execution.stateful)
             job = StatefulJob(self, graph, execution.stateful, scans, template,
                               execution.op_ids, references, execution.tasks,
-                              execution.agents, monitor, checkpoints)
+                              execution.agents, monitor, checkpoints, stop)
             table, side, metrics = job.run()
             execution.restarts = job.restarts
             execution.cuts, execution.cut_state_bytes = job.cuts, job.cut_state_bytes
@@ -278,6 +280,8 @@ class JobManager:
                     for batch in out.pop("table").to_batches():
                         writer.write(batch)
                     written += 1
+                if stop is not None and stop.requested:
+                    continue  # no new partitions; those in flight finish
                 for task_index, new in _take(pending, 1):
                     index_of[new.key] = task_index
                     window.add(new)
@@ -288,6 +292,8 @@ class JobManager:
             raise
         executed = time.perf_counter()
         table = writer.close()
+        # A stopped job keeps the partitions before the first one not done: a prefix.
+        outputs = {i: out for i, out in outputs.items() if i < written}
         metrics = self._metrics(graph, execution, outputs)
         side: dict[str, list[pa.Table]] = {}
         for i in sorted(outputs):
@@ -559,7 +565,8 @@ class DaskRunner:
         return self.client.dashboard_link
 
     def run(self, graph: JobGraph, *, listener: RunListener | None = None,
-            checkpoints: CheckpointSpec | None = None) -> Result:
+            checkpoints: CheckpointSpec | None = None, stop: StopSignal | None = None
+            ) -> Result:
         """Execute ``graph`` on the cluster.
 
         Raises :class:`ClusterError` when the cluster fails the job: the scheduler goes
@@ -572,13 +579,15 @@ class DaskRunner:
         final counters. ``checkpoints`` (stateful jobs only) writes the key-range agents'
         consistent cuts to a directory every ``checkpoints.every`` partitions and resumes
         from the one there; without it the cuts are kept in memory, to restart agents lost
-        with a worker."""
+        with a worker. ``stop`` (a live job's) ends the run early when it is requested: no
+        more partitions start, those running finish, and the output is that of the
+        partitions before the first one not done."""
         monitor = listener
         if monitor is not None:
             monitor.start(graph, self.name, link=self.dashboard_link)
         result = None
         try:
-            result = self._submit(graph, monitor, checkpoints)
+            result = self._submit(graph, monitor, checkpoints, stop)
         finally:
             if monitor is not None:  # failed when no result came back
                 monitor.finish(None if result is None else result.operator_metrics,
@@ -587,7 +596,7 @@ class DaskRunner:
         return result
 
     def _submit(self, graph: JobGraph, monitor: RunListener | None,
-                checkpoints: CheckpointSpec | None) -> Result:
+                checkpoints: CheckpointSpec | None, stop: StopSignal | None = None) -> Result:
         """Run the job once a worker is there, watched for the loss of every worker; the
         cluster's failures become :class:`ClusterError`."""
         from distributed import KilledWorker
@@ -600,7 +609,7 @@ class DaskRunner:
                                  partition_bytes=self.partition_bytes,
                                  worker_timeout=self.worker_timeout)
             with _WorkerWatch(manager, self.worker_timeout, self._address) as watch:
-                return manager.submit_job(graph, monitor, checkpoints)
+                return manager.submit_job(graph, monitor, checkpoints, stop)
         except KilledWorker as exc:
             raise ClusterError(
                 f"a task of this job killed every worker that ran it ({exc}): most likely a "

@@ -45,7 +45,7 @@ from sabot_lab.result import Result
 from sabot_lab.runtime.checkpoint import CheckpointError, Checkpoints, CheckpointSpec, Epoch
 from sabot_lab.runtime.collect import collect_result
 from sabot_lab.runtime.gcpause import paused as gc_paused
-from sabot_lab.runtime.protocol import RunListener
+from sabot_lab.runtime.protocol import RunListener, StopSignal
 
 __all__ = ["LocalRunner", "OperatorChain"]
 
@@ -84,6 +84,7 @@ class _Execution:
         self.operators: dict[int, Operator] = {}
         self.checkpoints: Checkpoints | None = None
         self.finish = True  # False: the end of the input is a pause (see LocalRunner.run)
+        self.stop: StopSignal | None = None  # a live job's: read no more once it is asked
         self.positions: dict[str, int] = {}  # source op id -> batches delivered
         self.resume_positions: dict[str, int] = {}  # to skip, when resuming a checkpoint
         self.saved_metrics: dict[str, dict] = {}
@@ -173,6 +174,9 @@ class _Execution:
         while True:
             if self.checkpoints is not None and self.checkpoints.due():
                 self.checkpoint()
+            if self.stop is not None and self.stop.requested:
+                self.finish = self.stop.flush  # not flushed: only final rows come out
+                return
             start = time.perf_counter()
             batch = next(batches, None)
             metrics.add(seconds=time.perf_counter() - start)
@@ -300,7 +304,8 @@ class LocalRunner:
 
     def run(self, graph: JobGraph, *, listener: RunListener | None = None,
             checkpoints: CheckpointSpec | None = None,
-            restore: dict[str, bytes] | None = None, finish: bool = True) -> Result:
+            restore: dict[str, bytes] | None = None, finish: bool = True,
+            stop: StopSignal | None = None) -> Result:
         """Execute ``graph`` (whose root is a Sink) and return its :class:`Result`.
 
         ``listener`` (e.g. a :class:`~sabot_lab.dashboard.Dashboard`) hears the run as
@@ -311,7 +316,8 @@ class LocalRunner:
         ``snapshot()``, to continue where an earlier run stopped; ``finish=False`` treats the
         end of the input as a pause, not its end: stateful operators keep their state
         (windows stay open) and ``result.snapshots`` holds it, to continue with ``restore=``
-        on more input."""
+        on more input. ``stop`` ends the run early when it is requested: no more source
+        batches are read, those in flight finish (see :class:`StopSignal`)."""
         sink = graph.root
         if not isinstance(sink, Sink):
             raise TypeError(f"a job must end in a Sink, this one ends in {sink.label}")
@@ -323,6 +329,7 @@ class LocalRunner:
             try:
                 execution = _Execution(graph, pool, self.threads)
                 execution.finish = finish
+                execution.stop = stop
                 operators = execution.by_id()
                 for op_id, state in (restore or {}).items():
                     operators[op_id].restore(state)
@@ -346,8 +353,8 @@ class LocalRunner:
             setup_ms=setup_ms,
             keyed_state={op_id: op.state for op_id, op in execution.by_id().items()
                          if isinstance(op, KeyedProcessOp)},
-            snapshots={} if finish else {op_id: op.snapshot() for op_id, op
-                                         in execution.by_id().items() if op.stateful},
+            snapshots={} if execution.finish else {op_id: op.snapshot() for op_id, op
+                                                   in execution.by_id().items() if op.stateful},
         )
 
     def _drain(self, execution: _Execution, sink: Sink, epoch: Epoch | None,

@@ -3,11 +3,13 @@
 Every runner implements ``run(graph, *, listener=None, checkpoints=None) -> Result``; the
 glue around it (optimize, run, check) is :func:`sabot_lab.runtime.execute.run_job`, so
 ``Stream.run`` only builds plans. A :class:`RunListener` (the
-:class:`~sabot_lab.dashboard.Dashboard` is one) hears a run start, progress and end.
+:class:`~sabot_lab.dashboard.Dashboard` is one) hears a run start, progress and end. A runner
+that can run a live job (``Stream.start``) also takes ``stop=`` a :class:`StopSignal`.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -16,7 +18,35 @@ from sabot_lab.plan.graph import JobGraph
 from sabot_lab.result import Result
 from sabot_lab.runtime.checkpoint import CheckpointSpec
 
-__all__ = ["RunListener", "Runner"]
+__all__ = ["RunListener", "Runner", "StopSignal"]
+
+
+class StopSignal:
+    """Asks a running job to stop: it reads no more input, lets the batches (or partitions)
+    in flight through, and ends; with ``flush`` it also flushes its operators as at the end
+    of the input (open windows fire early), else it emits only what was final.
+
+    >>> signal = StopSignal()
+    >>> signal.requested
+    False
+    >>> signal.request(flush=True)
+    >>> signal.requested, signal.flush
+    (True, True)
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.flush = False
+
+    def request(self, flush: bool = False) -> None:
+        """Ask the job to stop (``flush``: flush its operators too)."""
+        self.flush = flush
+        self._event.set()
+
+    @property
+    def requested(self) -> bool:
+        """Whether a stop was asked for."""
+        return self._event.is_set()
 
 
 @runtime_checkable

@@ -53,7 +53,7 @@ from sabot_lab.runtime.agent import AgentCut, KeyRangeAgent
 from sabot_lab.runtime.checkpoint import CheckpointError, Checkpoints, CheckpointSpec
 from sabot_lab.runtime.execution import AgentInfo, PartitionTask, StatefulStages
 from sabot_lab.runtime.local import LocalRunner
-from sabot_lab.runtime.protocol import RunListener
+from sabot_lab.runtime.protocol import RunListener, StopSignal
 
 __all__ = ["StatefulJob", "no_worker_message", "watermark_needs_chain"]
 
@@ -135,8 +135,12 @@ class StatefulJob:
                  template: Node, template_ids: tuple[str, ...], references: list[Table],
                  partitions: list[PartitionTask], agents: list[AgentInfo],
                  monitor: RunListener | None = None,
-                 checkpoints: CheckpointSpec | None = None) -> None:
+                 checkpoints: CheckpointSpec | None = None,
+                 stop: StopSignal | None = None) -> None:
         self.manager, self.client = manager, manager.client
+        self.stop = stop
+        #: Partitions the job runs: all of them, or those started before a stop.
+        self.end = len(partitions)
         self.graph, self.stages, self.scans = graph, stages, scans
         self.template, self.template_ids = template, template_ids
         self.references, self.partitions, self.info = references, partitions, agents
@@ -199,6 +203,18 @@ class StatefulJob:
         finally:
             if self.directory is not None:
                 self.directory.close()
+            self._release_agents()
+
+    def _release_agents(self) -> None:
+        """Let the cluster forget the agents now, not when this object is collected: a job
+        that failed or was interrupted leaves nothing running."""
+        held = [f for f in self.actor_futures if f is not None]
+        if not held:
+            return
+        try:
+            self.client.cancel(held)
+        except Exception as exc:  # a client that lost its scheduler cannot cancel
+            log.info("could not release the agents (%s: %s)", type(exc).__name__, exc)
 
     def _through_agents(self) -> list[dict]:
         """Every partition through the agents and their final flush, recovering from the
@@ -213,7 +229,8 @@ class StatefulJob:
                 self._stream()
                 self.timings["partitions_ms"] = (time.perf_counter() - start) * 1000
                 start = time.perf_counter()
-                calls = [a.finish(len(self.partitions)) for a in self.actors]
+                flush = self.stop is None or not self.stop.requested or self.stop.flush
+                calls = [a.finish(self.end, flush) for a in self.actors]
                 finals = [self._answer(r, call) for r, call in enumerate(calls)]
                 self.timings["agents_finish_ms"] = (time.perf_counter() - start) * 1000
                 return finals
@@ -227,13 +244,15 @@ class StatefulJob:
         they complete."""
         from distributed import wait
 
-        total = len(self.partitions)
+        total = self.end
         next_k = self.cut.position
         carry = self.cut.exchange_carry
         self.carries: dict[int, object] = {next_k: carry}
         in_flight: dict[object, int] = {}
         try:
             while next_k < total or in_flight:
+                if self.stop is not None and self.stop.requested and total > next_k:
+                    total = self.end = next_k  # no new partitions; those in flight finish
                 batch = list(range(next_k, min(total, next_k + self.manager.max_in_flight
                                                - len(in_flight))))
                 for k, scan in zip(batch, self._scans(batch), strict=True):
