@@ -39,6 +39,7 @@ bench: $(BENCH_STAMP)
 		--json $(RESULTS)/dask_runner.json
 	$(BIN)/python benchmarks/agents.py --json $(RESULTS)/agents.json
 	$(BIN)/python benchmarks/fraud.py --repeats 5 --json $(RESULTS)/fraud.json
+	$(BIN)/python benchmarks/timers.py --json $(RESULTS)/timers.json
 	$(BIN)/python benchmarks/windows.py --json $(RESULTS)/windows.json
 	$(BIN)/python benchmarks/scaling.py --json $(RESULTS)/scaling.json
 	$(BIN)/python benchmarks/report.py --results $(RESULTS) --readme README.md

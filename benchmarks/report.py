@@ -32,8 +32,8 @@ from common import format_table
 __all__ = ["BENCHMARKS", "RESULTS", "ReportError", "markdown", "render_block", "update_readme"]
 
 #: The benchmarks ``make bench`` runs: each has a record and a README block.
-BENCHMARKS = ("enrichment", "optimizer", "dask_runner", "agents", "fraud", "windows",
-              "scaling")
+BENCHMARKS = ("enrichment", "optimizer", "dask_runner", "agents", "fraud", "timers",
+              "windows", "scaling")
 HERE = Path(__file__).resolve().parent
 #: Where ``make bench`` writes the records.
 RESULTS = HERE / "results"
