@@ -89,8 +89,10 @@ def python_silence() -> sl.PythonProcessFunction:
         if state["_timer"] <= row["t"]:
             out.append({"device": device, "silent_since": state["last"],
                         "alert_at": state["_timer"]})
-        state["last"] = max(state["last"], row["t"])
-        state["_timer"] = state["last"] + GAP
+            state["_timer"] = sl.NO_TIMER
+        if row["t"] > state["last"]:  # a repeated or older time changes nothing
+            state["last"] = row["t"]
+            state["_timer"] = row["t"] + GAP
         return out
 
     def silent(device: int, time: int, state: dict) -> list[dict]:

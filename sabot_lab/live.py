@@ -8,6 +8,11 @@ more input, lets what is in flight through and returns the :class:`~sabot_lab.re
 of what was read; :meth:`LiveJob.result` waits for a job that ends by itself. A stopped job
 emits only final rows (a window still open is not emitted) unless ``stop(flush=True)``.
 
+Limits: a stop is seen between two batches, so a source blocked waiting for its next batch
+stops once it yields one (``stop(timeout=...)`` bounds the wait). On Dask, a stateless job's
+output grows partition by partition, while a stateful job's (windows, keyed state) reaches
+the sink when the job ends.
+
 Examples
 --------
 >>> import pyarrow as pa

@@ -17,8 +17,10 @@ watermark. A timer fires when the watermark passes it (``timer <= watermark``), 
 before the key's next row whose watermark is past it, or at the end of the batch (then
 through :meth:`ProcessFunction.on_timer`), and every timer still set fires at the end of the
 input. Firing clears the timer; the function may set it again, later than the time that
-fired. Timers need ``with_watermark(...)`` upstream; they are part of the state, so they
-survive checkpoints and fire in the key range that owns their key on Dask.
+fired; at the end of the input a timer set again while the last ones fire is dropped (a
+periodic timer would fire forever). Timers need ``with_watermark(...)`` upstream and no state
+``ttl`` (an expiring key would lose its timer); they are part of the state, so they survive
+checkpoints and fire in the key range that owns their key on Dask.
 
 Examples
 --------
@@ -167,7 +169,7 @@ class PythonProcessFunction(ProcessFunction):
     timer time before the watermark has passed it: the row function checks that case too.
 
     >>> def seen(key, row, state):
-    ...     late = state["_timer"] < row["t"]  # silent, though the timer has not fired yet
+    ...     late = state["_timer"] <= row["t"]  # silent, though the timer has not fired yet
     ...     out = [{"account": key, "silent_since": state["_timer"] - 10}] if late else []
     ...     state["_timer"] = row["t"] + 10
     ...     return out

@@ -139,7 +139,10 @@ class Table:
             if not is_time_type(data.schema.field(column).type):
                 raise TypeError(f"{name} column {column!r} is {data.schema.field(column).type}"
                                 f"; it must be a timestamp, a date or an integer time")
-        self.data: pa.Table = data.combine_chunks()
+        # The table itself when its columns are whole already: indexes are cached by the
+        # table object (a Dask worker's copy serves every partition it runs).
+        self.data: pa.Table = (data if all(c.num_chunks <= 1 for c in data.columns)
+                               else data.combine_chunks())
         #: The filter this table was cut down with by :meth:`filter` (``None``: all rows).
         self.predicate: Expr | None = None
         self.key: tuple[str, ...] = keys

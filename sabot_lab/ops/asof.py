@@ -76,6 +76,8 @@ def time_values(array: pa.Array | pa.ChunkedArray, name: str = "time"
                             f"an integer time")
     except pa.ArrowInvalid as exc:
         raise ValueError(f"{name} column ({t}) does not fit 64-bit nanoseconds: {exc}") from None
+    if not len(array):  # an empty array may have no data buffer
+        return np.zeros(0, dtype=np.int64), None
     values = np.frombuffer(array.buffers()[1], dtype=np.int64,
                            count=array.offset + len(array))[array.offset:]
     valid = None if not array.null_count else array.is_valid().to_numpy(zero_copy_only=False)

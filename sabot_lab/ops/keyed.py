@@ -13,6 +13,8 @@ of the input every timer still set (the final watermark is past them all).
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,6 +26,8 @@ from sabot_lab.process import NO_TIMER, TIMER_FIELD, with_timer
 from sabot_lab.state import KeyedState, MemoryState, StateSpec
 
 __all__ = ["KeyedProcessOp", "make_state"]
+
+log = logging.getLogger(__name__)
 
 
 def make_state(kind: str, spec: StateSpec, path: str | None = None) -> KeyedState:
@@ -69,6 +73,9 @@ class KeyedProcessOp(Operator):
         return batch.filter(pa.array(~mask))
 
     def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+        # Taken before any row is set aside: the clock moves with every row that arrived.
+        watermark = (pc.max(batch.column(WATERMARK_COLUMN)).as_py()
+                     if self.timers and batch.num_rows else None)
         keys = batch.column(self.key)
         if keys.null_count:
             null = pc.is_null(keys).to_numpy(zero_copy_only=False)
@@ -81,7 +88,7 @@ class KeyedProcessOp(Operator):
             batch = self._side_output("invalid", batch, mask, reasons)
         self.metrics.add(rows_aggregated=batch.num_rows)
         if not batch.num_rows:
-            return []
+            return self._fire(watermark) if watermark is not None else []
         keys = batch.column(self.key)
         first = last = None
         if self.function.time_col is not None and self.state.spec.ttl is not None:
@@ -101,16 +108,17 @@ class KeyedProcessOp(Operator):
                 self.metrics.add(rows_aggregated=-int(refused.sum()))
         if first is not None:
             self.state.expire(first)
-        if not self.timers:
+        if watermark is None:
             return [out]
-        watermark = pc.max(batch.column(WATERMARK_COLUMN)).as_py()
         return [out, *self._fire(watermark)]
 
-    def _fire(self, upto: int) -> list[pa.RecordBatch]:
+    def _fire(self, upto: int, rounds: int | None = None) -> list[pa.RecordBatch]:
         """Fire every timer at or before ``upto``, in time order; again for timers that
-        firing set and that are due too."""
+        firing set and that are due too (at most ``rounds`` times; ``None``: until none
+        is due)."""
         out = []
-        while True:
+        while rounds is None or rounds > 0:
+            rounds = None if rounds is None else rounds - 1
             keys, times = self.state.due(TIMER_FIELD, upto)
             if not len(keys):
                 return out
@@ -127,11 +135,19 @@ class KeyedProcessOp(Operator):
                 raise ValueError(f"{self.function.name}: on_timer set the timer of key {key!r} "
                                  f"to a time not later than the one that fired; set it later, "
                                  f"or to NO_TIMER to clear it")
+        return out
 
     def finish(self) -> list[pa.RecordBatch]:
-        """Fire the timers still set (the input is over: the watermark passes them all), and
-        report the state held at the end (keys and bytes)."""
-        out = self._fire(NO_TIMER - 1) if self.timers else []
+        """Fire the timers still set, once (the input is over: the watermark passes them
+        all; a timer set again while they fire, e.g. a periodic one, would fire forever, so
+        it is dropped), and report the state held at the end (keys and bytes)."""
+        out = []
+        if self.timers:
+            out = self._fire(NO_TIMER - 1, rounds=1)
+            left, _ = self.state.due(TIMER_FIELD, NO_TIMER - 1)
+            if len(left):
+                log.info("%s: %d timer(s) set while the last ones fired are dropped at the "
+                         "end of the input", self.function.name, len(left))
         self.metrics.state_bytes = self.state.nbytes
         self.metrics.state_keys = len(self.state)
         return out

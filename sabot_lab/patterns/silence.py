@@ -8,8 +8,8 @@ been silent for the whole gap, and the timer raises the alert. A row that arrive
 key's timer time, before the watermark got there, shows the same silence and raises it.
 
 Rows of one key are expected in event-time order (heartbeats of one device are); rows of
-different keys may interleave in any order within the watermark's bound. A row older than its
-key's latest one does not move the timer back.
+different keys may interleave in any order within the watermark's bound. A row no newer than
+its key's latest one (a repeat, or late) neither moves the timer nor arms it again.
 
 Examples
 --------
@@ -54,9 +54,9 @@ def _silences(slots, ts, marks, last, timer, gap, rows, since, at):  # pragma: n
             at[found] = due
             found += 1
             timer[s] = NO_TIMER
-        if t > last[s]:
+        if t > last[s]:  # an older or repeated time neither moves nor re-arms the timer
             last[s] = t
-        timer[s] = last[s] + gap
+            timer[s] = t + gap
     return found
 
 

@@ -525,10 +525,15 @@ class KeyedProcess(_Unary):
             if name not in schema.names:
                 raise KeyError(f"{self.function.name} needs column {name!r}; available "
                                f"columns: {schema.names}")
-        if getattr(self.function, "timers", False) and WATERMARK_COLUMN not in schema.names:
-            raise ExprError(f"{self.function.name} sets event-time timers, which fire when the "
-                            f"watermark passes them: add .with_watermark(time_column, ...) "
-                            f"before key_by()")
+        if getattr(self.function, "timers", False):
+            if WATERMARK_COLUMN not in schema.names:
+                raise ExprError(f"{self.function.name} sets event-time timers, which fire when "
+                                f"the watermark passes them: add .with_watermark(time_column, "
+                                f"...) before key_by()")
+            if self.function.state_spec().ttl is not None:
+                raise ExprError(f"{self.function.name} sets event-time timers and a state ttl: "
+                                f"a key that expires would lose its timer. Drop the ttl and "
+                                f"clear a key's state in on_timer instead")
         return self.function.output_schema(schema)
 
 

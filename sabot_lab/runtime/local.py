@@ -16,6 +16,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -325,7 +326,9 @@ class LocalRunner:
         serial = self.threads <= 1 or checkpoints is not None
         pool = None if serial else ThreadPoolExecutor(self.threads)
         directory = None
-        with gc_paused():  # no full garbage collection in the middle of a stream
+        # No full garbage collection in the middle of a bounded stream; a live job may run
+        # for hours, and the process must keep collecting meanwhile.
+        with gc_paused() if stop is None else contextlib.nullcontext():
             try:
                 execution = _Execution(graph, pool, self.threads)
                 execution.finish = finish

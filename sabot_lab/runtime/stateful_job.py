@@ -229,7 +229,9 @@ class StatefulJob:
                 self._stream()
                 self.timings["partitions_ms"] = (time.perf_counter() - start) * 1000
                 start = time.perf_counter()
-                flush = self.stop is None or not self.stop.requested or self.stop.flush
+                # Stopped after the whole input went through: the end of the input, flushed.
+                flush = (self.stop is None or not self.stop.requested or self.stop.flush
+                         or self.end == len(self.partitions))
                 calls = [a.finish(self.end, flush) for a in self.actors]
                 finals = [self._answer(r, call) for r, call in enumerate(calls)]
                 self.timings["agents_finish_ms"] = (time.perf_counter() - start) * 1000
