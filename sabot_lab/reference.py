@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from sabot_lab.errors import ColumnConversionError, DuplicateKeyError
 from sabot_lab.expr import Expr
 
-__all__ = ["Table", "is_time_type", "table_from_pandas"]
+__all__ = ["Table", "VersionFeed", "is_time_type", "table_from_pandas"]
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +229,61 @@ class Table:
             f"Table(key={list(self.key)}, rows={self.num_rows}, "
             f"columns={self.data.column_names}, unique={self.unique}{versions})"
         )
+
+
+class VersionFeed:
+    """Versions of reference data that arrive as a stream of their own, for an as-of join
+    (``Stream.enrich(versions_stream, on=..., as_of=...)``).
+
+    The versions stream carries a watermark on its ``valid_from`` column. A version is
+    *late* when its ``valid_from`` is before that watermark (the watermark before its row):
+    it goes to the ``late_versions`` side output and is never used, so which versions count
+    depends on the versions stream alone. A later version with the same key and
+    ``valid_from`` replaces an earlier one (a correction).
+
+    Parameters
+    ----------
+    schema
+        The versions' columns (without the watermark column).
+    key, valid_from, valid_to
+        As for a versioned :class:`Table`.
+    bound
+        The versions watermark's bound on out-of-orderness, in the unit of its
+        ``_watermark`` column.
+    per_unit
+        What one unit of the ``_watermark`` column is in the join's comparison unit
+        (nanoseconds for timestamps and dates, 1 for integer times).
+    batches
+        A function returning a fresh iterator of the versions stream's batches (with their
+        ``_watermark`` column), run locally.
+    describe
+        The versions plan, for fingerprints and labels.
+    """
+
+    versioned = True
+    unique = True
+    predicate = None
+
+    def __init__(self, schema: pa.Schema, key: tuple[str, ...], valid_from: str,
+                 valid_to: str | None, bound: int, per_unit: int,
+                 batches: object, describe: object) -> None:
+        self.schema = schema
+        self.key, self.valid_from, self.valid_to = tuple(key), valid_from, valid_to
+        self.bound, self.per_unit = bound, per_unit
+        self.batches = batches
+        self.describe = describe
+
+    def fingerprint(self) -> object:
+        """The versions plan's (the batches function is how it runs, not what it is)."""
+        from sabot_lab.plan.fingerprint import fingerprint_value
+
+        return {"type": "VersionFeed", "plan": fingerprint_value(self.describe),
+                "key": list(self.key), "valid_from": self.valid_from,
+                "valid_to": self.valid_to}
+
+    def __repr__(self) -> str:
+        return (f"VersionFeed(key={list(self.key)}, valid_from={self.valid_from!r}, "
+                f"columns={self.schema.names})")
 
 
 def is_time_type(t: pa.DataType) -> bool:

@@ -24,6 +24,7 @@ Sink[collect]
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -47,6 +48,7 @@ from sabot_lab.ops.sources import (
 )
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import (
+    WATERMARK_COLUMN,
     AsOfEnrich,
     Enrich,
     Filter,
@@ -64,11 +66,21 @@ from sabot_lab.plan.nodes import (
     WindowAggregate,
 )
 from sabot_lab.plan.optimizer import PlanOptimizer
-from sabot_lab.plan.windows import AggSpec, DurationLike, Hopping, Session, Tumbling, non_negative
-from sabot_lab.reference import Table, table_from_pandas
+from sabot_lab.plan.windows import (
+    AggSpec,
+    DurationLike,
+    Hopping,
+    Session,
+    Tumbling,
+    non_negative,
+    parse_duration,
+    to_unit,
+)
+from sabot_lab.reference import Table, VersionFeed, table_from_pandas
 from sabot_lab.result import Result
 from sabot_lab.runtime.checkpoint import CheckpointSpec
 from sabot_lab.runtime.execute import run_job
+from sabot_lab.runtime.local import run_versions
 
 __all__ = ["Stream", "WindowedStream"]
 
@@ -267,7 +279,7 @@ class Stream:
 
     def enrich(
         self,
-        reference: Table,
+        reference: Table | Stream,
         on: str | Sequence[str] | Mapping[str, str] | None = None,
         how: str = "inner",
         columns: Sequence[str] | None = None,
@@ -280,7 +292,11 @@ class Stream:
         """Lookup-join the stream against a reference :class:`~sabot_lab.reference.Table`.
 
         With a versioned table (``Table(..., valid_from=...)``) and ``as_of``, a temporal
-        join: each row gets the version of its key valid at its ``as_of`` time.
+        join: each row gets the version of its key valid at its ``as_of`` time. The versions
+        may also arrive as a stream of their own: pass that ``Stream``, with a watermark on
+        its ``valid_from`` column, as ``reference`` (and ``on=`` as a mapping to its key
+        columns); versions later than its watermark go to the ``late_versions`` side output
+        (see :class:`~sabot_lab.reference.VersionFeed`).
 
         Parameters
         ----------
@@ -326,10 +342,12 @@ class Stream:
         >>> s.enrich(ref, how="left").to_table().to_pydict()
         {'k': ['x', 'y'], 'v': [1, None]}
         """
-        if not isinstance(reference, Table):
+        if isinstance(reference, Stream):
+            reference = _version_feed(reference, on)
+        if not isinstance(reference, Table | VersionFeed):
             raise TypeError(
-                "enrich() takes a sabot_lab.Table(data, key=...) as reference, "
-                f"got {type(reference).__name__}"
+                "enrich() takes a sabot_lab.Table(data, key=...) as reference, or a Stream of "
+                f"versions, got {type(reference).__name__}"
             )
         if on is None:
             pairs = tuple((k, k) for k in reference.key)
@@ -362,7 +380,8 @@ class Stream:
                                  unmatched == "side_output", dictionary_strings))
         return Stream(AsOfEnrich(self.node, reference, pairs, how, tuple(columns), suffix,
                                  unmatched == "side_output", dictionary_strings, as_of,
-                                 self._tolerance(as_of, tolerance)))
+                                 self._tolerance(as_of, tolerance),
+                                 isinstance(reference, VersionFeed)))
 
     def _tolerance(self, as_of: str, tolerance: DurationLike | None) -> int | None:
         """An as-of join's tolerance in the unit it compares ``as_of`` in."""
@@ -641,3 +660,30 @@ class KeyedStream:
         state larger than memory)."""
         return Stream(KeyedProcess(self.stream.node, self.keys, function, state,
                                    None if state_path is None else str(state_path)))
+
+
+def _version_feed(versions: Stream, on: str | Sequence[str] | Mapping[str, str] | None
+                  ) -> VersionFeed:
+    """A stream of versions as the reference side of an as-of join: its ``valid_from`` is
+    the column its watermark is on (below any stateless steps), its key the reference side
+    of ``on``."""
+    node = versions.node
+    while not isinstance(node, Watermark):
+        if not node.stateless or len(node.children) != 1:
+            raise PlanError(
+                "a stream of versions needs a watermark on its valid_from column, with only "
+                "stateless steps after it: versions.with_watermark('updated_at', "
+                f"max_out_of_orderness=...); found {node.label}")
+        node = node.children[0]
+    if on is None:
+        raise PlanError("enrich() with a stream of versions needs on=: the key columns, e.g. "
+                        "on={'sec_id': 'sec_id'} (stream column: versions column)")
+    key = (on,) if isinstance(on, str) else tuple(on.values()) if isinstance(on, Mapping) \
+        else tuple(on)
+    schema = versions.schema.remove(versions.schema.get_field_index(WATERMARK_COLUMN))
+    time_type = schema.field(node.time_col).type
+    # One unit of the watermark in the join's unit: nanoseconds, but for integer times.
+    per_unit = 1 if pa.types.is_integer(time_type) else parse_duration(f"1{node.time_unit}")
+    return VersionFeed(schema, key, node.time_col, None,
+                       to_unit(node.out_of_orderness_ns, node.time_unit), per_unit,
+                       functools.partial(run_versions, versions.graph()), versions.graph())

@@ -11,6 +11,10 @@ A row is unmatched, with a reason, when its key is null or has no versions, its 
 it comes before its key's first version, or the version in force has expired (past its
 ``valid_to``, or older than the join's tolerance).
 
+The versions may also arrive as a stream (:class:`StreamAsOfEnrichOp` over a
+:class:`~sabot_lab.reference.VersionFeed`): then the index is rebuilt whenever the versions
+read for a batch of events changed.
+
 Examples
 --------
 >>> import pyarrow as pa
@@ -37,15 +41,22 @@ import pyarrow as pa
 from sabot_lab.ops.base import OperatorMetrics, SideOutputs
 from sabot_lab.ops.enrich import EnrichOp, cached_index
 from sabot_lab.ops.lookup import Lookup
-from sabot_lab.plan.nodes import AsOfEnrich
+from sabot_lab.ops.window.watermark import event_times
+from sabot_lab.plan.nodes import WATERMARK_COLUMN, AsOfEnrich
+from sabot_lab.reference import VersionFeed
 
-__all__ = ["REASONS", "AsOfEnrichOp", "AsOfIndex", "time_values"]
+__all__ = ["REASONS", "AsOfEnrichOp", "AsOfIndex", "StreamAsOfEnrichOp", "VersionBuffer",
+           "materialize_versions", "time_values"]
 
 MATCHED, NO_VERSIONS, NULL_TIME, BEFORE_FIRST, EXPIRED = range(5)
 #: Why a row found no version, by the code :meth:`AsOfIndex.probe` gives it.
 REASONS = ("matched", "no version of the key", "null time", "before the key's first version",
            "no version valid at that time")
 _REASON_TEXT = np.asarray(REASONS, dtype=object)
+#: The same for versions that arrive as a stream: no version at all, or none yet, is one.
+_STREAMED_TEXT = np.asarray([*REASONS[:1], "no version of the key by the event's time",
+                             REASONS[2], "no version of the key by the event's time",
+                             REASONS[4]], dtype=object)
 _OPEN = np.iinfo(np.int64).max
 
 
@@ -194,7 +205,142 @@ class AsOfEnrichOp(EnrichOp):
             return [self._assemble(batch, np.where(matched, found, 0), ~matched)]
         if matched.all():
             return [self._assemble(batch, found)]
+        text = _STREAMED_TEXT if self.node.streamed else _REASON_TEXT
         side = self.node.unmatched_side_output
-        self._leave(batch, matched, _REASON_TEXT[reasons[~matched]] if side else "")
+        self._leave(batch, matched, text[reasons[~matched]] if side else "")
         positions = np.flatnonzero(matched)
         return [self._assemble(batch.take(positions), found[positions])]
+
+
+class VersionBuffer:
+    """The versions of a :class:`~sabot_lab.reference.VersionFeed` read so far: the ones that
+    count, the late ones set aside, and the versions watermark after them.
+
+    :meth:`read_past` reads the feed until its watermark is past a time (every version that
+    will ever count for an event up to that time is then in), and :meth:`table` is the
+    versions that count, a later correction of a (key, ``valid_from``) replacing the earlier.
+    """
+
+    def __init__(self, feed: VersionFeed) -> None:
+        self.feed = feed
+        self.source = feed.batches()
+        self.done = False
+        self.kept: list[pa.RecordBatch] = []
+        self.late: list[pa.RecordBatch] = []
+        self.high: int | None = None  # largest valid_from read, in the watermark's unit
+        self.changed = True
+
+    @property
+    def watermark(self) -> float:
+        """The versions watermark after what was read, in the join's comparison unit."""
+        if self.done:
+            return float("inf")
+        if self.high is None:
+            return float("-inf")
+        return float((self.high - self.feed.bound) * self.feed.per_unit)
+
+    def read_past(self, time: float) -> None:
+        """Read versions until the watermark is past ``time`` or the feed ends."""
+        while self.watermark <= time:
+            batch = next(self.source, None)
+            if batch is None:
+                self.done = True
+                self._set_aside_rejected()
+                return
+            self._take(batch)
+
+    def _set_aside_rejected(self) -> None:
+        """Versions the versions stream itself set aside (a null ``valid_from``, a bad
+        clock), with their reasons, among the late ones: none is lost."""
+        side = getattr(self.source, "side_outputs", None)
+        if side is None:
+            return
+        names = [*self.feed.schema.names, "reason"]
+        for table in side.tables().values():
+            if table.num_rows and set(names) <= set(table.column_names):
+                self.late += table.select(names).cast(
+                    self.feed.schema.append(pa.field("reason", pa.string()))).to_batches()
+
+    def _take(self, batch: pa.RecordBatch) -> None:
+        starts = event_times(batch.column(self.feed.valid_from))
+        marks = batch.column(WATERMARK_COLUMN).to_numpy()
+        late = starts < marks
+        rows = batch.drop_columns([WATERMARK_COLUMN])
+        if late.any():
+            why = pa.array(np.full(int(late.sum()), "valid_from before the versions watermark",
+                                   dtype=object), pa.string())
+            self.late.append(rows.filter(pa.array(late)).append_column("reason", why))
+            rows = rows.filter(pa.array(~late))
+        if len(starts):
+            top = int(starts.max())
+            self.high = top if self.high is None else max(self.high, top)
+        if rows.num_rows:
+            self.kept.append(rows)
+            self.changed = True
+
+    def table(self) -> pa.Table:
+        """The versions that count: the last one read of each (key, ``valid_from``)."""
+        kept = pa.Table.from_batches(self.kept, schema=self.feed.schema)
+        identity = [*self.feed.key, self.feed.valid_from]
+        last = (kept.append_column("_row", pa.array(np.arange(kept.num_rows)))
+                .group_by(identity, use_threads=False).aggregate([("_row", "max")]))
+        rows = np.sort(last.column("_row_max").to_numpy())
+        return kept.take(pa.array(rows)) if len(rows) < kept.num_rows else kept
+
+    def late_table(self) -> pa.Table:
+        schema = self.feed.schema.append(pa.field("reason", pa.string()))
+        return pa.Table.from_batches(self.late, schema=schema)
+
+
+def materialize_versions(feed: VersionFeed) -> tuple[pa.Table, pa.Table]:
+    """Read the whole (bounded) feed: the versions that count, and the late ones."""
+    buffer = VersionBuffer(feed)
+    buffer.read_past(float("inf"))
+    return buffer.table(), buffer.late_table()
+
+
+class StreamAsOfEnrichOp(AsOfEnrichOp):
+    """An as-of join whose versions arrive as a stream (a
+    :class:`~sabot_lab.reference.VersionFeed`). A batch of events is joined once the
+    versions watermark is past its latest event time: the versions read until then are all
+    the versions that will ever count for it, so the rows do not depend on how the two
+    streams' batches interleave. Runs serially: it reads the feed as events need it, and the
+    rest of it at the end of the events (a feed that never ends suits a live job, which is
+    stopped)."""
+
+    parallel_safe = False
+
+    def __init__(self, node: AsOfEnrich, metrics: OperatorMetrics,
+                 side_outputs: SideOutputs) -> None:
+        EnrichOp.__init__(self, node, metrics, side_outputs)
+        self.buffer = VersionBuffer(node.reference)
+        self.late_seen = 0
+        side_outputs.declare("late_versions", node.reference.schema.append(
+            pa.field("reason", pa.string())))
+
+    def _read_past(self, time: float) -> None:
+        self.buffer.read_past(time)
+        for late in self.buffer.late[self.late_seen:]:
+            self.side_outputs.emit("late_versions", late)
+        self.late_seen = len(self.buffer.late)
+
+    def finish(self) -> list[pa.RecordBatch]:
+        """The end of the events: the rest of the versions is read, so that every late
+        version is reported (as a run on Dask, which reads them all first, does)."""
+        self._read_past(float("inf"))
+        return []
+
+    def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+        times, valid = time_values(batch.column(self.node.as_of))
+        if valid is not None:
+            times = times[valid]
+        self._read_past(float(times.max()) if len(times) else float("-inf"))
+        if self.buffer.changed:
+            table = self.buffer.table()
+            keys = [r for _, r in self.node.on]
+            ref = self.node.reference
+            self.index = AsOfIndex.build(table, keys, ref.valid_from, ref.valid_to)
+            self.lookup = self.index.lookup
+            self.ref_columns = self._reference_columns(table)
+            self.buffer.changed = False
+        return super().process(batch)

@@ -91,23 +91,28 @@ class EnrichOp(Operator):
         lookup: Lookup | None = None,
     ) -> None:
         super().__init__(node, metrics, side_outputs)
-        self.lookup = lookup if lookup is not None else build_lookup(node)
         self.schema = node.schema
-        ref = node.reference.data.select(list(node.columns))
         self.ref_fields = list(self.schema)[len(node.child.schema):]
-        # Per reference column: the array to take from. Text columns the output wants
-        # dictionary-encoded are encoded once here (a unique dictionary, as Arrow kernels and
-        # pandas expect); per batch only their int32 codes are taken.
-        self.ref_columns = []
-        for i, field in enumerate(self.ref_fields):
-            array = ref.column(i).combine_chunks()
-            if pa.types.is_dictionary(field.type) and not pa.types.is_dictionary(array.type):
-                array = array.dictionary_encode()
-            self.ref_columns.append(array)
+        if lookup is not None or hasattr(node.reference, "data"):
+            self.lookup = lookup if lookup is not None else build_lookup(node)
+            self.ref_columns = self._reference_columns(node.reference.data)
         self.keys = [s for s, _ in node.on]
         if node.unmatched_side_output:  # present, possibly empty, whenever it was asked for
             side_outputs.declare("unmatched", node.child.schema.append(
                 pa.field("reason", pa.string())))
+
+    def _reference_columns(self, data: pa.Table) -> list[pa.Array]:
+        """Per reference column of the output, the array to take from. Text columns the
+        output wants dictionary-encoded are encoded once here (a unique dictionary, as Arrow
+        kernels and pandas expect); per batch only their int32 codes are taken."""
+        ref = data.select(list(self.node.columns))
+        columns = []
+        for i, field in enumerate(self.ref_fields):
+            array = ref.column(i).combine_chunks()
+            if pa.types.is_dictionary(field.type) and not pa.types.is_dictionary(array.type):
+                array = array.dictionary_encode()
+            columns.append(array)
+        return columns
 
     def _assemble(self, batch: pa.RecordBatch, ref_rows: np.ndarray,
                   missing: np.ndarray | None = None) -> pa.RecordBatch:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sabot_lab.ops.asof import AsOfEnrichOp
+from sabot_lab.ops.asof import AsOfEnrichOp, StreamAsOfEnrichOp
 from sabot_lab.ops.base import Operator, OperatorMetrics, SideOutputs
 from sabot_lab.ops.enrich import EnrichOp
 from sabot_lab.ops.keyed import KeyedProcessOp
@@ -37,10 +37,17 @@ from sabot_lab.plan.nodes import (
     Watermark,
     WindowAggregate,
 )
+from sabot_lab.reference import VersionFeed
 
 __all__ = ["OPERATORS", "make_operator"]
 
 Factory = Callable[[Node, OperatorMetrics, SideOutputs], Operator]
+
+
+def _as_of(node: AsOfEnrich, metrics: OperatorMetrics, side_outputs: SideOutputs
+           ) -> Operator:
+    kind = StreamAsOfEnrichOp if isinstance(node.reference, VersionFeed) else AsOfEnrichOp
+    return kind(node, metrics, side_outputs)
 
 
 def _window(node: WindowAggregate, metrics: OperatorMetrics, side_outputs: SideOutputs
@@ -55,7 +62,7 @@ OPERATORS: dict[type[Node], Factory] = {
     Project: ProjectOp,
     MapBatches: MapBatchesOp,
     Enrich: EnrichOp,
-    AsOfEnrich: AsOfEnrichOp,
+    AsOfEnrich: _as_of,
     Watermark: WatermarkOp,
     WindowAggregate: _window,
     TopN: TopNOp,

@@ -391,13 +391,17 @@ class AsOfEnrich(Enrich):
 
     as_of: str = ""
     tolerance: int | None = None
+    #: The versions arrive as a stream: an event without a version cannot tell whether its
+    #: key has none at all or none yet, so both are one reason.
+    streamed: bool = False
 
     @property
     def label(self) -> str:
         keys = ", ".join(s if s == r else f"{s}={r}" for s, r in self.on)
         side = " unmatched->side" if self.unmatched_side_output else ""
         within = "" if self.tolerance is None else f" within {self.tolerance}"
-        return (f"AsOfEnrich[{self.how} on {keys} as of {self.as_of}{within} "
+        feed = " versions streamed" if self.streamed else ""
+        return (f"AsOfEnrich[{self.how} on {keys} as of {self.as_of}{within}{feed} "
                 f"+{list(self.columns)}{side}]")
 
     def _infer_schema(self) -> pa.Schema:

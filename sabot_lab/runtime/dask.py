@@ -37,10 +37,12 @@ from concurrent.futures import CancelledError
 import pyarrow as pa
 
 from sabot_lab.errors import ClusterError, SchedulerUnreachableError
+from sabot_lab.ops.asof import materialize_versions
 from sabot_lab.ops.base import OperatorMetrics
 from sabot_lab.ops.sinks import CollectSink
 from sabot_lab.plan.graph import JobGraph
 from sabot_lab.plan.nodes import (
+    AsOfEnrich,
     Enrich,
     Node,
     PlanError,
@@ -51,7 +53,7 @@ from sabot_lab.plan.nodes import (
     Watermark,
     WindowAggregate,
 )
-from sabot_lab.reference import Table
+from sabot_lab.reference import Table, VersionFeed
 from sabot_lab.result import Result
 from sabot_lab.runtime import tasks
 from sabot_lab.runtime.checkpoint import CheckpointSpec
@@ -71,6 +73,28 @@ PARTITION_BYTES = 16 * 2**20
 #: The same for stateful jobs, whose every partition costs a push to every key range: fewer,
 #: larger partitions.
 STATEFUL_PARTITION_BYTES = 64 * 2**20
+
+
+def _read_version_feeds(graph: JobGraph) -> tuple[JobGraph, dict[str, list[pa.Table]]]:
+    """``graph`` with every stream of versions (an as-of join's
+    :class:`~sabot_lab.reference.VersionFeed`) read here first, into the versioned table
+    of the versions that count; and the versions set aside. The rows are those of a local
+    run, which reads the versions as its events need them: which versions count depends on
+    the versions stream alone."""
+    aside: dict[str, list[pa.Table]] = {}
+
+    def read(node: Node) -> Node:
+        if not (isinstance(node, AsOfEnrich) and isinstance(node.reference, VersionFeed)):
+            return node
+        feed = node.reference
+        kept, late = materialize_versions(feed)
+        aside.setdefault("late_versions", []).append(late)
+        table = Table(kept, feed.key, unique=False, valid_from=feed.valid_from,
+                      valid_to=feed.valid_to)
+        table.unique = True  # one version per (key, valid_from): corrections replaced
+        return dataclasses.replace(node, reference=table)
+
+    return JobGraph(graph.root.map(read)), aside
 
 
 def _template(graph: JobGraph) -> tuple[Node, list[Table], list[Source]]:
@@ -218,6 +242,7 @@ class JobManager:
         from distributed import as_completed
 
         start = time.perf_counter()
+        graph, aside = _read_version_feeds(graph)
         sink = graph.root
         execution, template, scans, references = self.plan(graph)
         planned = time.perf_counter()
@@ -227,6 +252,8 @@ class JobManager:
                               execution.op_ids, references, execution.tasks,
                               execution.agents, monitor, checkpoints, stop)
             table, side, metrics = job.run()
+            for name, tables in aside.items():
+                side.setdefault(name, []).extend(tables)
             execution.restarts = job.restarts
             execution.cuts, execution.cut_state_bytes = job.cuts, job.cut_state_bytes
             execution.timings.update(job.timings)
@@ -295,7 +322,7 @@ class JobManager:
         # A stopped job keeps the partitions before the first one not done: a prefix.
         outputs = {i: out for i, out in outputs.items() if i < written}
         metrics = self._metrics(graph, execution, outputs)
-        side: dict[str, list[pa.Table]] = {}
+        side: dict[str, list[pa.Table]] = {k: list(v) for k, v in aside.items()}
         for i in sorted(outputs):
             for name, t in outputs[i]["side_outputs"].items():
                 side.setdefault(name, []).append(t)

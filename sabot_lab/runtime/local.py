@@ -48,7 +48,7 @@ from sabot_lab.runtime.collect import collect_result
 from sabot_lab.runtime.gcpause import paused as gc_paused
 from sabot_lab.runtime.protocol import RunListener, StopSignal
 
-__all__ = ["LocalRunner", "OperatorChain"]
+__all__ = ["LocalRunner", "OperatorChain", "run_versions"]
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +236,30 @@ def _flush(chain: list[Operator]) -> Iterator[pa.RecordBatch]:
     operators after it (open windows fire)."""
     for i, op in enumerate(chain):
         yield from run_chain(chain[i + 1:], finish_counted(op))
+
+
+class _VersionRun:
+    """The batches of a plan run here one at a time, and its side outputs (a stream of
+    versions read by an as-of join as its events need them)."""
+
+    def __init__(self, graph: JobGraph) -> None:
+        from sabot_lab.plan.optimizer import PlanOptimizer
+
+        graph = PlanOptimizer().optimize(graph)
+        self.execution = _Execution(graph, None, 1)
+        self.side_outputs = self.execution.side_outputs
+        self.batches = self.execution.stream(graph.root.children[0])
+
+    def __iter__(self) -> _VersionRun:
+        return self
+
+    def __next__(self) -> pa.RecordBatch:
+        return next(self.batches)
+
+
+def run_versions(graph: JobGraph) -> _VersionRun:
+    """The output of ``graph`` (its sink ignored) batch by batch, pulled as needed."""
+    return _VersionRun(graph)
 
 
 class OperatorChain:

@@ -227,3 +227,60 @@ def test_time_zones_must_agree():
     with pytest.raises(PlanError, match="both with a time zone or both without"):
         sl.Stream.from_table(events).enrich(sl.Table(versions, key="k", valid_from="from"),
                                             as_of="t")
+
+
+def _arriving(versions: pa.Table, jitter_s: int, seed: int = 3) -> pa.Table:
+    """``versions`` in an arrival order: by valid_from, out of order by up to ``jitter_s``."""
+    rng = np.random.default_rng(seed)
+    starts = versions["valid_from"].cast(pa.int64()).to_numpy()
+    order = np.argsort(starts + rng.integers(0, jitter_s * 1_000_000, len(starts)),
+                       kind="stable")
+    return versions.take(pa.array(order))
+
+
+def _counting(versions: pa.Table, bound_s: int) -> tuple[pa.Table, set[int]]:
+    """Plain Python, row by row: the versions that count (not late: valid_from at or after
+    the watermark before them, the largest earlier valid_from less the bound; the last of
+    each (key, valid_from)), and the positions of the late ones."""
+    rows = versions.to_pylist()
+    high, late, kept = None, set(), {}
+    for i, row in enumerate(rows):
+        start = row["valid_from"]
+        if high is not None and start < high - dt.timedelta(seconds=bound_s):
+            late.add(i)
+        else:
+            kept[(row["instrument_id"], start)] = i
+        high = start if high is None else max(high, start)
+    return versions.take(pa.array(sorted(kept.values()))), late
+
+
+@pytest.mark.parametrize(("batch_size", "versions_batch"),
+                         [(997, 50), (20_000, 7), (60_000, 10_000)])
+def test_versions_as_a_stream_match_duckdb_on_the_versions_that_count(market, batch_size,
+                                                                       versions_batch):
+    q, v = market
+    arriving = _arriving(v, jitter_s=3_600)
+    # some corrections: a version sent again later with another rating
+    again = arriving.slice(100, 40).set_column(3, "rating", pa.array(["CORR"] * 40))
+    arriving = pa.concat_tables([arriving, again])
+    counting, late = _counting(arriving, bound_s=1_800)
+    assert 0 < len(late) < arriving.num_rows
+    feed = sl.Stream.from_table(arriving, batch_size=versions_batch).with_watermark(
+        "valid_from", max_out_of_orderness="30min")
+    result = _run(sl.Stream.from_table(q, batch_size=batch_size).enrich(
+        feed, on={"instrument_id": "instrument_id"}, as_of="ts", columns=VERSION_COLS,
+        how="left"))
+    assert_same_rows(result.table, _duck_asof("left", q=q, v=counting))
+    got_late = result.side_outputs["late_versions"]
+    assert got_late.num_rows == len(late)
+    assert set(got_late["reason"].to_pylist()) == {"valid_from before the versions watermark"}
+
+
+def test_a_stream_of_versions_needs_a_watermark_and_a_key(market):
+    q, v = market
+    events = sl.Stream.from_table(q)
+    with pytest.raises(PlanError, match="needs a watermark on its valid_from"):
+        events.enrich(sl.Stream.from_table(v), on={"instrument_id": "instrument_id"},
+                      as_of="ts")
+    with pytest.raises(PlanError, match="needs on="):
+        events.enrich(sl.Stream.from_table(v).with_watermark("valid_from"), as_of="ts")

@@ -20,6 +20,7 @@ from sabot_lab.ops.sinks import CollectSink
 from sabot_lab.patterns.enrichment import enrich_quotes, quote_stream
 from sabot_lab.plan.nodes import Sink, _Unary
 from sabot_lab.runtime.dask import DaskRunner, JobManager, SchedulerUnreachableError
+from tests.ops.test_asof import _arriving
 from tests.oracle import assert_balanced, assert_same_rows
 from tests.runtime.killing import run_killing_a_worker
 
@@ -58,6 +59,11 @@ def _variants() -> dict[str, sl.Stream]:
             sl.Table(security_versions(500, 4, days=1), key="instrument_id",
                      valid_from="valid_from"),
             as_of="ts", tolerance="3h", unmatched="side_output"),
+        "as-of-versions-stream": quotes.enrich(
+            sl.Stream.from_table(_arriving(security_versions(500, 4, days=1), 3_600),
+                                 batch_size=64).with_watermark(
+                "valid_from", max_out_of_orderness="30min"),
+            on={"instrument_id": "instrument_id"}, as_of="ts", unmatched="side_output"),
         "as-of-then-window": quotes.enrich(
             sl.Table(security_versions(500, 4, days=1), key="instrument_id",
                      valid_from="valid_from"), as_of="ts", how="left", columns=["rating"])
