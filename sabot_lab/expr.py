@@ -178,6 +178,17 @@ class Expr:
     def __rmul__(self, other: Any) -> Expr:
         return Binary("*", _as_expr(other), self)
 
+    def __mod__(self, other: Any) -> Expr:
+        """The remainder, as in SQL: its sign is the dividend's.
+
+        >>> (col("a") % 3).evaluate(pa.record_batch({"a": [7, -7]})).to_pylist()
+        [1, -1]
+        """
+        return Binary("%", self, _as_expr(other))
+
+    def __rmod__(self, other: Any) -> Expr:
+        return Binary("%", _as_expr(other), self)
+
     def __truediv__(self, other: Any) -> Expr:
         return Binary("/", self, _as_expr(other))
 
@@ -324,6 +335,8 @@ _BINARY: dict[str, tuple[Callable[[Any, Any], Any], str]] = {
     "-": (pc.subtract_checked, "subtract_checked"),
     "*": (pc.multiply_checked, "multiply_checked"),
     "/": (_true_divide, "divide"),
+    # SQL's remainder: the sign of the dividend (-7 % 3 is -1), an error on division by 0.
+    "%": (pc.remainder_checked, "remainder_checked"),
 }
 
 

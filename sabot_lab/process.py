@@ -22,6 +22,14 @@ periodic timer would fire forever). Timers need ``with_watermark(...)`` upstream
 ``ttl`` (an expiring key would lose its timer); they are part of the state, so they survive
 checkpoints and fire in the key range that owns their key on Dask.
 
+**Processing-time timers**, for live jobs: a function with ``processing_timers = True`` keeps
+one more timer per key, ``_ptimer``, in nanoseconds of its :attr:`ProcessFunction.clock`
+(the wall clock, ``time.time_ns``, unless the function brings its own). After each batch,
+every such timer the clock has reached fires through
+:meth:`ProcessFunction.on_processing_timer`, once per batch; at the end of the input they do
+not fire (as in Flink: the wall clock says nothing about a replayed input). Their alerts
+depend on when batches arrive, so they are for live runs, not for results that must repeat.
+
 Examples
 --------
 >>> import pyarrow as pa
@@ -40,6 +48,7 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from time import time_ns
 from typing import Any
 
 import numpy as np
@@ -49,24 +58,27 @@ from sabot_lab.plan.fingerprint import fingerprint_value
 from sabot_lab.plan.nodes import WATERMARK_COLUMN
 from sabot_lab.state import StateBlock, StateSpec
 
-__all__ = ["NO_TIMER", "TIMER_FIELD", "ProcessFunction", "PythonProcessFunction",
-           "with_timer"]
+__all__ = ["NO_TIMER", "PTIMER_FIELD", "TIMER_FIELD", "ProcessFunction",
+           "PythonProcessFunction", "with_timers"]
 
 #: The state field holding a key's event-time timer, and its value when none is set.
 TIMER_FIELD = "_timer"
+#: The state field holding a key's processing-time timer (wall-clock nanoseconds).
+PTIMER_FIELD = "_ptimer"
 NO_TIMER = int(np.iinfo(np.int64).max)
 
 
-def with_timer(spec: StateSpec) -> StateSpec:
-    """``spec`` with the timer field (int64, no timer by default) added.
+def with_timers(spec: StateSpec, fields: tuple[str, ...]) -> StateSpec:
+    """``spec`` with the timer ``fields`` (int64, no timer by default) added.
 
-    >>> with_timer(StateSpec({"n": "int64"})).defaults
+    >>> with_timers(StateSpec({"n": "int64"}), (TIMER_FIELD,)).defaults
     {'_timer': 9223372036854775807}
     """
-    if TIMER_FIELD in spec.fields:
-        raise ValueError(f"the state field {TIMER_FIELD!r} is reserved for timers")
-    return StateSpec({**spec.fields, TIMER_FIELD: "int64"},
-                     {**spec.defaults, TIMER_FIELD: NO_TIMER}, spec.ttl)
+    taken = [f for f in fields if f in spec.fields]
+    if taken:
+        raise ValueError(f"the state fields {taken} are reserved for timers")
+    return StateSpec({**spec.fields, **dict.fromkeys(fields, "int64")},
+                     {**spec.defaults, **dict.fromkeys(fields, NO_TIMER)}, spec.ttl)
 
 
 class ProcessFunction:
@@ -87,6 +99,10 @@ class ProcessFunction:
     #: Its :meth:`process` then fires a row's due timer before the row itself, reading the
     #: ``_watermark`` column; :meth:`on_timer` fires the rest.
     timers: bool = False
+    #: Whether it keeps a processing-time timer per key (fired by
+    #: :meth:`on_processing_timer`), and the clock they are read against.
+    processing_timers: bool = False
+    clock: Callable[[], int] = staticmethod(time_ns)
 
     def state_spec(self) -> StateSpec:
         """The per-key state this function keeps."""
@@ -114,6 +130,13 @@ class ProcessFunction:
         ``times`` (ascending); their ``_timer`` is cleared already, and may be set again.
         Return the output rows."""
         raise NotImplementedError(f"{self.name} sets timers but defines no on_timer")
+
+    def on_processing_timer(self, keys: pa.Array, times: np.ndarray, block: StateBlock
+                            ) -> pa.RecordBatch:
+        """Fire the processing-time timers of ``keys`` at ``times`` (their ``_ptimer`` is
+        cleared already, and may be set again); return the output rows."""
+        raise NotImplementedError(f"{self.name} sets processing-time timers but defines no "
+                                  f"on_processing_timer")
 
     def fingerprint(self) -> dict[str, Any]:
         """What this function is, for checkpoints: its class, the code of every method its
@@ -161,6 +184,10 @@ class PythonProcessFunction(ProcessFunction):
         ``on_timer(key, time, state: dict) -> list[dict]``: called when the key's timer
         fires. Setting ``state["_timer"]`` (in ``fn`` or here) sets the key's timer;
         :data:`NO_TIMER` clears it.
+    on_processing_timer, clock
+        The same for processing-time timers (``state["_ptimer"]``, in nanoseconds of
+        ``clock``, by default the wall clock ``time.time_ns``; ``fn`` reads the same clock to
+        set one).
 
     Examples
     --------
@@ -188,7 +215,9 @@ class PythonProcessFunction(ProcessFunction):
                  state: Mapping[str, Any], columns: Sequence[str], output: pa.Schema,
                  defaults: Mapping[str, Any] | None = None, ttl: int | None = None,
                  time_col: str | None = None, name: str | None = None,
-                 on_timer: Callable[[Any, int, dict], list[dict]] | None = None) -> None:
+                 on_timer: Callable[[Any, int, dict], list[dict]] | None = None,
+                 on_processing_timer: Callable[[Any, int, dict], list[dict]] | None = None,
+                 clock: Callable[[], int] | None = None) -> None:
         self.fn = fn
         self.name = name or getattr(fn, "__name__", "python")
         self.columns = tuple(columns)
@@ -196,6 +225,10 @@ class PythonProcessFunction(ProcessFunction):
         self.time_col = time_col
         self.timer_fn = on_timer
         self.timers = on_timer is not None
+        self.processing_timer_fn = on_processing_timer
+        self.processing_timers = on_processing_timer is not None
+        if clock is not None:
+            self.clock = clock
         self._spec = StateSpec(dict(state), dict(defaults or {}), ttl)
 
     def state_spec(self) -> StateSpec:
@@ -226,6 +259,15 @@ class PythonProcessFunction(ProcessFunction):
         for key, time, slot in zip(keys.to_pylist(), times.tolist(), block.slots, strict=True):
             state = self._load(block, slot)
             out.extend(self._fired(key, time, state))
+            self._store(block, slot, state)
+        return pa.RecordBatch.from_pylist(out, schema=self.output)
+
+    def on_processing_timer(self, keys: pa.Array, times: np.ndarray, block: StateBlock
+                            ) -> pa.RecordBatch:
+        out: list[dict] = []
+        for key, time, slot in zip(keys.to_pylist(), times.tolist(), block.slots, strict=True):
+            state = self._load(block, slot)
+            out.extend(self.processing_timer_fn(key, time, state))
             self._store(block, slot, state)
         return pa.RecordBatch.from_pylist(out, schema=self.output)
 

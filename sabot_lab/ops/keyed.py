@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from sabot_lab.ops.base import Operator, OperatorMetrics, SideOutputs
 from sabot_lab.ops.snapshot import SnapshotError
 from sabot_lab.plan.nodes import WATERMARK_COLUMN, KeyedProcess
-from sabot_lab.process import NO_TIMER, TIMER_FIELD, with_timer
+from sabot_lab.process import NO_TIMER, PTIMER_FIELD, TIMER_FIELD, with_timers
 from sabot_lab.state import KeyedState, MemoryState, StateSpec
 
 __all__ = ["KeyedProcessOp", "make_state"]
@@ -56,7 +56,10 @@ class KeyedProcessOp(Operator):
         self.key = self.node.keys[0]
         spec = self.function.state_spec()
         self.timers = bool(getattr(self.function, "timers", False))
-        self.state = make_state(self.node.state, with_timer(spec) if self.timers else spec,
+        self.processing = bool(getattr(self.function, "processing_timers", False))
+        fields = (TIMER_FIELD,) * self.timers + (PTIMER_FIELD,) * self.processing
+        self.state = make_state(self.node.state,
+                                with_timers(spec, fields) if fields else spec,
                                 self.node.state_path)
         self.metrics.aggregates = True
         reason = pa.field("reason", pa.string())
@@ -88,7 +91,8 @@ class KeyedProcessOp(Operator):
             batch = self._side_output("invalid", batch, mask, reasons)
         self.metrics.add(rows_aggregated=batch.num_rows)
         if not batch.num_rows:
-            return self._fire(watermark) if watermark is not None else []
+            fired = self._fire(watermark) if watermark is not None else []
+            return fired + self._fire_processing()
         keys = batch.column(self.key)
         first = last = None
         if self.function.time_col is not None and self.state.spec.ttl is not None:
@@ -108,9 +112,24 @@ class KeyedProcessOp(Operator):
                 self.metrics.add(rows_aggregated=-int(refused.sum()))
         if first is not None:
             self.state.expire(first)
-        if watermark is None:
-            return [out]
-        return [out, *self._fire(watermark)]
+        fired = [] if watermark is None else self._fire(watermark)
+        return [out, *fired, *self._fire_processing()]
+
+    def _fire_processing(self) -> list[pa.RecordBatch]:
+        """Fire the processing-time timers the function's clock has reached, once (a timer
+        set again to a time already reached waits for the next batch)."""
+        if not self.processing:
+            return []
+        keys, times = self.state.due(PTIMER_FIELD, self.function.clock())
+        if not len(keys):
+            return []
+        order = np.argsort(times, kind="stable")
+        keys, times = keys.take(pa.array(order)), times[order]
+        block = self.state.acquire(keys)
+        block.arrays[PTIMER_FIELD][block.slots] = NO_TIMER
+        out = self.function.on_processing_timer(keys, times, block)
+        self.state.release(block)
+        return [out]
 
     def _fire(self, upto: int, rounds: int | None = None) -> list[pa.RecordBatch]:
         """Fire every timer at or before ``upto``, in time order; again for timers that
