@@ -41,6 +41,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/fraud.py --repeats 5 --json $(RESULTS)/fraud.json
 	$(BIN)/python benchmarks/timers.py --json $(RESULTS)/timers.json
 	$(BIN)/python benchmarks/windows.py --json $(RESULTS)/windows.json
+	$(BIN)/python benchmarks/nexmark.py --json $(RESULTS)/nexmark.json
 	$(BIN)/python benchmarks/scaling.py --json $(RESULTS)/scaling.json
 	$(BIN)/python benchmarks/report.py --results $(RESULTS) --readme README.md
 

@@ -33,7 +33,7 @@ __all__ = ["BENCHMARKS", "RESULTS", "ReportError", "markdown", "render_block", "
 
 #: The benchmarks ``make bench`` runs: each has a record and a README block.
 BENCHMARKS = ("enrichment", "optimizer", "dask_runner", "agents", "fraud", "timers",
-              "windows", "scaling")
+              "windows", "nexmark", "scaling")
 HERE = Path(__file__).resolve().parent
 #: Where ``make bench`` writes the records.
 RESULTS = HERE / "results"

@@ -27,12 +27,16 @@ True
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
+if TYPE_CHECKING:
+    from sabot_lab.stream import Stream
+
 __all__ = ["AUCTION_SCHEMA", "BID_SCHEMA", "PERSON_SCHEMA", "nexmark", "nexmark_batch",
-           "nexmark_batches"]
+           "nexmark_batches", "nexmark_stream"]
 
 PERSON_PROPORTION, AUCTION_PROPORTION, BID_PROPORTION = 1, 3, 46
 DENOMINATOR = PERSON_PROPORTION + AUCTION_PROPORTION + BID_PROPORTION
@@ -232,3 +236,26 @@ def nexmark(events: int, *, seed: int = 1, rate: int = 10_000, out_of_order: int
                                  out_of_order=out_of_order))
     return tuple(pa.Table.from_batches([p[i] for p in parts], schema=schema)
                  for i, schema in enumerate((PERSON_SCHEMA, AUCTION_SCHEMA, BID_SCHEMA)))
+
+
+def nexmark_stream(kind: str, events: int, events_per_batch: int = 100_000, *, seed: int = 1,
+                   rate: int = 10_000, out_of_order: int = 0) -> Stream:
+    """One of the streams (``"person"``, ``"auction"`` or ``"bid"``) as a
+    :class:`~sabot_lab.stream.Stream` that generates each batch when the job asks for it, in
+    memory proportional to a batch, whatever ``events`` (100M and more).
+
+    >>> nexmark_stream("bid", 1_000, 250).to_table().num_rows
+    920
+    """
+    from sabot_lab.stream import Stream
+
+    index = ("person", "auction", "bid").index(kind)
+    schema = (PERSON_SCHEMA, AUCTION_SCHEMA, BID_SCHEMA)[index]
+
+    def make(i: int) -> pa.RecordBatch:
+        return nexmark_batch(i, events_per_batch, events, seed=seed, rate=rate,
+                             out_of_order=out_of_order)[index]
+
+    return Stream.from_generator(make, -(-events // events_per_batch), schema,
+                                 source_id=f"nexmark-{kind}-{events}-{events_per_batch}-{seed}-"
+                                           f"{rate}-{out_of_order}")
