@@ -27,7 +27,7 @@ from sabot_lab.errors import (
     SnapshotError,
     StaleBlockError,
 )
-from sabot_lab.expr import coalesce, col, lit
+from sabot_lab.expr import coalesce, col, if_else, lit
 from sabot_lab.live import LiveJob
 from sabot_lab.plan.compare import compare_plans
 from sabot_lab.plan.graph import JobGraph
@@ -105,6 +105,7 @@ __all__ = [
     "diagnose",
     "errors",
     "hopping",
+    "if_else",
     "lit",
     "max",
     "mean",

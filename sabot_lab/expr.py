@@ -21,6 +21,7 @@ Examples
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -252,6 +253,70 @@ class Expr:
         """
         return Call("round", (self,), (("ndigits", ndigits),))
 
+    def hour(self) -> Expr:
+        """The hour (0-23) of a timestamp.
+
+        >>> import datetime as dt
+        >>> col("t").hour().evaluate(pa.record_batch({"t": [dt.datetime(2024, 1, 1, 9, 30)]})
+        ...                          ).to_pylist()
+        [9]
+        """
+        return Call("hour", (self,))
+
+    def lower(self) -> Expr:
+        """Text in lower case.
+
+        >>> col("s").lower().evaluate(pa.record_batch({"s": ["Apple"]})).to_pylist()
+        ['apple']
+        """
+        return Call("lower", (self,))
+
+    def upper(self) -> Expr:
+        """Text in upper case.
+
+        >>> col("s").upper().evaluate(pa.record_batch({"s": ["Apple"]})).to_pylist()
+        ['APPLE']
+        """
+        return Call("upper", (self,))
+
+    def count_substring(self, pattern: str) -> Expr:
+        """How often ``pattern`` (plain text) occurs in the text, without overlaps.
+
+        >>> col("s").count_substring("c").evaluate(pa.record_batch({"s": ["cac", "x"]})
+        ...                                       ).to_pylist()
+        [2, 0]
+        """
+        return Call("count_substring", (self,), (("pattern", pattern),))
+
+    def regex_extract(self, pattern: str, group: int = 1) -> Expr:
+        """Capture group ``group`` (1 = the first) of the first match of the regular
+        expression ``pattern`` (RE2 syntax), null where it does not match (SQL's
+        ``regexp_extract``).
+
+        >>> url = pa.record_batch({"u": ["a?channel_id=7&x=1", "a?x=1"]})
+        >>> col("u").regex_extract("([?&])channel_id=([^&]*)", 2).evaluate(url).to_pylist()
+        ['7', None]
+        """
+        if group < 1 or group > _count_groups(pattern):
+            raise ExprError(f"regex_extract group {group} does not exist in {pattern!r}")
+        return Call("regex_extract", (self,), (("pattern", _named_groups(pattern)),
+                                               ("group", group)))
+
+    def split_index(self, separator: str, index: int) -> Expr:
+        """Part ``index`` (0 = the first) of the text cut at ``separator``, null when there
+        are fewer parts (Flink's ``SPLIT_INDEX``).
+
+        >>> col("u").split_index("/", 3).evaluate(pa.record_batch({"u": ["a//b/c", "a/b"]})
+        ...                                      ).to_pylist()
+        ['c', None]
+        """
+        if index < 0 or len(separator) != 1:
+            raise ExprError(f"split_index takes one separator character and an index from 0, "
+                            f"got {separator!r} and {index}")
+        sep = re.escape(separator)
+        return Call("regex_extract", (self,), (
+            ("pattern", f"^(?:(?:[^{sep}]*){sep}){{{index}}}(?P<g1>[^{sep}]*)"), ("group", 1)))
+
     def between(self, low: Any, high: Any) -> Expr:
         """``low <= self <= high`` (both ends included, as in SQL).
 
@@ -468,7 +533,49 @@ def _is_null(value: Any) -> Any:
     return pc.is_null(value, nan_is_null=True)
 
 
+def _named_groups(pattern: str) -> str:
+    """``pattern`` with its capturing groups named ``g1``, ``g2``... in order (Arrow's
+    ``extract_regex`` returns named groups only)."""
+    out, n, i, in_class = [], 0, 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c == "(" and not pattern.startswith("(?", i):
+            n += 1
+            out.append(f"(?P<g{n}>")
+            i += 1
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _count_groups(pattern: str) -> int:
+    return _named_groups(pattern).count("(?P<g")
+
+
+def _regex_extract(value: Any, pattern: str, group: int) -> Any:
+    return pc.struct_field(pc.extract_regex(value, pattern=pattern), [f"g{group}"])
+
+
+def _if_else(condition: Any, then: Any, otherwise: Any) -> Any:
+    return pc.if_else(condition, then, otherwise)
+
+
 _CALLS: dict[str, Callable[..., Any]] = {
+    "hour": pc.hour,
+    "lower": pc.utf8_lower,
+    "upper": pc.utf8_upper,
+    "count_substring": pc.count_substring,
+    "regex_extract": _regex_extract,
+    "if_else": _if_else,
     "is_null": _is_null,
     "is_valid": pc.is_valid,
     "fill_null": pc.fill_null,
@@ -508,7 +615,17 @@ class Call(Expr):
             options = pc.RoundOptions(ndigits=dict(self.options)["ndigits"],
                                       round_mode="half_to_even")
             return pc.Expression._call("round", args, options)
-        name = {"abs": "abs_checked", "fill_null": "coalesce"}.get(self.name, self.name)
+        options = dict(self.options)
+        if self.name == "count_substring":
+            return pc.Expression._call("count_substring", args,
+                                       pc.MatchSubstringOptions(options["pattern"]))
+        if self.name == "regex_extract":
+            struct = pc.Expression._call("extract_regex", args,
+                                         pc.ExtractRegexOptions(options["pattern"]))
+            return pc.Expression._call("struct_field", [struct],
+                                       pc.StructFieldOptions([f"g{options['group']}"]))
+        name = {"abs": "abs_checked", "fill_null": "coalesce", "lower": "utf8_lower",
+                "upper": "utf8_upper"}.get(self.name, self.name)
         return pc.Expression._call(name, args)
 
     def __repr__(self) -> str:
@@ -533,6 +650,17 @@ def lit(value: Any, type: pa.DataType | None = None) -> Expr:
     <pyarrow.DoubleScalar: 1.5>
     """
     return Literal(value, type)
+
+
+def if_else(condition: Any, then: Any, otherwise: Any) -> Expr:
+    """``then`` where ``condition`` is true, else ``otherwise`` (SQL's ``CASE WHEN``; a null
+    condition gives null). Nest them for several branches.
+
+    >>> e = if_else(col("x") > 1, "big", "small")
+    >>> e.evaluate(pa.record_batch({"x": [0, 5]})).to_pylist()
+    ['small', 'big']
+    """
+    return Call("if_else", (_as_expr(condition), _as_expr(then), _as_expr(otherwise)))
 
 
 def coalesce(*exprs: Any) -> Expr:

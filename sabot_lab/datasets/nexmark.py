@@ -44,7 +44,7 @@ FIRST_PERSON_ID, FIRST_AUCTION_ID, FIRST_CATEGORY_ID, NUM_CATEGORIES = 1000, 100
 HOT_AUCTION_RATIO, HOT_BIDDER_RATIO, HOT_SELLER_RATIO = 2, 4, 4  # 1 in n draws is not hot
 HOT_GROUP = 100  # the hot auction (person) is the first of the last 100
 IN_FLIGHT_AUCTIONS, AUCTION_ID_LEAD, ACTIVE_PEOPLE, PERSON_ID_LEAD = 100, 10, 1000, 10
-START_MS = 1_700_000_000_000  # 2023-11-14 22:13:20 UTC
+START_MS = 1_699_938_800_000  # 2023-11-14 05:13:20 UTC
 
 PERSON_SCHEMA = pa.schema([
     ("id", pa.int64()), ("name", pa.string()), ("email_address", pa.string()),
@@ -68,6 +68,11 @@ _CITIES = np.array(["Phoenix", "Los Angeles", "San Francisco", "Boise", "Portlan
                     "Redmond", "Seattle", "Kent", "Cheyenne"])
 _STATES = np.array(["AZ", "CA", "ID", "OR", "WA", "WY"])
 _CHANNELS = np.array(["Google", "Facebook", "Baidu", "Apple"])
+#: Path segments of a bid's url (the original draws random 5-letter ones).
+_SEGMENTS = np.array([a + b + c + d + e for a, b, c, d, e in zip(
+    "qwertyuiopasdfghjklzxcvbnmqwertyuiopasdf", "mnbvcxzlkjhgfdsapoiuytrewqmnbvcxzlkjhgf",
+    "plokijuhygtfrdeswaqzxcvbnmplokijuhygtfr", "zaqxswcdevfrbgtnhymjukilopzaqxswcdevfrb",
+    "abcdefghijklmnopqrstuvwxyzabcdefghijklmn", strict=False)])
 
 
 def _uniform(seed: int, events: np.ndarray, salt: int) -> np.ndarray:
@@ -202,8 +207,11 @@ def _bids(seed: int, events: np.ndarray, times: np.ndarray) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays([
         pa.array(auction), pa.array(bidder), pa.array(_price(seed, events, 26)),
         pa.array(channel, pa.string()),
-        _strings([np.full(len(events), "https://www.nexmark.com/item.htm?query=1&channel_id="),
-                  channel_id]),
+        _strings([np.full(len(events), "https://www.nexmark.com/"),
+                  _SEGMENTS[_below(seed, events, 31, len(_SEGMENTS))], np.full(len(events), "/"),
+                  _SEGMENTS[_below(seed, events, 32, len(_SEGMENTS))], np.full(len(events), "/"),
+                  _SEGMENTS[_below(seed, events, 33, len(_SEGMENTS))],
+                  np.full(len(events), "/item.htm?query=1&channel_id="), channel_id]),
         pa.array(times, pa.timestamp("ms")),
         _strings([np.full(len(events), "b"), events])], schema=BID_SCHEMA)
 

@@ -3,8 +3,8 @@
 Each query is a function from the event streams to the result stream, and :data:`SQL` holds
 the same query in DuckDB's SQL over tables named ``bid``, ``auction``, ``person`` (and
 ``side_input``), the oracle of the tests and the peer of ``benchmarks/nexmark.py``. So far:
-q0, q1, q2, q11 and q13; the other queries need operators still to come (stream-stream joins,
-distinct counts, deduplication).
+q0, q1, q2, q11, q13, q14, q21 and q22; the other queries need operators still to come
+(stream-stream joins, distinct counts, deduplication, processing-time windows).
 
 Examples
 --------
@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from sabot_lab.expr import col
+from sabot_lab.expr import col, if_else
 from sabot_lab.plan.windows import count as count_rows
 from sabot_lab.plan.windows import session
 from sabot_lab.reference import Table
 from sabot_lab.stream import Stream
 
-__all__ = ["SQL", "q0", "q1", "q2", "q11", "q13", "side_input"]
+__all__ = ["SQL", "q0", "q1", "q2", "q11", "q13", "q14", "q21", "q22", "side_input"]
 
 #: Dollars to euros, as Nexmark's q1 has it.
 DOLLAR_TO_EURO = 0.908
@@ -76,6 +76,43 @@ def q13(bids: Stream, side: pa.Table | None = None) -> Stream:
             .select("auction", "bidder", "price", "date_time", "value"))
 
 
+def q14(bids: Stream) -> Stream:
+    """Filter and functions: bids priced between 1M and 50M euros, with the price in euros,
+    the time of day of the bid (day 8-18 h, night 20-6 h, else other) and how many ``c`` its
+    ``extra`` holds."""
+    euros = col("price") * DOLLAR_TO_EURO
+    hour = col("date_time").hour()
+    kind = if_else((hour >= 8) & (hour <= 18), "dayTime",
+                   if_else((hour <= 6) | (hour >= 20), "nightTime", "otherTime"))
+    return (bids.filter((euros > 1_000_000) & (euros < 50_000_000))
+            .select("auction", "bidder", "date_time", "extra", price=euros,
+                    bid_time_type=kind, c_counts=col("extra").count_substring("c")))
+
+
+#: q21's known channels and their ids.
+CHANNEL_IDS = {"apple": "0", "google": "1", "facebook": "2", "baidu": "3"}
+CHANNEL_ID_PATTERN = "(&|^)channel_id=([^&]*)"
+
+
+def q21(bids: Stream) -> Stream:
+    """Regular expressions: each bid's channel id, from its channel's name for the four
+    known channels, else extracted from its url; bids with neither are left out."""
+    name = col("channel").lower()
+    from_url = col("url").regex_extract(CHANNEL_ID_PATTERN, 2)
+    channel_id = from_url
+    for known, number in reversed(CHANNEL_IDS.items()):
+        channel_id = if_else(name == known, number, channel_id)
+    return (bids.filter(from_url.is_valid() | name.isin(CHANNEL_IDS))
+            .select("auction", "bidder", "price", "channel", channel_id=channel_id))
+
+
+def q22(bids: Stream) -> Stream:
+    """String splits: the first three directories of each bid's url."""
+    url = col("url")
+    return bids.select("auction", "bidder", "price", "channel", dir1=url.split_index("/", 3),
+                       dir2=url.split_index("/", 4), dir3=url.split_index("/", 5))
+
+
 #: The same queries in DuckDB's SQL (the oracle; sessions as gaps and islands).
 SQL = {
     "q0": "SELECT auction, bidder, price, channel, url, date_time, extra FROM bid",
@@ -84,14 +121,14 @@ SQL = {
     "q2": f"SELECT auction, price FROM bid WHERE auction % {Q2_MODULUS} = 0",
     "q11": """
         WITH marked AS (
-            SELECT bidder, date_time,
+            SELECT bidder, date_time, extra,
                    CASE WHEN lag(date_time) OVER w IS NULL
                           OR date_time - lag(date_time) OVER w >= INTERVAL 10 SECOND
                         THEN 1 ELSE 0 END AS starts
-            FROM bid WINDOW w AS (PARTITION BY bidder ORDER BY date_time)),
-        numbered AS (
+            FROM bid WINDOW w AS (PARTITION BY bidder ORDER BY date_time, extra)),
+        numbered AS (  -- the same order as above, ties included (extra is unique)
             SELECT bidder, date_time,
-                   sum(starts) OVER (PARTITION BY bidder ORDER BY date_time
+                   sum(starts) OVER (PARTITION BY bidder ORDER BY date_time, extra
                                      ROWS UNBOUNDED PRECEDING) AS session
             FROM marked)
         SELECT bidder, count(*) AS bid_count, min(date_time) AS window_start,
@@ -99,4 +136,29 @@ SQL = {
         FROM numbered GROUP BY bidder, session""",
     "q13": f"""SELECT b.auction, b.bidder, b.price, b.date_time, s.value
                FROM bid b JOIN side_input s ON b.auction % {SIDE_KEYS} = s.key""",
+    "q14": """
+        SELECT auction, bidder, date_time, extra, CAST(price AS DOUBLE) * 0.908 AS price,
+               CASE WHEN hour(date_time) >= 8 AND hour(date_time) <= 18 THEN 'dayTime'
+                    WHEN hour(date_time) <= 6 OR hour(date_time) >= 20 THEN 'nightTime'
+                    ELSE 'otherTime' END AS bid_time_type,
+               length(extra) - length(replace(extra, 'c', '')) AS c_counts
+        FROM bid
+        WHERE CAST(price AS DOUBLE) * 0.908 > 1000000
+          AND CAST(price AS DOUBLE) * 0.908 < 50000000""",
+    # DuckDB's regexp_extract gives '' for no match, Flink's (and ours) null: NULLIF.
+    "q21": """
+        SELECT auction, bidder, price, channel,
+               CASE lower(channel) WHEN 'apple' THEN '0' WHEN 'google' THEN '1'
+                    WHEN 'facebook' THEN '2' WHEN 'baidu' THEN '3'
+                    ELSE NULLIF(regexp_extract(url, '(&|^)channel_id=([^&]*)', 2), '')
+               END AS channel_id
+        FROM bid
+        WHERE NULLIF(regexp_extract(url, '(&|^)channel_id=([^&]*)', 2), '') IS NOT NULL
+           OR lower(channel) IN ('apple', 'google', 'facebook', 'baidu')""",
+    "q22": """
+        SELECT auction, bidder, price, channel,
+               NULLIF(split_part(url, '/', 4), '') AS dir1,
+               NULLIF(split_part(url, '/', 5), '') AS dir2,
+               NULLIF(split_part(url, '/', 6), '') AS dir3
+        FROM bid""",
 }

@@ -12,7 +12,7 @@ from sabot_lab.datasets.nexmark import nexmark
 from sabot_lab.patterns import nexmark as nx
 from tests.oracle import assert_same_rows
 
-QUERIES = ("q0", "q1", "q2", "q11", "q13")
+QUERIES = ("q0", "q1", "q2", "q11", "q13", "q14", "q21", "q22")
 
 
 def _oracle(query: str, bids: pa.Table) -> pa.Table:
@@ -34,7 +34,8 @@ def _comparable(query: str, table: pa.Table, like: pa.Table) -> pa.Table:
 
 @pytest.fixture(scope="module")
 def bids() -> pa.Table:
-    return nexmark(60_000, seed=3)[2]
+    # 2 events a second: the bids span 8 hours of the day, for q14's times of day
+    return nexmark(60_000, seed=3, rate=2)[2]
 
 
 @pytest.mark.parametrize("batch_size", [1_000, 60_000])
@@ -44,6 +45,13 @@ def test_queries_match_duckdb(bids, query, batch_size):
     assert expected.num_rows > 0
     result = _job(query, bids, batch_size).run()
     assert_same_rows(_comparable(query, result.table, expected), expected)
+
+
+def test_the_data_exercises_every_branch(bids):
+    kinds = set(nx.q14(sl.Stream.from_table(bids)).to_table()["bid_time_type"].to_pylist())
+    assert kinds == {"dayTime", "nightTime", "otherTime"}
+    ids = nx.q21(sl.Stream.from_table(bids)).to_table()["channel_id"].to_pylist()
+    assert {"0", "1", "2", "3"} <= set(ids) and len(set(ids)) > 100
 
 
 def test_sessions_on_out_of_order_events_within_the_bound():
