@@ -8,7 +8,7 @@ timing each query's results are checked to be the same rows (row count and a sum
 numeric column). Rounds interleave the engines and the queries; the table shows min, median
 and max seconds, events/s on the median (all generated events, as Nexmark counts them) and
 the ratio to DuckDB, worst-best (our slowest run against DuckDB's fastest). Targets (issue
-18): q1, q2, q11 and q13 at least 1.0x DuckDB, no query below 0.5x; "met" only when the
+18): q1, q2, q5, q11 and q13 at least 1.0x DuckDB, no query below 0.5x; "met" only when the
 worst ratio clears it.
 
 Run it from the repository root (machine otherwise idle)::
@@ -48,11 +48,12 @@ import sabot_lab as sl
 from sabot_lab.datasets.nexmark import nexmark
 from sabot_lab.patterns import nexmark as nx
 
-QUERIES = ("q0", "q1", "q2", "q11", "q13", "q14", "q21", "q22")
+QUERIES = ("q0", "q1", "q2", "q5", "q11", "q13", "q14", "q21", "q22")
 #: The issue's targets: at least 1.0x DuckDB for these, at least 0.5x for every query.
-FAST = {"q1", "q2", "q11", "q13"}
+FAST = {"q1", "q2", "q5", "q11", "q13"}
 #: A numeric column of each result, summed for the check.
-CHECKED = {"q0": "price", "q1": "price", "q2": "price", "q11": "bid_count", "q13": "price",
+CHECKED = {"q0": "price", "q1": "price", "q2": "price", "q5": "num", "q11": "bid_count",
+           "q13": "price",
            "q14": "price", "q21": "price", "q22": "price"}
 
 

@@ -21,7 +21,6 @@ Examples
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -310,12 +309,10 @@ class Expr:
         ...                                      ).to_pylist()
         ['c', None]
         """
-        if index < 0 or len(separator) != 1:
-            raise ExprError(f"split_index takes one separator character and an index from 0, "
-                            f"got {separator!r} and {index}")
-        sep = re.escape(separator)
-        return Call("regex_extract", (self,), (
-            ("pattern", f"^(?:(?:[^{sep}]*){sep}){{{index}}}(?P<g1>[^{sep}]*)"), ("group", 1)))
+        if index < 0 or not separator:
+            raise ExprError(f"split_index takes a separator and an index from 0, got "
+                            f"{separator!r} and {index}")
+        return Call("split_index", (self,), (("separator", separator), ("index", index)))
 
     def between(self, low: Any, high: Any) -> Expr:
         """``low <= self <= high`` (both ends included, as in SQL).
@@ -565,6 +562,14 @@ def _regex_extract(value: Any, pattern: str, group: int) -> Any:
     return pc.struct_field(pc.extract_regex(value, pattern=pattern), [f"g{group}"])
 
 
+def _split_index(value: Any, separator: str, index: int) -> Any:
+    # At most index + 1 splits: part ``index`` is whole, and a fixed-size slice pads the
+    # shorter lists with null, so no row raises.
+    parts = pc.split_pattern(value, pattern=separator, max_splits=index + 1)
+    return pc.list_element(pc.list_slice(parts, index, index + 1, return_fixed_size_list=True),
+                           0)
+
+
 def _if_else(condition: Any, then: Any, otherwise: Any) -> Any:
     return pc.if_else(condition, then, otherwise)
 
@@ -575,6 +580,7 @@ _CALLS: dict[str, Callable[..., Any]] = {
     "upper": pc.utf8_upper,
     "count_substring": pc.count_substring,
     "regex_extract": _regex_extract,
+    "split_index": _split_index,
     "if_else": _if_else,
     "is_null": _is_null,
     "is_valid": pc.is_valid,
@@ -624,6 +630,13 @@ class Call(Expr):
                                          pc.ExtractRegexOptions(options["pattern"]))
             return pc.Expression._call("struct_field", [struct],
                                        pc.StructFieldOptions([f"g{options['group']}"]))
+        if self.name == "split_index":
+            index = options["index"]
+            parts = pc.Expression._call("split_pattern", args, pc.SplitPatternOptions(
+                options["separator"], max_splits=index + 1))
+            one = pc.Expression._call("list_slice", [parts], pc.ListSliceOptions(
+                index, index + 1, return_fixed_size_list=True))
+            return pc.Expression._call("list_element", [one, pc.scalar(0)])
         name = {"abs": "abs_checked", "fill_null": "coalesce", "lower": "utf8_lower",
                 "upper": "utf8_upper"}.get(self.name, self.name)
         return pc.Expression._call(name, args)

@@ -450,8 +450,10 @@ class Stream:
         ``.group_by(keys).agg(...)``. Needs :meth:`with_watermark` upstream."""
         return WindowedStream(self, window, ())
 
-    def top_n(self, n: int, by: str) -> Stream:
-        """Keep the ``n`` groups with the largest ``by`` in every window, with their ``rank``.
+    def top_n(self, n: int, by: str, with_ties: bool = False) -> Stream:
+        """Keep the ``n`` groups with the largest ``by`` in every window, with their ``rank``
+        (ties: smaller group keys first). ``with_ties=True`` also keeps every group tied with
+        the ``n``-th, tied groups sharing a rank (SQL's ``RANK() <= n``).
 
         Applies to a windowed aggregation without allowed lateness (an update would change a
         ranking already emitted).
@@ -464,7 +466,7 @@ class Stream:
             raise PlanError("top_n() with allowed lateness is not supported yet: updates "
                             "would change rankings already emitted. Use with_watermark(..., "
                             "allowed_lateness='0s') for the ranked job")
-        return Stream(TopN(self.node, n, by, group_keys=window.keys))
+        return Stream(TopN(self.node, n, by, group_keys=window.keys, with_ties=with_ties))
 
     def union(self, *others: Stream) -> Stream:
         """Concatenate streams with the same columns and types.

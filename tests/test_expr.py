@@ -106,3 +106,45 @@ def test_type_error_names_the_column_types():
 def test_output_type_is_the_type_computed_on_real_data(batch):
     for e in (col("a") + col("b"), col("a") / 2, col("a").cast("int8") + 1, col("s").is_null()):
         assert e.output_type(batch.schema) == e.evaluate(batch).type
+
+
+def test_text_time_and_case_functions_match_duckdb():
+    import datetime as dt
+
+    import duckdb
+
+    from sabot_lab.expr import if_else
+
+    table = pa.table({
+        "u": ["https://x.com/a/b/item?q=1&channel_id=7", "https://x.com/c", None, "plain"],
+        "s": ["Apple", "cocoa", None, "BAIDU"],
+        "t": [dt.datetime(2024, 1, 1, h) for h in (0, 8, 19, 23)],
+        "n": [7, -7, 246, None],
+    })
+    ours = {
+        "lower": col("s").lower(), "upper": col("s").upper(), "hour": col("t").hour(),
+        "cs": col("s").count_substring("c"), "mod": col("n") % 123,
+        "rx": col("u").regex_extract("(&|^)channel_id=([^&]*)", 2),
+        "dir": col("u").split_index("/", 3),
+        "case": if_else(col("t").hour() >= 8, "day", if_else(col("n") > 0, "pos", "other")),
+    }
+    sql = """SELECT lower(s) AS lower, upper(s) AS upper, hour(t) AS hour,
+                    length(s) - length(replace(s, 'c', '')) AS cs, n % 123 AS mod,
+                    NULLIF(regexp_extract(u, '(&|^)channel_id=([^&]*)', 2), '') AS rx,
+                    NULLIF(split_part(u, '/', 4), '') AS dir,
+                    CASE WHEN hour(t) >= 8 THEN 'day' WHEN n > 0 THEN 'pos'
+                         ELSE 'other' END AS "case"
+             FROM tbl"""
+    con = duckdb.connect()
+    con.register("tbl", table)
+    expected = con.sql(sql).to_arrow_table()
+    for name, expr in ours.items():
+        assert expr.evaluate(table).to_pylist() == expected[name].to_pylist(), name
+        # the same as a pyarrow expression (what a Parquet scan is given)
+        projected = ds.dataset(table).to_table(columns={name: expr.to_pyarrow()})
+        assert projected[name].to_pylist() == expected[name].to_pylist(), name
+
+
+def test_regex_extract_names_a_group_that_exists():
+    with pytest.raises(ExprError, match="group 3 does not exist"):
+        col("u").regex_extract("(a)(b)", 3)

@@ -3,7 +3,7 @@
 Each query is a function from the event streams to the result stream, and :data:`SQL` holds
 the same query in DuckDB's SQL over tables named ``bid``, ``auction``, ``person`` (and
 ``side_input``), the oracle of the tests and the peer of ``benchmarks/nexmark.py``. So far:
-q0, q1, q2, q11, q13, q14, q21 and q22; the other queries need operators still to come
+q0, q1, q2, q5, q11, q13, q14, q21 and q22; the other queries need operators still to come
 (stream-stream joins, distinct counts, deduplication, processing-time windows).
 
 Examples
@@ -21,11 +21,11 @@ import pyarrow as pa
 
 from sabot_lab.expr import col, if_else
 from sabot_lab.plan.windows import count as count_rows
-from sabot_lab.plan.windows import session
+from sabot_lab.plan.windows import hopping, session
 from sabot_lab.reference import Table
 from sabot_lab.stream import Stream
 
-__all__ = ["SQL", "q0", "q1", "q2", "q11", "q13", "q14", "q21", "q22", "side_input"]
+__all__ = ["SQL", "q0", "q1", "q2", "q5", "q11", "q13", "q14", "q21", "q22", "side_input"]
 
 #: Dollars to euros, as Nexmark's q1 has it.
 DOLLAR_TO_EURO = 0.908
@@ -52,6 +52,14 @@ def q2(bids: Stream) -> Stream:
     """Selection: the auction and price of the bids on auctions whose id is a multiple of
     123 (a filter)."""
     return bids.filter(col("auction") % Q2_MODULUS == 0).select("auction", "price")
+
+
+def q5(bids: Stream, bound: str = "0s") -> Stream:
+    """Hot items: in every 10 s window sliding by 2 s, the auction(s) with the most bids
+    (all of them when several tie)."""
+    return (bids.with_watermark("date_time", max_out_of_orderness=bound)
+            .window(hopping("10s", "2s")).group_by("auction").agg(num=count_rows())
+            .top_n(1, by="num", with_ties=True))
 
 
 def q11(bids: Stream, bound: str = "0s") -> Stream:
@@ -119,6 +127,16 @@ SQL = {
     "q1": ("SELECT auction, bidder, date_time, extra, CAST(price AS DOUBLE) * 0.908 AS price "
            "FROM bid"),
     "q2": f"SELECT auction, price FROM bid WHERE auction % {Q2_MODULUS} = 0",
+    "q5": """
+        WITH windows AS (
+            SELECT auction, unnest(generate_series(
+                       time_bucket(INTERVAL 2 SECOND, date_time) - INTERVAL 8 SECOND,
+                       time_bucket(INTERVAL 2 SECOND, date_time), INTERVAL 2 SECOND)) AS ws
+            FROM bid),
+        counts AS (SELECT ws, auction, count(*) AS num FROM windows GROUP BY ws, auction)
+        SELECT ws AS window_start, ws + INTERVAL 10 SECOND AS window_end, auction, num
+        FROM (SELECT *, rank() OVER (PARTITION BY ws ORDER BY num DESC) AS r FROM counts)
+        WHERE r = 1""",
     "q11": """
         WITH marked AS (
             SELECT bidder, date_time, extra,

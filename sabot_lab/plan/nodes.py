@@ -721,7 +721,9 @@ class WindowAggregate(_Unary):
 @dataclass(frozen=True, eq=False)
 class TopN(_Unary):
     """The ``n`` rows with the largest ``by`` of every window (ties: smaller keys first),
-    with their ``rank`` (1 = largest). Sits on a :class:`WindowAggregate`."""
+    with their ``rank`` (1 = largest). With ``with_ties``, also every row tied with the
+    ``n``-th, ranked as SQL's ``RANK()`` (tied rows share a rank). Sits on a
+    :class:`WindowAggregate`."""
 
     #: Ranks whole windows, so it runs after the exchange with its window.
     stateful = True
@@ -731,10 +733,12 @@ class TopN(_Unary):
     window_keys: tuple[str, ...] = ("window_start",)
     #: The window's group keys: ties in ``by`` rank smaller keys first.
     group_keys: tuple[str, ...] = ()
+    with_ties: bool = False
 
     @property
     def label(self) -> str:
-        return f"TopN[{self.n} by {self.by} per window]"
+        ties = " with ties" if self.with_ties else ""
+        return f"TopN[{self.n} by {self.by} per window{ties}]"
 
     def _infer_schema(self) -> pa.Schema:
         schema = self.child.schema

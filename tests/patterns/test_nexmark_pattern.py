@@ -12,7 +12,7 @@ from sabot_lab.datasets.nexmark import nexmark
 from sabot_lab.patterns import nexmark as nx
 from tests.oracle import assert_same_rows
 
-QUERIES = ("q0", "q1", "q2", "q11", "q13", "q14", "q21", "q22")
+QUERIES = ("q0", "q1", "q2", "q5", "q11", "q13", "q14", "q21", "q22")
 
 
 def _oracle(query: str, bids: pa.Table) -> pa.Table:
@@ -24,7 +24,8 @@ def _oracle(query: str, bids: pa.Table) -> pa.Table:
 
 def _job(query: str, bids: pa.Table, batch_size: int, bound: str = "0s") -> sl.Stream:
     source = sl.Stream.from_table(bids, batch_size=batch_size)
-    return nx.q11(source, bound) if query == "q11" else getattr(nx, query)(source)
+    return getattr(nx, query)(source, bound) if query in ("q5", "q11") else \
+        getattr(nx, query)(source)
 
 
 def _comparable(query: str, table: pa.Table, like: pa.Table) -> pa.Table:
@@ -54,13 +55,14 @@ def test_the_data_exercises_every_branch(bids):
     assert {"0", "1", "2", "3"} <= set(ids) and len(set(ids)) > 100
 
 
-def test_sessions_on_out_of_order_events_within_the_bound():
+@pytest.mark.parametrize("query", ["q5", "q11"])
+def test_windows_on_out_of_order_events_within_the_bound(query):
     # times shuffled within groups of 64 events: at 10K events/s, 6.4 ms of disorder at most
     bids = nexmark(60_000, seed=4, out_of_order=64, events_per_batch=6_400)[2]
-    expected = _oracle("q11", bids)
-    result = _job("q11", bids, 2_000, bound="10ms").run()
+    expected = _oracle(query, bids)
+    result = _job(query, bids, 2_000, bound="10ms").run()
     assert result.side_outputs["late"].num_rows == 0
-    assert_same_rows(_comparable("q11", result.table, expected), expected)
+    assert_same_rows(_comparable(query, result.table, expected), expected)
 
 
 def test_queries_on_dask_equal_local(bids):

@@ -9,6 +9,14 @@ Examples
 ...        .window(sl.tumbling("1min")).group_by("page").agg(n=sl.count()).top_n(2, by="n"))
 >>> top.to_table().select(["page", "n", "rank"]).to_pylist()
 [{'page': 'b', 'n': 3, 'rank': 1}, {'page': 'a', 'n': 1, 'rank': 2}]
+
+With ties, every page tied with the second is kept, and tied pages share a rank:
+
+>>> tied = (sl.Stream.from_table(hits).with_watermark("t", unit="s")
+...         .window(sl.tumbling("1min")).group_by("page").agg(n=sl.count())
+...         .top_n(2, by="n", with_ties=True))
+>>> tied.to_table().select(["page", "n", "rank"]).to_pydict()
+{'page': ['b', 'a', 'c'], 'n': [3, 1, 1], 'rank': [1, 2, 2]}
 """
 
 from __future__ import annotations
@@ -51,7 +59,15 @@ class TopNOp(Operator):
             values = _decoded(ranked[w]).cast(pa.int64()).to_numpy(zero_copy_only=False)
             new_window[1:] |= values[1:] != values[:-1]
         starts = np.flatnonzero(new_window)
-        rank = np.arange(n) - np.repeat(starts, np.diff(np.append(starts, n))) + 1
+        window_start = np.repeat(starts, np.diff(np.append(starts, n)))
+        if self.node.with_ties:  # SQL's RANK(): a row ranks after the rows strictly above it
+            by = _decoded(ranked[self.node.by]).to_numpy(zero_copy_only=False)
+            new_value = new_window.copy()
+            new_value[1:] |= by[1:] != by[:-1]
+            runs = np.flatnonzero(new_value)
+            rank = np.repeat(runs, np.diff(np.append(runs, n))) - window_start + 1
+        else:
+            rank = np.arange(n) - window_start + 1
         keep = rank <= self.node.n
         self.metrics.add(rows_filtered=int(n - keep.sum()))
         out = ranked.filter(pa.array(keep)).append_column(
