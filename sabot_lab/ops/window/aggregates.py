@@ -724,6 +724,10 @@ class PartialAggregates:
         self.tail_sizes: dict[str, np.ndarray] = {}
         self.pivots: dict[str, np.ndarray] = {}
         self.spare_buckets: list[np.ndarray] = []  # memory of released rows' buckets
+        # Per row, the lowest and highest key id it may hold (a row without an entry: any).
+        # Firing and releasing a window scan only that span of its row: when key ids keep
+        # growing (new auctions, accounts) a window holds recent ones, not all seen so far.
+        self.spans: dict[int, tuple[int, int]] = {}
 
     @property
     def nbytes(self) -> int:
@@ -789,11 +793,29 @@ class PartialAggregates:
                     new[:len(old)] = old
                     setattr(owner, name, new)
         self.kept[row] = {c: [] for c in self.quantile_columns}
+        self.spans[row] = (self.key_capacity, -1)  # empty
         return row
+
+    def _span(self, row: int) -> tuple[int, int]:
+        """The key ids ``row`` may hold, as a range (empty when ``low > high``)."""
+        return self.spans.get(row, (0, self.key_capacity - 1))
+
+    def _widen(self, row: int | np.ndarray, keys: np.ndarray) -> None:
+        """Note that ``row`` (or each of the rows) now holds some of ``keys``."""
+        if not len(keys):
+            return
+        low, high = int(keys.min()), int(keys.max())
+        rows = np.flatnonzero(np.bincount(row)).tolist() if np.ndim(row) else [int(row)]
+        for r in rows:
+            if r in self.spans:
+                old_low, old_high = self.spans[r]
+                self.spans[r] = (min(old_low, low), max(old_high, high))
 
     def release(self, row: int) -> None:
         """Reset a row's slots and make it reusable."""
-        window = slice(row * self.key_capacity, (row + 1) * self.key_capacity)
+        low, high = self._span(row)
+        high = max(high, low - 1)
+        window = slice(row * self.key_capacity + low, row * self.key_capacity + high + 1)
         for owner, name in self._arrays():
             getattr(owner, name)[window] = self._empty_value(owner, name)
         self.kept.pop(row, None)
@@ -804,6 +826,7 @@ class PartialAggregates:
                 self.spare_buckets.append(buckets.all.data)
         for sketches in self.sketches.values():
             sketches.reset(np.arange(window.start, window.stop))
+        self.spans.pop(row, None)
         self.free_rows.append(row)
 
     def compact(self, live: Sequence[int]) -> dict[int, int]:
@@ -837,6 +860,7 @@ class PartialAggregates:
             moved.merge(sketches, np.where(row >= 0, row * kc + slots % kc, -1))
             self.sketches[index] = moved
         self.kept = {mapping[r]: chunks for r, chunks in self.kept.items() if r in mapping}
+        self.spans = {mapping[r]: span for r, span in self.spans.items() if r in mapping}
         self.sorted_kept = {(mapping[r], c) for r, c in self.sorted_kept if r in mapping}
         self.rows = self.row_capacity = len(live)
         self.free_rows = []
@@ -924,6 +948,7 @@ class PartialAggregates:
         self.kept = kept
         self.sorted_kept = set()
         self.buckets = {}
+        self.spans = {}  # unknown: a loaded row may hold any key
 
     def merge_keys(self, row: int, into: np.ndarray, source: np.ndarray) -> None:
         """Add the slots ``(row, source)`` to ``(row, into)`` pairwise (counts, sums, minima,
@@ -943,6 +968,7 @@ class PartialAggregates:
         >>> partials.present(row).tolist()
         [0]
         """
+        self._widen(row, np.asarray(into, dtype=np.int64))
         base = row * self.key_capacity
         target = base + np.asarray(into, dtype=np.int64)
         origin = base + np.asarray(source, dtype=np.int64)
@@ -1011,6 +1037,7 @@ class PartialAggregates:
         batch or its :meth:`prepare`-d columns."""
         if isinstance(data, pa.RecordBatch):
             data = self.prepare(data)
+        self._widen(row, keys)
         if take is None and np.ndim(row) == 0 and self.columns and not self.sketches:
             self._accumulate_row(int(row), keys, data)
             return
@@ -1129,6 +1156,7 @@ class PartialAggregates:
         if not stop:
             return 0, 0, 0
         keys = keys[:stop]
+        self._widen(row, keys if table is None else lookup[keys - base])
         for name, state in columns[1:]:
             values, valid = data[name]
             values, valid = values[:stop], valid[:stop]
@@ -1145,8 +1173,11 @@ class PartialAggregates:
 
     def present(self, row: int) -> np.ndarray:
         """Key ids with at least one row in ``row``'s slots."""
-        counts = self.counts[row * self.key_capacity:(row + 1) * self.key_capacity]
-        return np.flatnonzero(counts)
+        low, high = self._span(row)
+        if high < low:
+            return np.zeros(0, dtype=np.int64)
+        counts = self.counts[row * self.key_capacity + low:row * self.key_capacity + high + 1]
+        return np.flatnonzero(counts) + low
 
     def results(self, row: int, key: int) -> dict[str, object]:
         """Aggregates of one slot as Python values (None for no values), without building

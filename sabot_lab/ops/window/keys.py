@@ -173,7 +173,12 @@ class KeyDictionary:
         if top - base >= _MAX_TABLE:
             return None
         if base != self._base or top - base + 1 > len(self._table):
-            table = np.full(top - base + 1, -1, dtype=np.int64)
+            # Room to grow upwards, doubling: keys that keep rising (ids of new auctions,
+            # accounts) would otherwise copy the whole table at every batch.
+            size = top - base + 1
+            if base == self._base:
+                size = min(max(size, 2 * len(self._table)), _MAX_TABLE)
+            table = np.full(size, -1, dtype=np.int64)
             offset = self._base - base
             table[offset:offset + len(self._table)] = self._table
             self._base, self._table = base, table
