@@ -255,19 +255,19 @@ class PythonProcessFunction(ProcessFunction):
 
     def on_timer(self, keys: pa.Array, times: np.ndarray, block: StateBlock
                  ) -> pa.RecordBatch:
-        out: list[dict] = []
-        for key, time, slot in zip(keys.to_pylist(), times.tolist(), block.slots, strict=True):
-            state = self._load(block, slot)
-            out.extend(self._fired(key, time, state))
-            self._store(block, slot, state)
-        return pa.RecordBatch.from_pylist(out, schema=self.output)
+        return self._fire_each(keys, times, block, self._fired)
 
     def on_processing_timer(self, keys: pa.Array, times: np.ndarray, block: StateBlock
                             ) -> pa.RecordBatch:
+        return self._fire_each(keys, times, block, self.processing_timer_fn)
+
+    def _fire_each(self, keys: pa.Array, times: np.ndarray, block: StateBlock,
+                   fire: Callable[[Any, int, dict], list[dict]]) -> pa.RecordBatch:
+        """``fire(key, time, state)`` for every timer that fired, one Python call each."""
         out: list[dict] = []
         for key, time, slot in zip(keys.to_pylist(), times.tolist(), block.slots, strict=True):
             state = self._load(block, slot)
-            out.extend(self.processing_timer_fn(key, time, state))
+            out.extend(fire(key, time, state))
             self._store(block, slot, state)
         return pa.RecordBatch.from_pylist(out, schema=self.output)
 

@@ -14,6 +14,7 @@ of the input every timer still set (the final watermark is past them all).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +24,7 @@ from sabot_lab.ops.base import Operator, OperatorMetrics, SideOutputs
 from sabot_lab.ops.snapshot import SnapshotError
 from sabot_lab.plan.nodes import WATERMARK_COLUMN, KeyedProcess
 from sabot_lab.process import NO_TIMER, PTIMER_FIELD, TIMER_FIELD, with_timers
-from sabot_lab.state import KeyedState, MemoryState, StateSpec
+from sabot_lab.state import KeyedState, MemoryState, StateBlock, StateSpec
 
 __all__ = ["KeyedProcessOp", "make_state"]
 
@@ -115,21 +116,34 @@ class KeyedProcessOp(Operator):
         fired = [] if watermark is None else self._fire(watermark)
         return [out, *fired, *self._fire_processing()]
 
+    def _fire_round(self, field: str, upto: int,
+                    fire: Callable[[pa.Array, np.ndarray, StateBlock], pa.RecordBatch]
+                    ) -> tuple[pa.RecordBatch, pa.Array, np.ndarray] | None:
+        """The timers of ``field`` at or before ``upto`` fire through ``fire``, in time
+        order, each cleared first (firing may set it again). Returns the output, and the keys
+        whose timer firing set again at or before the time that fired (``None``: no timer
+        was due)."""
+        keys, times = self.state.due(field, upto)
+        if not len(keys):
+            return None
+        order = np.argsort(times, kind="stable")
+        keys, times = keys.take(pa.array(order)), times[order]
+        block = self.state.acquire(keys)
+        timers = block.arrays[field]
+        timers[block.slots] = NO_TIMER
+        out = fire(keys, times, block)
+        again = timers[block.slots] <= times
+        self.state.release(block)
+        return out, keys, again
+
     def _fire_processing(self) -> list[pa.RecordBatch]:
         """Fire the processing-time timers the function's clock has reached, once (a timer
         set again to a time already reached waits for the next batch)."""
         if not self.processing:
             return []
-        keys, times = self.state.due(PTIMER_FIELD, self.function.clock())
-        if not len(keys):
-            return []
-        order = np.argsort(times, kind="stable")
-        keys, times = keys.take(pa.array(order)), times[order]
-        block = self.state.acquire(keys)
-        block.arrays[PTIMER_FIELD][block.slots] = NO_TIMER
-        out = self.function.on_processing_timer(keys, times, block)
-        self.state.release(block)
-        return [out]
+        fired = self._fire_round(PTIMER_FIELD, self.function.clock(),
+                                 self.function.on_processing_timer)
+        return [] if fired is None else [fired[0]]
 
     def _fire(self, upto: int, rounds: int | None = None) -> list[pa.RecordBatch]:
         """Fire every timer at or before ``upto``, in time order; again for timers that
@@ -138,17 +152,11 @@ class KeyedProcessOp(Operator):
         out = []
         while rounds is None or rounds > 0:
             rounds = None if rounds is None else rounds - 1
-            keys, times = self.state.due(TIMER_FIELD, upto)
-            if not len(keys):
+            fired = self._fire_round(TIMER_FIELD, upto, self.function.on_timer)
+            if fired is None:
                 return out
-            order = np.argsort(times, kind="stable")
-            keys, times = keys.take(pa.array(order)), times[order]
-            block = self.state.acquire(keys)
-            timers = block.arrays[TIMER_FIELD]
-            timers[block.slots] = NO_TIMER
-            out.append(self.function.on_timer(keys, times, block))
-            again = timers[block.slots] <= times
-            self.state.release(block)
+            batch, keys, again = fired
+            out.append(batch)
             if again.any():
                 key = keys[int(np.flatnonzero(again)[0])].as_py()
                 raise ValueError(f"{self.function.name}: on_timer set the timer of key {key!r} "

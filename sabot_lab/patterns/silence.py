@@ -30,10 +30,10 @@ import pyarrow as pa
 
 from sabot_lab.ops.window.watermark import event_times
 from sabot_lab.plan.nodes import WATERMARK_COLUMN
-from sabot_lab.process import NO_TIMER, TIMER_FIELD, ProcessFunction
+from sabot_lab.process import NO_TIMER, TIMER_FIELD, ProcessFunction, PythonProcessFunction
 from sabot_lab.state import StateBlock, StateSpec
 
-__all__ = ["Silence"]
+__all__ = ["Silence", "python_silence"]
 
 _NEVER = np.iinfo(np.int64).min
 
@@ -120,3 +120,33 @@ class Silence(ProcessFunction):
     def on_timer(self, keys: pa.Array, times: np.ndarray, block: StateBlock
                  ) -> pa.RecordBatch:
         return self._alerts(keys, block.arrays["last_seen"][block.slots], times)
+
+
+def python_silence(key: str, time_col: str, gap: int) -> PythonProcessFunction:
+    """The same rule row by row in plain Python (the teaching path), for integer times: a
+    row moves its key's timer; a timer that fires, or a row after it, is a silence.
+
+    >>> import sabot_lab as sl
+    >>> beats = pa.table({"device": [1, 1], "t": [0, 30]})
+    >>> (sl.Stream.from_table(beats).with_watermark("t", unit="s").key_by("device")
+    ...  .process(python_silence("device", "t", 10)).to_table().to_pydict())
+    {'device': [1, 1], 'silent_since': [0, 30], 'alert_at': [10, 40]}
+    """
+    def seen(device: object, row: dict, state: dict) -> list[dict]:
+        out = []
+        if state[TIMER_FIELD] <= row[time_col]:
+            out.append({key: device, "silent_since": state["last"],
+                        "alert_at": state[TIMER_FIELD]})
+            state[TIMER_FIELD] = NO_TIMER
+        if row[time_col] > state["last"]:  # a repeated or older time changes nothing
+            state["last"] = row[time_col]
+            state[TIMER_FIELD] = row[time_col] + gap
+        return out
+
+    def silent(device: object, time: int, state: dict) -> list[dict]:
+        return [{key: device, "silent_since": state["last"], "alert_at": time}]
+
+    return PythonProcessFunction(
+        seen, {"last": "int64"}, [time_col],
+        pa.schema([(key, pa.int64()), ("silent_since", pa.int64()), ("alert_at", pa.int64())]),
+        defaults={"last": _NEVER}, on_timer=silent, name=f"{key}_silence_py")

@@ -29,6 +29,7 @@ import dataclasses
 import logging
 import threading
 import time
+import uuid
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
@@ -269,6 +270,8 @@ class JobManager:
         ref_futures = [self.client.scatter(r.data, broadcast=True, hash=True)
                        for r in references]
 
+        token = uuid.uuid4().hex[:12]  # unique task names: a cancelled job's may linger
+
         def submissions() -> Iterator[tuple[int, object]]:
             for task_index, task in enumerate(execution.tasks):
                 # An in-memory slice travels inside its task as a bare Arrow table (Arrow
@@ -279,7 +282,7 @@ class JobManager:
                     tasks.run_partition, template, execution.op_ids, task.source,
                     task.partition, part,
                     *ref_futures,
-                    key=f"sabot-partition-{task.source}-{task.partition}-{id(execution)}",
+                    key=f"sabot-partition-{task.source}-{task.partition}-{token}",
                 )
                 yield task_index, future
 

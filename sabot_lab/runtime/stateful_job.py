@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 
@@ -138,6 +139,9 @@ class StatefulJob:
                  checkpoints: CheckpointSpec | None = None,
                  stop: StopSignal | None = None) -> None:
         self.manager, self.client = manager, manager.client
+        # Names this job's tasks: unique, unlike id(self), which the next job may get once
+        # this one is gone, while the scheduler still forgets (cancels) this one's agents.
+        self.token = uuid.uuid4().hex[:12]
         self.stop = stop
         #: Partitions the job runs: all of them, or those started before a stop.
         self.end = len(partitions)
@@ -295,7 +299,7 @@ class StatefulJob:
 
     def _submit(self, k: int, scan: object) -> object:
         task = self.partitions[k]
-        job = f"{k}-{id(self)}-{self.restarts}"
+        job = f"{k}-{self.token}-{self.restarts}"
         key = f"sabot-exchange-{job}"
         if not self.carry_chain:
             return self.manager.submit(tasks.pipeline_to_agents, self.template,
@@ -321,7 +325,7 @@ class StatefulJob:
                 KeyRangeAgent, self.reducers[r], self.stages.op_ids["reducer"], r,
                 self.every, self.bound, self.cut.agents[r], actor=True, workers=[worker],
                 allow_other_workers=False,
-                key=f"sabot-agent-{r}-{id(self)}-{self.agent_starts}")
+                key=f"sabot-agent-{r}-{self.token}-{self.agent_starts}")
             while True:
                 try:
                     self.actors[r] = future.result(timeout=1)

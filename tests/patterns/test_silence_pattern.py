@@ -11,8 +11,9 @@ import pyarrow as pa
 import pytest
 
 import sabot_lab as sl
+from sabot_lab import datasets
+from sabot_lab.patterns import silence
 from sabot_lab.patterns.silence import Silence
-from sabot_lab.state import StateSpec
 from tests.runtime.test_checkpoint import Crash
 
 GAP = 60
@@ -21,19 +22,10 @@ BOUND = 20
 
 def heartbeats(n: int = 6_000, devices: int = 40, seed: int = 1) -> pa.Table:
     """Heartbeats with random gaps (some longer than GAP); across devices out of order by up
-    to BOUND, each device's own in order."""
+    to BOUND, each device's own in order; and some rows sent twice."""
+    beats = datasets.heartbeats(n, devices, bound=BOUND, silence=0.05, seed=seed)
+    device, t = beats["device"].to_numpy(), beats["t"].to_numpy()
     rng = np.random.default_rng(seed)
-    device = rng.integers(0, devices, n)
-    steps = np.where(rng.random(n) < 0.05, rng.integers(GAP, 4 * GAP, n), rng.integers(1, 30, n))
-    t = np.zeros(n, dtype=np.int64)
-    for d in range(devices):  # each device's times: a walk of its own steps
-        mine = np.flatnonzero(device == d)
-        t[mine] = np.cumsum(steps[mine]) + 1_000
-    arrival = np.argsort(t + rng.integers(0, BOUND, n), kind="stable")
-    device, t = device[arrival], t[arrival]
-    for d in range(devices):  # keep a device's own rows in time order
-        mine = np.flatnonzero(device == d)
-        t[mine] = np.sort(t[mine])
     # Some rows sent twice (the copy right after, or a few rows later: then late, as an
     # older time than its device's latest may be): neither may raise an alert again.
     again = np.sort(rng.choice(n, n // 50, replace=False))
@@ -68,24 +60,7 @@ def simulate(table: pa.Table, gap: int = GAP, bound: int = BOUND) -> Counter:
 
 def python_silence() -> sl.PythonProcessFunction:
     """The same rule written row by row, for teaching."""
-    def seen(key, row, state):
-        out = []
-        if state["_timer"] <= row["t"]:
-            out.append({"device": key, "silent_since": state["last"], "alert_at": state["_timer"]})
-            state["_timer"] = sl.NO_TIMER
-        if row["t"] > state["last"]:  # a repeated or older time changes nothing
-            state["last"] = row["t"]
-            state["_timer"] = row["t"] + GAP
-        return out
-
-    def silent(key, time, state):
-        return [{"device": key, "silent_since": state["last"], "alert_at": time}]
-
-    return sl.PythonProcessFunction(
-        seen, {"last": "int64"}, ["t"],
-        pa.schema([("device", pa.int64()), ("silent_since", pa.int64()),
-                   ("alert_at", pa.int64())]),
-        defaults={"last": np.iinfo(np.int64).min}, on_timer=silent, name="silence_py")
+    return silence.python_silence("device", "t", GAP)
 
 
 def _job(table: pa.Table, function: sl.ProcessFunction, batch_size: int,
@@ -153,8 +128,9 @@ def test_timers_need_a_watermark():
 
 
 def test_timers_with_a_ttl_are_refused():
-    fn = python_silence()
-    fn._spec = StateSpec({"last": "int64"}, ttl=100)
+    fn = sl.PythonProcessFunction(lambda key, row, state: [], {"last": "int64"}, ["t"],
+                                  pa.schema([("device", pa.int64())]), ttl=100, time_col="t",
+                                  on_timer=lambda key, time, state: [])
     with pytest.raises(sl.PlanError, match="lose its timer"):
         _job(heartbeats(10), fn, 5)
 
